@@ -1,0 +1,261 @@
+//! The handshake: `connect` request parameters and the `hello-ok` reply.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::payloads::PresenceEntry;
+
+/// The role a connection asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Node,
+    Operator,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Node => "node",
+            Role::Operator => "operator",
+        }
+    }
+}
+
+/// `connect.params.client`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientInfo {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+    pub version: String,
+    pub platform: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_family: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_identifier: Option<String>,
+    pub mode: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<String>,
+}
+
+/// `connect.params.auth`. The token is never logged: `Debug` redacts it.
+#[derive(Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectAuth {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for ConnectAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectAuth")
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// `connect.params.device`: the signed device identity.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceProof {
+    pub id: String,
+    pub public_key: String,
+    pub signature: String,
+    pub signed_at: u64,
+    pub nonce: String,
+}
+
+/// `connect.params`. Fields OpenClaw sends that we do not use (`pathEnv`,
+/// `permissions`, ...) are ignored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectParams {
+    pub min_protocol: u32,
+    pub max_protocol: u32,
+    pub client: ClientInfo,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    #[serde(default)]
+    pub caps: Vec<String>,
+    #[serde(default)]
+    pub commands: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<ConnectAuth>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<DeviceProof>,
+}
+
+impl ConnectParams {
+    /// The role asked for; OpenClaw treats a missing role as operator.
+    pub fn role(&self) -> Role {
+        self.role.unwrap_or(Role::Operator)
+    }
+
+    pub fn token(&self) -> Option<&str> {
+        self.auth.as_ref()?.token.as_deref()
+    }
+}
+
+/// `hello-ok.server`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerInfo {
+    pub version: String,
+    pub conn_id: String,
+}
+
+/// `hello-ok.features`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Features {
+    #[serde(default)]
+    pub methods: Vec<String>,
+    #[serde(default)]
+    pub events: Vec<String>,
+}
+
+/// `hello-ok.snapshot.stateVersion`.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StateVersion {
+    #[serde(default)]
+    pub presence: u64,
+    #[serde(default)]
+    pub health: u64,
+}
+
+/// `hello-ok.snapshot`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Snapshot {
+    #[serde(default)]
+    pub presence: Vec<PresenceEntry>,
+    #[serde(default)]
+    pub health: Value,
+    #[serde(default)]
+    pub state_version: StateVersion,
+    #[serde(default)]
+    pub uptime_ms: u64,
+}
+
+/// `hello-ok.auth`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HelloAuth {
+    pub role: Role,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+}
+
+/// `hello-ok.policy`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Policy {
+    pub max_payload: u64,
+    pub max_buffered_bytes: u64,
+    pub tick_interval_ms: u64,
+}
+
+/// The `connect` response payload: `{type:"hello-ok", ...}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "type", rename = "hello-ok")]
+pub struct HelloOk {
+    pub protocol: u32,
+    pub server: ServerInfo,
+    #[serde(default)]
+    pub features: Features,
+    #[serde(default)]
+    pub snapshot: Snapshot,
+    pub auth: HelloAuth,
+    pub policy: Policy,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::test_vectors::wire;
+    use crate::protocol::Frame;
+
+    fn params_of(name: &str) -> ConnectParams {
+        let Frame::Req(req) = Frame::parse(&wire(name)).unwrap() else {
+            panic!("not a request")
+        };
+        serde_json::from_value(req.params).unwrap()
+    }
+
+    #[test]
+    fn real_node_host_connect_parses() {
+        let p = params_of("02-node-host.connect.req.json");
+        assert_eq!(p.role(), Role::Node);
+        assert_eq!(p.client.id, "node-host");
+        assert_eq!(p.client.mode, "node");
+        assert_eq!(p.client.display_name.as_deref(), Some("capnode"));
+        assert_eq!(p.token(), Some("testtoken123"));
+        let d = p.device.expect("device");
+        assert_eq!(d.signed_at, 1795377499047);
+    }
+
+    #[test]
+    fn real_cli_connect_parses() {
+        let p = params_of("06-cli.connect.req.json");
+        assert_eq!(p.role(), Role::Operator);
+        assert_eq!(p.client.mode, "cli");
+        assert_eq!(p.scopes, vec!["operator.read".to_string()]);
+        assert!(p.device.is_none());
+    }
+
+    #[test]
+    fn real_hello_ok_parses() {
+        let Frame::Res(res) = Frame::parse(&wire("03-node-host.hello-ok.res.json")).unwrap() else {
+            panic!("not a response")
+        };
+        let hello: HelloOk = serde_json::from_value(res.payload.unwrap()).unwrap();
+        assert_eq!(hello.protocol, 4);
+        assert_eq!(hello.policy.tick_interval_ms, 30_000);
+        assert_eq!(hello.auth.role, Role::Node);
+        assert_eq!(hello.snapshot.state_version.presence, 9);
+        assert!(hello
+            .features
+            .methods
+            .iter()
+            .any(|m| m == "system-presence"));
+    }
+
+    #[test]
+    fn hello_ok_serializes_with_its_type_tag() {
+        let hello = HelloOk {
+            protocol: 4,
+            server: ServerInfo {
+                version: "1".into(),
+                conn_id: "c".into(),
+            },
+            features: Features::default(),
+            snapshot: Snapshot::default(),
+            auth: HelloAuth {
+                role: Role::Operator,
+                scopes: vec![],
+            },
+            policy: Policy {
+                max_payload: 1,
+                max_buffered_bytes: 2,
+                tick_interval_ms: 3,
+            },
+        };
+        let v = serde_json::to_value(&hello).unwrap();
+        assert_eq!(v["type"], "hello-ok");
+        assert_eq!(v["policy"]["tickIntervalMs"], 3);
+        assert_eq!(v["server"]["connId"], "c");
+    }
+
+    #[test]
+    fn token_is_redacted_in_debug() {
+        let a = ConnectAuth {
+            token: Some("s3cret".into()),
+        };
+        assert!(!format!("{a:?}").contains("s3cret"));
+    }
+}

@@ -1,0 +1,179 @@
+//! Frame envelopes: request, response and event.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::errors::ErrorShape;
+
+/// Any frame on the wire, tagged by its `type` field.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Frame {
+    Req(Request),
+    Res(Response),
+    Event(EventFrame),
+}
+
+/// `{type:"req", id, method, params}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    pub id: String,
+    pub method: String,
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub params: Value,
+}
+
+/// `{type:"res", id, ok, payload | error}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Response {
+    pub id: String,
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorShape>,
+}
+
+/// `{type:"event", event, payload, seq?, stateVersion?}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EventFrame {
+    pub event: String,
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub payload: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_version: Option<Value>,
+}
+
+/// Why a text message is not a frame.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("invalid JSON: {0}")]
+    Json(serde_json::Error),
+    #[error("invalid frame: {0}")]
+    Shape(serde_json::Error),
+}
+
+impl Frame {
+    /// Parses one text message. Distinguishes malformed JSON from JSON that
+    /// is not a frame, so the peer gets an error it can act on.
+    pub fn parse(text: &str) -> Result<Frame, FrameError> {
+        let value: Value = serde_json::from_str(text).map_err(FrameError::Json)?;
+        serde_json::from_value(value).map_err(FrameError::Shape)
+    }
+
+    /// Serializes to the JSON text sent on the wire.
+    pub fn to_text(&self) -> String {
+        // A Frame is built from plain data (strings, numbers, JSON values);
+        // serializing it cannot fail.
+        serde_json::to_string(self).unwrap_or_else(|_| String::from("{}"))
+    }
+
+    pub fn request(id: impl Into<String>, method: &str, params: impl Serialize) -> Frame {
+        Frame::Req(Request {
+            id: id.into(),
+            method: method.to_string(),
+            params: to_value(params),
+        })
+    }
+
+    pub fn ok(id: impl Into<String>, payload: impl Serialize) -> Frame {
+        Frame::Res(Response {
+            id: id.into(),
+            ok: true,
+            payload: Some(to_value(payload)),
+            error: None,
+        })
+    }
+
+    pub fn err(id: impl Into<String>, error: ErrorShape) -> Frame {
+        Frame::Res(Response {
+            id: id.into(),
+            ok: false,
+            payload: None,
+            error: Some(error),
+        })
+    }
+
+    pub fn event(event: &str, payload: impl Serialize) -> Frame {
+        Frame::Event(EventFrame {
+            event: event.to_string(),
+            payload: to_value(payload),
+            seq: None,
+            state_version: None,
+        })
+    }
+}
+
+/// Converts our own payload types to JSON. They are plain serde structs with
+/// string keys, so this cannot fail; `Null` is the defensive fallback.
+pub(crate) fn to_value(v: impl Serialize) -> Value {
+    serde_json::to_value(v).unwrap_or(Value::Null)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::test_vectors::wire;
+
+    #[test]
+    fn parses_every_captured_frame() {
+        for name in [
+            "01-connect.challenge.event.json",
+            "02-node-host.connect.req.json",
+            "03-node-host.hello-ok.res.json",
+            "04-node.event.host-stats.req.json",
+            "05-tick.event.json",
+            "06-cli.connect.req.json",
+            "07-cli.system-presence.req.json",
+            "08-system-presence.res.json",
+        ] {
+            let text = wire(name);
+            Frame::parse(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+    }
+
+    #[test]
+    fn frame_kinds_are_recognised() {
+        let f = Frame::parse(&wire("05-tick.event.json")).unwrap();
+        match f {
+            Frame::Event(e) => {
+                assert_eq!(e.event, "tick");
+                assert_eq!(e.seq, Some(1));
+            }
+            other => panic!("expected event, got {other:?}"),
+        }
+        let f = Frame::parse(&wire("07-cli.system-presence.req.json")).unwrap();
+        match f {
+            Frame::Req(r) => assert_eq!(r.method, "system-presence"),
+            other => panic!("expected req, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn malformed_json_and_wrong_shapes_are_told_apart() {
+        assert!(matches!(Frame::parse("{nope"), Err(FrameError::Json(_))));
+        assert!(matches!(
+            Frame::parse(r#"{"type":"bogus"}"#),
+            Err(FrameError::Shape(_))
+        ));
+        assert!(matches!(
+            Frame::parse(r#"{"type":"req","method":"x"}"#),
+            Err(FrameError::Shape(_))
+        ));
+        assert!(matches!(Frame::parse("[1,2]"), Err(FrameError::Shape(_))));
+    }
+
+    #[test]
+    fn response_round_trip_omits_absent_fields() {
+        let f = Frame::ok("7", serde_json::json!({"a": 1}));
+        let text = f.to_text();
+        assert_eq!(
+            text,
+            r#"{"type":"res","id":"7","ok":true,"payload":{"a":1}}"#
+        );
+        assert_eq!(Frame::parse(&text).unwrap(), f);
+    }
+}
