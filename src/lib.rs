@@ -5,4 +5,18 @@
 //! **gateway** itself (presence store + WebSocket server). Both speak the
 //! types in [`protocol`], the single definition of every frame.
 
+pub mod agent;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod gateway;
+pub mod host;
+pub mod identity;
+pub mod logging;
+pub mod presence;
 pub mod protocol;
+pub mod shutdown;
+pub mod state_file;
+
+/// This build's version, reported to gateways and in presence rows.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,113 @@
+//! Reconnect delays: exponential with full jitter (AWS architecture blog,
+//! "Exponential Backoff And Jitter"), written by hand in a few lines rather
+//! than pulling in a crate. The random source is injected for tests.
+
+use std::time::Duration;
+
+/// Exponential backoff with full jitter: attempt `n` waits a uniformly random
+/// time in `[floor, min(max, base * 2^n)]`. The small floor keeps an unlucky
+/// draw of ~0 from turning into a tight reconnect loop.
+pub struct Backoff {
+    base: Duration,
+    max: Duration,
+    floor: Duration,
+    attempt: u32,
+    random: Box<dyn FnMut() -> f64 + Send>,
+}
+
+impl Backoff {
+    /// `random` returns values in `[0, 1)`.
+    pub fn new(
+        base: Duration,
+        max: Duration,
+        random: impl FnMut() -> f64 + Send + 'static,
+    ) -> Self {
+        Backoff {
+            base,
+            max,
+            floor: Duration::from_millis(100).min(base),
+            attempt: 0,
+            random: Box::new(random),
+        }
+    }
+
+    /// 1 s to 30 s, seeded from the OS.
+    pub fn reconnect_default() -> Self {
+        Backoff::new(
+            Duration::from_secs(1),
+            Duration::from_secs(30),
+            rand::random::<f64>,
+        )
+    }
+
+    /// The upper bound of the next delay.
+    pub fn ceiling(&self) -> Duration {
+        let factor = 2u32.saturating_pow(self.attempt.min(20));
+        self.base.saturating_mul(factor).min(self.max)
+    }
+
+    /// The next delay; each call doubles the ceiling up to `max`.
+    pub fn next_delay(&mut self) -> Duration {
+        let ceiling = self.ceiling();
+        self.attempt = self.attempt.saturating_add(1);
+        let r = (self.random)().clamp(0.0, 1.0);
+        ceiling.mul_f64(r).max(self.floor)
+    }
+
+    /// The maximum delay, for failures that retrying sooner cannot fix.
+    pub fn max(&self) -> Duration {
+        self.max
+    }
+
+    /// Back to the first step, after a connection proved stable.
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secs(b: &mut Backoff, n: usize) -> Vec<f64> {
+        (0..n).map(|_| b.next_delay().as_secs_f64()).collect()
+    }
+
+    #[test]
+    fn ceilings_double_to_the_max() {
+        let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(30), || {
+            0.999_999
+        });
+        let d = secs(&mut b, 7);
+        let expect = [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0];
+        for (got, want) in d.iter().zip(expect) {
+            assert!((got - want).abs() < 0.001, "{d:?}");
+        }
+    }
+
+    #[test]
+    fn full_jitter_spans_the_range_with_a_floor() {
+        let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(30), || 0.0);
+        assert_eq!(b.next_delay(), Duration::from_millis(100));
+        let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(30), || 0.5);
+        assert_eq!(secs(&mut b, 3), vec![0.5, 1.0, 2.0]);
+    }
+
+    #[test]
+    fn reset_starts_over() {
+        let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(30), || {
+            0.999_999
+        });
+        secs(&mut b, 5);
+        b.reset();
+        assert_eq!(b.ceiling(), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn never_overflows() {
+        let mut b = Backoff::reconnect_default();
+        for _ in 0..1000 {
+            assert!(b.next_delay() <= Duration::from_secs(30));
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! The node agent: a loop of sessions. Each turn reads the token, gathers
+//! host facts, runs one session until it ends, then waits out a backoff
+//! chosen from how it ended — forever, until shutdown.
+
+pub mod backoff;
+pub mod session;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tracing::{error, info, warn};
+
+use crate::config::TokenSource;
+use crate::host::{HostFacts, HostStatsSampler};
+use crate::identity::DeviceIdentity;
+use crate::protocol::{ErrorCode, ErrorDetailCode, ErrorShape};
+use crate::shutdown::Shutdown;
+use backoff::Backoff;
+use session::{SessionEnd, SessionInputs, SessionMemory};
+
+/// A connection that stayed up this long resets the backoff.
+pub const STABLE_AFTER: Duration = Duration::from_secs(60);
+
+/// What the agent needs.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub url: String,
+    pub token: TokenSource,
+    pub display_name: Option<String>,
+    pub beacon_interval: Duration,
+    pub stats_interval: Duration,
+    /// Disk statistics are reported for the filesystem holding this path.
+    pub disk_path: PathBuf,
+}
+
+/// What to do after a session ended.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Retry {
+    pub delay: Duration,
+    pub reason: String,
+}
+
+/// Chooses the wait after a rejected `connect`: credentials and pairing
+/// problems wait the maximum (a fix needs an operator, not a fast retry),
+/// rate limits wait as told, anything else backs off normally.
+pub fn retry_after_rejection(error: &ErrorShape, backoff: &mut Backoff, device_id: &str) -> Retry {
+    let hinted = error.retry_after_ms.map(Duration::from_millis);
+    let reason = error.to_string();
+    let detail = error.detail_code();
+    let pairing = detail == Some(ErrorDetailCode::PairingRequired)
+        || (error.code == ErrorCode::NotPaired
+            && detail != Some(ErrorDetailCode::DeviceIdentityRequired));
+    let delay = if matches!(
+        detail,
+        Some(ErrorDetailCode::AuthTokenMissing | ErrorDetailCode::AuthTokenMismatch)
+    ) {
+        error!(error = %error, "the gateway rejected our token: fix the token file or environment variable; retrying every {}s", backoff.max().as_secs());
+        backoff.max()
+    } else if pairing {
+        warn!(error = %error, device_id, "this device is waiting for pairing approval: on the gateway host run `openclaw devices list`, then `openclaw devices approve <requestId>`");
+        hinted.unwrap_or(backoff.max())
+    } else if detail == Some(ErrorDetailCode::AuthRateLimited) {
+        warn!(error = %error, "rate limited by the gateway");
+        hinted.unwrap_or(backoff.max())
+    } else {
+        error!(error = %error, "the gateway rejected the connection");
+        backoff.next_delay().max(hinted.unwrap_or_default())
+    };
+    Retry {
+        delay: delay.max(Duration::from_secs(1)),
+        reason,
+    }
+}
+
+/// Runs the agent until `shutdown`.
+pub async fn run(
+    config: AgentConfig,
+    identity: DeviceIdentity,
+    mut shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let mut backoff = Backoff::reconnect_default();
+    let mut memory = SessionMemory::default();
+    let mut sampler = HostStatsSampler::new(config.disk_path.clone());
+    info!(url = %config.url, instance_id = identity.instance_id(), device_id = identity.device_id(), token = %config.token.describe(), "agent starting");
+
+    while !shutdown.is_triggered() {
+        let retry = match config.token.read() {
+            Err(e) => {
+                error!("{e:#}; retrying in {}s", backoff.max().as_secs());
+                Retry {
+                    delay: backoff.max(),
+                    reason: format!("{e:#}"),
+                }
+            }
+            Ok(token) => {
+                let facts = tokio::task::spawn_blocking(HostFacts::collect).await?;
+                let started = Instant::now();
+                let end = session::run(
+                    SessionInputs {
+                        config: &config,
+                        identity: &identity,
+                        facts: &facts,
+                        token: token.as_ref(),
+                        sampler: &mut sampler,
+                        memory: &mut memory,
+                    },
+                    &mut shutdown,
+                )
+                .await;
+                match end {
+                    SessionEnd::Shutdown => break,
+                    SessionEnd::Rejected(e) => {
+                        retry_after_rejection(&e, &mut backoff, identity.device_id())
+                    }
+                    SessionEnd::Lost {
+                        reason,
+                        after_hello,
+                    } => {
+                        if after_hello && started.elapsed() >= STABLE_AFTER {
+                            backoff.reset();
+                        }
+                        Retry {
+                            delay: backoff.next_delay(),
+                            reason,
+                        }
+                    }
+                }
+            }
+        };
+        info!(
+            "reconnecting in {:.1}s: {}",
+            retry.delay.as_secs_f64(),
+            retry.reason
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(retry.delay) => {}
+            _ = shutdown.wait() => break,
+        }
+    }
+    info!("agent stopped");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixed() -> Backoff {
+        Backoff::new(Duration::from_secs(1), Duration::from_secs(30), || 0.5)
+    }
+
+    #[test]
+    fn bad_token_waits_the_maximum() {
+        for detail in [
+            ErrorDetailCode::AuthTokenMismatch,
+            ErrorDetailCode::AuthTokenMissing,
+        ] {
+            let e = ErrorShape::invalid_request("unauthorized").with_detail(detail);
+            assert_eq!(
+                retry_after_rejection(&e, &mut fixed(), "d").delay,
+                Duration::from_secs(30)
+            );
+        }
+    }
+
+    #[test]
+    fn pairing_waits_slowly_or_as_hinted() {
+        let e = ErrorShape::new(ErrorCode::NotPaired, "pairing required")
+            .with_detail(ErrorDetailCode::PairingRequired);
+        assert_eq!(
+            retry_after_rejection(&e, &mut fixed(), "d").delay,
+            Duration::from_secs(30)
+        );
+        let e = e.with_retry_after(5_000);
+        assert_eq!(
+            retry_after_rejection(&e, &mut fixed(), "d").delay,
+            Duration::from_secs(5)
+        );
+        let e = ErrorShape::new(ErrorCode::NotPaired, "not paired");
+        assert_eq!(
+            retry_after_rejection(&e, &mut fixed(), "d").delay,
+            Duration::from_secs(30)
+        );
+    }
+
+    #[test]
+    fn rate_limit_waits_as_told_and_others_back_off() {
+        let e = ErrorShape::invalid_request("slow down")
+            .with_detail(ErrorDetailCode::AuthRateLimited)
+            .with_retry_after(2_000);
+        assert_eq!(
+            retry_after_rejection(&e, &mut fixed(), "d").delay,
+            Duration::from_secs(2)
+        );
+        let e = ErrorShape::invalid_request("protocol mismatch")
+            .with_detail(ErrorDetailCode::ProtocolMismatch);
+        let mut b = fixed();
+        // Jittered exponential steps, never below one second for a rejection.
+        assert_eq!(
+            retry_after_rejection(&e, &mut b, "d").delay,
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            retry_after_rejection(&e, &mut b, "d").delay,
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            retry_after_rejection(&e, &mut b, "d").delay,
+            Duration::from_secs(2)
+        );
+    }
+}

@@ -1,0 +1,385 @@
+//! One connection's life: connect, answer the challenge with a signed
+//! `connect`, then beacons, host stats and the tick watchdog until the
+//! connection ends or we are asked to stop.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures_util::{SinkExt as _, StreamExt as _};
+use tokio::time::{sleep_until, timeout, Instant};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+use tracing::{debug, info, warn};
+
+use super::AgentConfig;
+use crate::config::Secret;
+use crate::host::{HostFacts, HostStatsSampler};
+use crate::identity::DeviceIdentity;
+use crate::protocol::device_auth::DeviceAuthPayload;
+use crate::protocol::{
+    event, method, mode, ClientInfo, ConnectAuth, ConnectChallenge, ConnectParams, DeviceProof,
+    ErrorCode, ErrorShape, Frame, HelloOk, NodeEventParams, Role, SystemEventParams,
+    MIN_NODE_PROTOCOL_VERSION, NODE_CLIENT_ID, PROTOCOL_VERSION,
+};
+
+/// How long to wait for the TCP+WebSocket connect, the challenge, and hello-ok.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Retry delay for host stats the gateway could not take yet (PAIRING_CHANGED).
+const STATS_RETRY: Duration = Duration::from_secs(5);
+
+/// Why a session ended.
+#[derive(Debug)]
+pub enum SessionEnd {
+    /// Shutdown was requested; the close frame has been sent.
+    Shutdown,
+    /// The connection failed or closed; `after_hello` says whether it had
+    /// been established.
+    Lost { reason: String, after_hello: bool },
+    /// The gateway refused the `connect`.
+    Rejected(ErrorShape),
+}
+
+/// What outlives one session.
+#[derive(Debug, Default)]
+pub struct SessionMemory {
+    /// The gateway refused beacons for role node; don't send more.
+    pub beacons_refused: bool,
+}
+
+/// What we sent and are waiting to hear about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pending {
+    Beacon,
+    Stats,
+}
+
+/// Inputs of one session.
+pub struct SessionInputs<'a> {
+    pub config: &'a AgentConfig,
+    pub identity: &'a DeviceIdentity,
+    pub facts: &'a HostFacts,
+    pub token: Option<&'a Secret>,
+    pub sampler: &'a mut HostStatsSampler,
+    pub memory: &'a mut SessionMemory,
+}
+
+/// The display name: the configured one, else the system host name.
+pub fn display_name<'a>(config: &'a AgentConfig, facts: &'a HostFacts) -> &'a str {
+    config.display_name.as_deref().unwrap_or(&facts.hostname)
+}
+
+/// Builds the signed `connect` parameters for a challenge.
+pub fn connect_params(
+    config: &AgentConfig,
+    identity: &DeviceIdentity,
+    facts: &HostFacts,
+    token: Option<&Secret>,
+    challenge: &ConnectChallenge,
+) -> ConnectParams {
+    let client = ClientInfo {
+        id: NODE_CLIENT_ID.to_string(),
+        display_name: Some(display_name(config, facts).to_string()),
+        version: crate::VERSION.to_string(),
+        platform: facts.platform.clone(),
+        device_family: Some(facts.device_family.clone()),
+        model_identifier: Some(facts.model_identifier.clone()),
+        mode: mode::NODE.to_string(),
+        instance_id: Some(identity.instance_id().to_string()),
+    };
+    let token = token.map(|t| t.expose().to_string());
+    let signature = identity.sign(&DeviceAuthPayload {
+        device_id: identity.device_id(),
+        client_id: &client.id,
+        client_mode: &client.mode,
+        role: Role::Node.as_str(),
+        scopes: &[],
+        signed_at_ms: challenge.ts,
+        token: token.as_deref(),
+        nonce: &challenge.nonce,
+        platform: Some(&client.platform),
+        device_family: client.device_family.as_deref(),
+    });
+    ConnectParams {
+        min_protocol: MIN_NODE_PROTOCOL_VERSION,
+        max_protocol: PROTOCOL_VERSION,
+        client,
+        role: Some(Role::Node),
+        scopes: Vec::new(),
+        caps: Vec::new(),
+        commands: Vec::new(),
+        auth: Some(ConnectAuth { token }),
+        device: Some(DeviceProof {
+            id: identity.device_id().to_string(),
+            public_key: identity.public_key().to_string(),
+            signature,
+            signed_at: challenge.ts,
+            nonce: challenge.nonce.clone(),
+        }),
+    }
+}
+
+/// The beacon: fields for the row, and the text OpenClaw's parser reads.
+pub fn beacon(
+    config: &AgentConfig,
+    identity: &DeviceIdentity,
+    facts: &HostFacts,
+    last_input_seconds: Option<u64>,
+) -> SystemEventParams {
+    let host = display_name(config, facts);
+    let mut text = format!("Node: {host}");
+    if let Some(ip) = facts.ip {
+        text.push_str(&format!(" ({ip})"));
+    }
+    text.push_str(&format!(" · app {}", crate::VERSION));
+    if let Some(n) = last_input_seconds {
+        text.push_str(&format!(" · last input {n}s ago"));
+    }
+    text.push_str(" · mode node · reason periodic");
+    SystemEventParams {
+        text,
+        instance_id: Some(identity.instance_id().to_string()),
+        host: Some(host.to_string()),
+        ip: facts.ip.map(|ip| ip.to_string()),
+        version: Some(crate::VERSION.to_string()),
+        platform: Some(facts.platform.clone()),
+        device_family: Some(facts.device_family.clone()),
+        model_identifier: Some(facts.model_identifier.clone()),
+        mode: Some(mode::NODE.to_string()),
+        last_input_seconds,
+        reason: Some("periodic".to_string()),
+    }
+}
+
+/// Is this the gateway saying "nodes may not send beacons"?
+fn is_role_refusal(e: &ErrorShape) -> bool {
+    e.code == ErrorCode::Forbidden || e.message.contains("unauthorized role")
+}
+
+/// Runs one session to its end.
+pub async fn run(
+    inputs: SessionInputs<'_>,
+    shutdown: &mut crate::shutdown::Shutdown,
+) -> SessionEnd {
+    let lost = |reason: String| SessionEnd::Lost {
+        reason,
+        after_hello: false,
+    };
+    let url = &inputs.config.url;
+    let ws = tokio::select! {
+        r = timeout(HANDSHAKE_TIMEOUT, tokio_tungstenite::connect_async(url.as_str())) => match r {
+            Ok(Ok((ws, _))) => ws,
+            Ok(Err(e)) => return lost(describe_ws_error(&e)),
+            Err(_) => return lost("connect timed out".into()),
+        },
+        _ = shutdown.wait() => return SessionEnd::Shutdown,
+    };
+    let (mut sink, mut source) = ws.split();
+    let mut next_id: u64 = 0;
+    let mut new_id = move || {
+        next_id += 1;
+        format!("{next_id}:{}", uuid::Uuid::new_v4())
+    };
+
+    // Handshake: challenge -> connect -> hello-ok, under one deadline.
+    let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
+    let connect_id = new_id();
+    let mut hello: Option<HelloOk> = None;
+    let mut challenged = false;
+    while hello.is_none() {
+        let msg = tokio::select! {
+            m = timeout_at_deadline(deadline, source.next()) => m,
+            _ = shutdown.wait() => {
+                let _ = sink.send(Message::Close(Some(CloseFrame { code: CloseCode::Normal, reason: "".into() }))).await;
+                return SessionEnd::Shutdown;
+            }
+        };
+        let text = match msg {
+            Err(()) => return lost("handshake timed out".into()),
+            Ok(None) => return lost("connection closed during handshake".into()),
+            Ok(Some(Err(e))) => return lost(describe_ws_error(&e)),
+            Ok(Some(Ok(Message::Close(frame)))) => return lost(describe_close(frame.as_ref())),
+            Ok(Some(Ok(Message::Text(t)))) => t,
+            Ok(Some(Ok(_))) => continue,
+        };
+        match Frame::parse(&text) {
+            Ok(Frame::Event(ev)) if ev.event == event::CONNECT_CHALLENGE && !challenged => {
+                let challenge: ConnectChallenge = match serde_json::from_value(ev.payload) {
+                    Ok(c) => c,
+                    Err(e) => return lost(format!("invalid connect.challenge: {e}")),
+                };
+                challenged = true;
+                let params = connect_params(
+                    inputs.config,
+                    inputs.identity,
+                    inputs.facts,
+                    inputs.token,
+                    &challenge,
+                );
+                let frame = Frame::request(connect_id.clone(), method::CONNECT, params);
+                if let Err(e) = sink.send(Message::text(frame.to_text())).await {
+                    return lost(describe_ws_error(&e));
+                }
+            }
+            Ok(Frame::Res(res)) if res.id == connect_id => {
+                if let Some(error) = res.error.filter(|_| !res.ok) {
+                    return SessionEnd::Rejected(error);
+                }
+                match res.payload.map(serde_json::from_value::<HelloOk>) {
+                    Some(Ok(h)) => hello = Some(h),
+                    Some(Err(e)) => return lost(format!("invalid hello-ok: {e}")),
+                    None => return lost("hello-ok without payload".into()),
+                }
+            }
+            Ok(_) => debug!("ignoring frame during handshake"),
+            Err(e) => return lost(format!("invalid frame from gateway: {e}")),
+        }
+    }
+    let Some(hello) = hello else {
+        return lost("no hello-ok".into());
+    };
+
+    let tick = Duration::from_millis(hello.policy.tick_interval_ms.max(1000));
+    let silence_limit = tick * 2;
+    info!(
+        url = %url,
+        instance_id = inputs.identity.instance_id(),
+        conn_id = %hello.server.conn_id,
+        protocol = hello.protocol,
+        "connected to {url} as {}", inputs.identity.instance_id()
+    );
+
+    let ended = |reason: String| SessionEnd::Lost {
+        reason,
+        after_hello: true,
+    };
+    let mut pending: HashMap<String, Pending> = HashMap::new();
+    let mut last_heard = Instant::now();
+    let now = Instant::now();
+    let mut next_beacon = now;
+    let mut next_stats = now;
+    let far = || Instant::now() + Duration::from_secs(86_400);
+
+    loop {
+        let beacon_at = if inputs.memory.beacons_refused {
+            far()
+        } else {
+            next_beacon
+        };
+        tokio::select! {
+            msg = source.next() => {
+                last_heard = Instant::now();
+                let text = match msg {
+                    None => return ended("connection closed".into()),
+                    Some(Err(e)) => return ended(describe_ws_error(&e)),
+                    Some(Ok(Message::Close(frame))) => return ended(describe_close(frame.as_ref())),
+                    Some(Ok(Message::Text(t))) => t,
+                    Some(Ok(_)) => continue,
+                };
+                match Frame::parse(&text) {
+                    Ok(Frame::Res(res)) => match (pending.remove(&res.id), res.error) {
+                        (Some(Pending::Beacon), Some(e)) if is_role_refusal(&e) => {
+                            info!(error = %e, "gateway does not accept presence beacons from nodes; not sending more");
+                            inputs.memory.beacons_refused = true;
+                        }
+                        (Some(Pending::Stats), Some(e)) if e.retryable == Some(true) || e.code == ErrorCode::Unavailable => {
+                            debug!(error = %e, "host stats not accepted yet; retrying");
+                            next_stats = Instant::now() + STATS_RETRY;
+                        }
+                        (Some(kind), Some(e)) => warn!(error = %e, "{kind:?} refused by gateway"),
+                        _ => {}
+                    },
+                    Ok(Frame::Event(ev)) if ev.event == event::SHUTDOWN => {
+                        let reason = ev.payload.get("reason").and_then(|r| r.as_str()).unwrap_or("shutdown").to_string();
+                        return ended(format!("gateway shutting down: {reason}"));
+                    }
+                    Ok(Frame::Event(_)) => {}
+                    Ok(Frame::Req(req)) => {
+                        let reply = Frame::err(&req.id, ErrorShape::invalid_request(format!("unsupported method: {}", req.method)));
+                        if let Err(e) = sink.send(Message::text(reply.to_text())).await {
+                            return ended(describe_ws_error(&e));
+                        }
+                    }
+                    Err(e) => debug!(error = %e, "ignoring invalid frame"),
+                }
+            }
+            _ = sleep_until(beacon_at) => {
+                let params = beacon(inputs.config, inputs.identity, inputs.facts, crate::host::last_input_seconds(std::time::SystemTime::now()));
+                let id = new_id();
+                pending.insert(id.clone(), Pending::Beacon);
+                if let Err(e) = sink.send(Message::text(Frame::request(id, method::SYSTEM_EVENT, params).to_text())).await {
+                    return ended(describe_ws_error(&e));
+                }
+                next_beacon = Instant::now() + inputs.config.beacon_interval;
+            }
+            _ = sleep_until(next_stats) => {
+                let stats = inputs.sampler.sample();
+                let params = NodeEventParams {
+                    event: event::NODE_HOST_STATS.to_string(),
+                    payload_json: Some(serde_json::to_string(&stats).unwrap_or_default()),
+                    payload: None,
+                };
+                let id = new_id();
+                pending.insert(id.clone(), Pending::Stats);
+                if let Err(e) = sink.send(Message::text(Frame::request(id, method::NODE_EVENT, params).to_text())).await {
+                    return ended(describe_ws_error(&e));
+                }
+                next_stats = Instant::now() + inputs.config.stats_interval;
+            }
+            _ = sleep_until(last_heard + silence_limit) => {
+                let _ = sink.send(Message::Close(Some(CloseFrame { code: CloseCode::Away, reason: "tick timeout".into() }))).await;
+                return ended(format!("gateway silent for {}s (tick timeout)", silence_limit.as_secs()));
+            }
+            _ = shutdown.wait() => {
+                let frame = CloseFrame { code: CloseCode::Normal, reason: "agent stopping".into() };
+                let _ = timeout(Duration::from_secs(1), sink.send(Message::Close(Some(frame)))).await;
+                // Give the gateway a moment to echo the close.
+                let _ = timeout(Duration::from_millis(500), async {
+                    while let Some(Ok(m)) = source.next().await {
+                        if m.is_close() { break; }
+                    }
+                }).await;
+                return SessionEnd::Shutdown;
+            }
+        }
+        // Bound the pending map if a gateway never answers.
+        if pending.len() > 64 {
+            pending.clear();
+        }
+    }
+}
+
+async fn timeout_at_deadline<F: std::future::Future>(
+    deadline: Instant,
+    f: F,
+) -> Result<F::Output, ()> {
+    tokio::time::timeout_at(deadline, f).await.map_err(|_| ())
+}
+
+fn describe_close(frame: Option<&CloseFrame>) -> String {
+    match frame {
+        Some(f) if !f.reason.is_empty() => {
+            format!("closed by gateway ({}): {}", u16::from(f.code), f.reason)
+        }
+        Some(f) => format!("closed by gateway ({})", u16::from(f.code)),
+        None => "closed by gateway".into(),
+    }
+}
+
+/// A short human reason for a WebSocket error ("connection refused", ...).
+fn describe_ws_error(e: &tokio_tungstenite::tungstenite::Error) -> String {
+    use tokio_tungstenite::tungstenite::Error;
+    match e {
+        Error::Io(io) => match io.kind() {
+            std::io::ErrorKind::ConnectionRefused => "connection refused".into(),
+            std::io::ErrorKind::ConnectionReset => "connection reset".into(),
+            _ => io.to_string(),
+        },
+        Error::Http(resp) => format!(
+            "HTTP {} from gateway (not a WebSocket endpoint?)",
+            resp.status()
+        ),
+        Error::ConnectionClosed | Error::AlreadyClosed => "connection closed".into(),
+        other => other.to_string(),
+    }
+}

@@ -1,0 +1,162 @@
+//! The command line: `run`, `presence`, `identity`. Parsing lives here so it
+//! is testable; `main.rs` only calls [`main`].
+
+pub mod identity;
+pub mod presence;
+pub mod run;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{AuthMode, Flags};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "clawnode",
+    version,
+    about = "Fleet-presence daemon: OpenClaw-compatible node agent and presence gateway"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon: a node agent, or with --gateway the gateway.
+    Run(RunArgs),
+    /// Show the gateway's presence list.
+    Presence(PresenceArgs),
+    /// Show (creating if missing) this host's identity.
+    Identity(IdentityArgs),
+}
+
+/// Options shared by every command that reads the configuration.
+#[derive(Debug, Args, Clone, Default)]
+pub struct CommonArgs {
+    /// Config file (TOML).
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// State directory (identity, generated gateway token).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Run as the gateway instead of an agent.
+    #[arg(long)]
+    pub gateway: bool,
+    /// Gateway listen address.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Gateway authentication.
+    #[arg(long, value_enum)]
+    pub auth: Option<AuthMode>,
+    /// Gateway URL the agent connects to.
+    #[arg(long, value_name = "URL")]
+    pub url: Option<String>,
+    /// File holding the gateway token (never pass a token on the command line).
+    #[arg(long, value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+    /// Name shown for this host (default: the system host name).
+    #[arg(long, value_name = "NAME")]
+    pub display_name: Option<String>,
+    /// Presence TTL in seconds (gateway).
+    #[arg(long, value_name = "N")]
+    pub presence_ttl_secs: Option<u64>,
+    /// Maximum presence entries (gateway).
+    #[arg(long, value_name = "N")]
+    pub presence_max_entries: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub struct PresenceArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Gateway URL.
+    #[arg(long, value_name = "URL")]
+    pub url: Option<String>,
+    /// File holding the gateway token.
+    #[arg(long, value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+    /// Print the raw system-presence payload as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct IdentityArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Print as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl RunArgs {
+    pub fn flags(&self) -> Flags {
+        Flags {
+            config: self.common.config.clone(),
+            url: self.url.clone(),
+            token_file: self.token_file.clone(),
+            state_dir: self.common.state_dir.clone(),
+            display_name: self.display_name.clone(),
+            gateway: self.gateway,
+            listen: self.listen.clone(),
+            auth: self.auth,
+            presence_ttl_secs: self.presence_ttl_secs,
+            presence_max_entries: self.presence_max_entries,
+        }
+    }
+}
+
+/// Parses arguments; usage errors become one line on stderr and exit 2.
+pub fn parse() -> Result<Cli, ExitCode> {
+    match Cli::try_parse() {
+        Ok(cli) => Ok(cli),
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                let _ = e.print();
+                return Err(ExitCode::from(
+                    if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                        2
+                    } else {
+                        0
+                    },
+                ));
+            }
+            let rendered = e.render().to_string();
+            let first = rendered.lines().next().unwrap_or("invalid arguments");
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            eprintln!("clawnode: {first} (see `clawnode --help`)");
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
+/// Runs a parsed command; errors are one line on stderr and exit 1.
+pub async fn main(cli: Cli) -> ExitCode {
+    let result = match cli.command {
+        Command::Run(args) => run::run(args).await,
+        Command::Presence(args) => presence::run(args).await,
+        Command::Identity(args) => identity::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("clawnode: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! `clawnode run`: resolve settings, load the identity, then run the agent
+//! or the gateway until SIGTERM/SIGINT.
+
+use anyhow::{Context as _, Result};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use tracing::{info, warn};
+
+use super::RunArgs;
+use crate::agent::{self, AgentConfig};
+use crate::config::{AuthMode, Env, GatewaySettings, Secret, Settings, TokenSource};
+use crate::gateway::{self, Gateway, GatewayConfig};
+use crate::host::HostFacts;
+use crate::identity::DeviceIdentity;
+use crate::protocol::{mode, PresenceEntry};
+use crate::shutdown::{self, Shutdown};
+use crate::state_file;
+
+pub async fn run(args: RunArgs) -> Result<()> {
+    let settings = Settings::resolve(&args.flags(), &Env::from_process())?;
+    // Fail fast on bad input before logging anything, so it is one line:
+    // a port in use, an unreadable token file.
+    let listener = match &settings.gateway {
+        Some(gw) => Some(gateway::bind(gw.listen).await?),
+        None => {
+            settings.token.read()?;
+            None
+        }
+    };
+    crate::logging::init(settings.log_level.as_deref());
+    let (identity, report) = DeviceIdentity::load_or_create(&settings.state_dir)?;
+    if report.created_instance_id || report.created_device_key {
+        info!(state_dir = %settings.state_dir.display(), instance_id = identity.instance_id(), "created a new identity");
+    }
+    if let Some(mode) = report.shared_dir_mode {
+        warn!(state_dir = %settings.state_dir.display(), "state directory is accessible by other users (mode {mode:o}); consider chmod 700");
+    }
+    let (trigger, stop) = Shutdown::new();
+    shutdown::on_signals(trigger).context("cannot install signal handlers")?;
+
+    match (&settings.gateway, listener) {
+        (Some(gw), Some(listener)) => run_gateway(&settings, gw, listener, &identity, stop).await,
+        _ => {
+            let config = AgentConfig {
+                url: settings.url.clone(),
+                token: settings.token.clone(),
+                display_name: settings.display_name.clone(),
+                beacon_interval: settings.beacon_interval,
+                stats_interval: settings.stats_interval,
+                disk_path: "/".into(),
+            };
+            agent::run(config, identity, stop).await
+        }
+    }
+}
+
+/// The gateway's token: the configured one, else `<state-dir>/gateway.token`,
+/// generated on first start. Only the file's path is ever logged.
+fn gateway_token(settings: &Settings, gw: &GatewaySettings) -> Result<Option<Secret>> {
+    if gw.auth == AuthMode::None {
+        warn!("gateway authentication is disabled (loopback only)");
+        return Ok(None);
+    }
+    if let Some(token) = settings.token.read()? {
+        info!(token = %settings.token.describe(), "gateway token loaded");
+        return Ok(Some(token));
+    }
+    let TokenSource::StateDirDefault(path) = &settings.token else {
+        unreachable!("only the state-dir default can be absent");
+    };
+    let token = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
+    let created = state_file::create_atomic(path, format!("{token}\n").as_bytes())
+        .with_context(|| format!("cannot write gateway token {}", path.display()))?;
+    if created {
+        info!(path = %path.display(), "generated a gateway token; give this file to agents with --token-file");
+    }
+    // Whoever won a creation race, the file now holds the token to use.
+    crate::config::read_token_file(path).map(Some)
+}
+
+/// The gateway's own presence row (rule 1).
+pub fn self_entry(
+    settings: &Settings,
+    identity: &DeviceIdentity,
+    facts: &HostFacts,
+) -> PresenceEntry {
+    let host = settings
+        .display_name
+        .clone()
+        .unwrap_or_else(|| facts.hostname.clone());
+    let ip = facts.ip.map(|ip| ip.to_string());
+    let text = format!(
+        "Gateway: {host}{} · app {} · mode gateway · reason self",
+        ip.as_ref().map(|ip| format!(" ({ip})")).unwrap_or_default(),
+        crate::VERSION
+    );
+    PresenceEntry {
+        instance_id: Some(identity.instance_id().to_string()),
+        host: Some(host),
+        ip,
+        version: Some(crate::VERSION.to_string()),
+        platform: Some(facts.platform.clone()),
+        device_family: Some(facts.device_family.clone()),
+        model_identifier: Some(facts.model_identifier.clone()),
+        mode: Some(mode::GATEWAY.to_string()),
+        reason: Some("self".to_string()),
+        device_id: Some(identity.device_id().to_string()),
+        text: Some(text),
+        ts: crate::gateway::state::now_ms(),
+        ..PresenceEntry::default()
+    }
+}
+
+async fn run_gateway(
+    settings: &Settings,
+    gw: &GatewaySettings,
+    listener: tokio::net::TcpListener,
+    identity: &DeviceIdentity,
+    mut stop: Shutdown,
+) -> Result<()> {
+    let token = gateway_token(settings, gw)?;
+    let facts = HostFacts::collect();
+    let mut config = GatewayConfig::new(gw.listen, token, self_entry(settings, identity, &facts));
+    config.limits = gw.limits;
+    config.tick_interval = gw.tick_interval;
+    let gateway = Gateway::new(listener, config);
+    info!(
+        listen = %gateway.local_addr()?,
+        auth = gateway::describe_auth(gw.auth),
+        instance_id = identity.instance_id(),
+        ttl_secs = gw.limits.ttl_ms / 1000,
+        max_entries = gw.limits.max_entries,
+        "gateway listening"
+    );
+    gateway.serve(async move { stop.wait().await }).await?;
+    info!("gateway stopped");
+    Ok(())
+}

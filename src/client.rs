@@ -1,0 +1,108 @@
+//! A minimal one-shot operator client: connect as `mode: cli` (so it never
+//! becomes a presence row), make one call, close. Used by the CLI commands
+//! and by tests.
+
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use futures_util::{SinkExt as _, StreamExt as _};
+use serde_json::Value;
+use tokio::time::timeout;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::config::Secret;
+use crate::protocol::{
+    event, method, mode, scope, ClientInfo, ConnectAuth, ConnectParams, Frame, Role, CLI_CLIENT_ID,
+    PROTOCOL_VERSION,
+};
+
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connects to `url`, authenticates as a read-only CLI operator and calls
+/// `method` with `params`; returns the response payload.
+pub async fn call(
+    url: &str,
+    token: Option<&Secret>,
+    method_name: &str,
+    params: Value,
+) -> Result<Value> {
+    timeout(CALL_TIMEOUT, call_inner(url, token, method_name, params))
+        .await
+        .map_err(|_| {
+            anyhow!(
+                "no answer from gateway {url} within {}s",
+                CALL_TIMEOUT.as_secs()
+            )
+        })?
+}
+
+async fn call_inner(
+    url: &str,
+    token: Option<&Secret>,
+    method_name: &str,
+    params: Value,
+) -> Result<Value> {
+    let (ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .with_context(|| format!("cannot connect to gateway {url}"))?;
+    let (mut sink, mut source) = ws.split();
+    let connect = Frame::request(
+        "1",
+        method::CONNECT,
+        ConnectParams {
+            min_protocol: PROTOCOL_VERSION,
+            max_protocol: PROTOCOL_VERSION,
+            client: ClientInfo {
+                id: CLI_CLIENT_ID.to_string(),
+                display_name: None,
+                version: crate::VERSION.to_string(),
+                platform: std::env::consts::OS.to_string(),
+                device_family: None,
+                model_identifier: None,
+                mode: mode::CLI.to_string(),
+                instance_id: None,
+            },
+            role: Some(Role::Operator),
+            scopes: vec![scope::OPERATOR_READ.to_string()],
+            caps: vec![],
+            commands: vec![],
+            auth: Some(ConnectAuth {
+                token: token.map(|t| t.expose().to_string()),
+            }),
+            device: None,
+        },
+    );
+    let mut connected = false;
+    while let Some(msg) = source.next().await {
+        let text = match msg.context("connection to gateway failed")? {
+            Message::Text(t) => t,
+            Message::Close(frame) => bail!(
+                "gateway closed the connection{}",
+                frame.map(|f| format!(": {}", f.reason)).unwrap_or_default()
+            ),
+            _ => continue,
+        };
+        match Frame::parse(&text)? {
+            Frame::Event(ev) if ev.event == event::CONNECT_CHALLENGE => {
+                sink.send(Message::text(connect.to_text())).await?;
+            }
+            Frame::Res(res) if res.id == "1" => {
+                if let Some(e) = res.error.filter(|_| !res.ok) {
+                    bail!("gateway refused the connection: {e}");
+                }
+                connected = true;
+                let req = Frame::request("2", method_name, params.clone());
+                sink.send(Message::text(req.to_text())).await?;
+            }
+            Frame::Res(res) if res.id == "2" && connected => {
+                let _ = sink.send(Message::Close(None)).await;
+                if let Some(e) = res.error.filter(|_| !res.ok) {
+                    bail!("{method_name} failed: {e}");
+                }
+                return Ok(res.payload.unwrap_or(Value::Null));
+            }
+            _ => {}
+        }
+    }
+    bail!("gateway closed the connection before answering")
+}

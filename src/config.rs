@@ -1,0 +1,594 @@
+//! Effective settings: command-line flags over environment over the config
+//! file over defaults, resolved once at start-up into plain values.
+//!
+//! Secrets never come from the command line: a token is read from a file or
+//! the environment, and [`Secret`] keeps it out of `Debug` output and logs.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use serde::Deserialize;
+
+use crate::presence::{PresenceLimits, DEFAULT_MAX_ENTRIES, DEFAULT_TTL_MS};
+
+pub const DEFAULT_URL: &str = "ws://127.0.0.1:18789";
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:18789";
+pub const GATEWAY_TOKEN_FILE: &str = "gateway.token";
+pub const DEFAULT_BEACON_INTERVAL: Duration = Duration::from_secs(60);
+pub const DEFAULT_STATS_INTERVAL: Duration = Duration::from_secs(60);
+pub const DEFAULT_TICK_INTERVAL: Duration = Duration::from_secs(30);
+
+/// A secret string (a gateway token). `Debug` and `Display` never show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// The config file (`--config PATH`). Unknown keys are errors.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub url: Option<String>,
+    pub token_file: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+    pub display_name: Option<String>,
+    pub log_level: Option<String>,
+    pub beacon_interval_secs: Option<u64>,
+    pub stats_interval_secs: Option<u64>,
+    #[serde(default)]
+    pub gateway: GatewayFileConfig,
+}
+
+/// The `[gateway]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayFileConfig {
+    pub enabled: Option<bool>,
+    pub listen: Option<String>,
+    pub auth: Option<AuthMode>,
+    pub presence_ttl_secs: Option<u64>,
+    pub presence_max_entries: Option<usize>,
+    pub tick_interval_secs: Option<u64>,
+}
+
+/// How the gateway authenticates clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// A shared token (the default).
+    Token,
+    /// No authentication: only allowed on a loopback listen address.
+    None,
+}
+
+impl FileConfig {
+    /// Reads and parses a config file; errors name the file, line and key.
+    pub fn load(path: &Path) -> Result<FileConfig> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        toml::from_str(&text).map_err(|e| anyhow!("invalid config file {}: {e}", path.display()))
+    }
+}
+
+/// Values given on the command line (all optional).
+#[derive(Debug, Default, Clone)]
+pub struct Flags {
+    pub config: Option<PathBuf>,
+    pub url: Option<String>,
+    pub token_file: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+    pub display_name: Option<String>,
+    pub gateway: bool,
+    pub listen: Option<String>,
+    pub auth: Option<AuthMode>,
+    pub presence_ttl_secs: Option<u64>,
+    pub presence_max_entries: Option<usize>,
+}
+
+/// The process environment, captured once (injected in tests).
+#[derive(Debug, Default, Clone)]
+pub struct Env {
+    vars: HashMap<String, String>,
+    pub is_root: bool,
+}
+
+impl Env {
+    pub fn from_process() -> Env {
+        Env {
+            vars: std::env::vars().collect(),
+            // SAFETY: geteuid has no preconditions and cannot fail.
+            is_root: unsafe { libc::geteuid() } == 0,
+        }
+    }
+
+    #[cfg(test)]
+    pub fn from_pairs(pairs: &[(&str, &str)], is_root: bool) -> Env {
+        Env {
+            vars: pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            is_root,
+        }
+    }
+
+    /// A variable's value, treating empty as unset.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.vars
+            .get(name)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
+    }
+}
+
+/// Where the token comes from. Files are re-read on every connection
+/// attempt, so fixing a token needs no restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    /// A file given by flag, environment or config file.
+    File(PathBuf),
+    /// An environment variable's value.
+    Env { var: &'static str, token: Secret },
+    /// `<state-dir>/gateway.token`, used when it exists.
+    StateDirDefault(PathBuf),
+}
+
+impl TokenSource {
+    /// Reads the token now. `Ok(None)` only for a state-dir default that
+    /// does not exist (no token configured).
+    pub fn read(&self) -> Result<Option<Secret>> {
+        match self {
+            TokenSource::Env { token, .. } => Ok(Some(token.clone())),
+            TokenSource::File(path) => read_token_file(path).map(Some),
+            TokenSource::StateDirDefault(path) => {
+                if path.exists() {
+                    read_token_file(path).map(Some)
+                } else {
+                    Ok(None)
+                }
+            }
+        }
+    }
+
+    /// A description for logs (never the token itself).
+    pub fn describe(&self) -> String {
+        match self {
+            TokenSource::File(p) | TokenSource::StateDirDefault(p) => {
+                format!("file {}", p.display())
+            }
+            TokenSource::Env { var, .. } => format!("environment variable {var}"),
+        }
+    }
+}
+
+/// Reads a token file: surrounding whitespace is trimmed; empty is an error.
+pub fn read_token_file(path: &Path) -> Result<Secret> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read token file {}", path.display()))?;
+    let token = text.trim();
+    if token.is_empty() {
+        bail!("token file {} is empty", path.display());
+    }
+    if token.contains(char::is_control) {
+        bail!(
+            "token file {} holds more than one line or control characters; it must hold only the token",
+            path.display()
+        );
+    }
+    Ok(Secret::new(token))
+}
+
+/// Gateway-only settings.
+#[derive(Debug, Clone)]
+pub struct GatewaySettings {
+    pub listen: SocketAddr,
+    pub auth: AuthMode,
+    pub limits: PresenceLimits,
+    pub tick_interval: Duration,
+}
+
+/// Everything `run`, `presence` and `identity` need.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub url: String,
+    pub state_dir: PathBuf,
+    pub token: TokenSource,
+    pub display_name: Option<String>,
+    pub log_level: Option<String>,
+    pub beacon_interval: Duration,
+    pub stats_interval: Duration,
+    /// `Some` when this process is the gateway.
+    pub gateway: Option<GatewaySettings>,
+}
+
+impl Settings {
+    /// Resolves flags > environment > config file > defaults.
+    pub fn resolve(flags: &Flags, env: &Env) -> Result<Settings> {
+        let config_path = flags
+            .config
+            .clone()
+            .or_else(|| env.get("CLAWNODE_CONFIG").map(PathBuf::from));
+        let file = match &config_path {
+            Some(p) => FileConfig::load(p)?,
+            None => FileConfig::default(),
+        };
+
+        let url = flags
+            .url
+            .clone()
+            .or_else(|| env.get("CLAWNODE_URL").map(str::to_string))
+            .or(file.url.clone())
+            .unwrap_or_else(|| DEFAULT_URL.to_string());
+        validate_url(&url)?;
+
+        let state_dir = flags
+            .state_dir
+            .clone()
+            .or_else(|| env.get("CLAWNODE_STATE_DIR").map(PathBuf::from))
+            .or(file.state_dir.clone())
+            .map(Ok)
+            .unwrap_or_else(|| default_state_dir(env))?;
+
+        let token = if let Some(p) = &flags.token_file {
+            TokenSource::File(p.clone())
+        } else if let Some(p) = env.get("CLAWNODE_TOKEN_FILE") {
+            TokenSource::File(PathBuf::from(p))
+        } else if let Some((var, t)) = ["CLAWNODE_TOKEN", "OPENCLAW_GATEWAY_TOKEN"]
+            .into_iter()
+            .find_map(|var| env.get(var).map(|t| (var, t)))
+        {
+            TokenSource::Env {
+                var,
+                token: Secret::new(t.trim()),
+            }
+        } else if let Some(p) = &file.token_file {
+            TokenSource::File(p.clone())
+        } else {
+            TokenSource::StateDirDefault(state_dir.join(GATEWAY_TOKEN_FILE))
+        };
+
+        let display_name = flags
+            .display_name
+            .clone()
+            .or(file.display_name.clone())
+            .map(|n| n.trim().to_string());
+        if display_name.as_deref() == Some("") {
+            bail!("display name must not be empty");
+        }
+
+        let secs = |name: &str, v: Option<u64>, default: Duration| -> Result<Duration> {
+            match v {
+                Some(0) => bail!("{name} must be at least 1 second"),
+                Some(s) => Ok(Duration::from_secs(s)),
+                None => Ok(default),
+            }
+        };
+
+        let g = &file.gateway;
+        let gateway = if flags.gateway || g.enabled.unwrap_or(false) {
+            let listen_text = flags
+                .listen
+                .clone()
+                .or(g.listen.clone())
+                .unwrap_or_else(|| DEFAULT_LISTEN.to_string());
+            let listen: SocketAddr = listen_text.parse().map_err(|_| {
+                anyhow!("invalid listen address {listen_text:?}: expected IP:PORT, e.g. 127.0.0.1:18789")
+            })?;
+            let auth = flags.auth.or(g.auth).unwrap_or(AuthMode::Token);
+            if auth == AuthMode::None && !listen.ip().is_loopback() {
+                bail!(
+                    "refusing to listen on {listen} without authentication: use a loopback address or token auth"
+                );
+            }
+            let ttl_secs = flags.presence_ttl_secs.or(g.presence_ttl_secs);
+            let max_entries = flags
+                .presence_max_entries
+                .or(g.presence_max_entries)
+                .unwrap_or(DEFAULT_MAX_ENTRIES);
+            if max_entries == 0 {
+                bail!("presence max entries must be at least 1");
+            }
+            Some(GatewaySettings {
+                listen,
+                auth,
+                limits: PresenceLimits {
+                    ttl_ms: secs(
+                        "presence TTL",
+                        ttl_secs,
+                        Duration::from_millis(DEFAULT_TTL_MS),
+                    )?
+                    .as_millis() as u64,
+                    max_entries,
+                },
+                tick_interval: secs("tick interval", g.tick_interval_secs, DEFAULT_TICK_INTERVAL)?,
+            })
+        } else {
+            None
+        };
+
+        Ok(Settings {
+            url,
+            state_dir,
+            token,
+            display_name,
+            log_level: file.log_level.clone(),
+            beacon_interval: secs(
+                "beacon interval",
+                file.beacon_interval_secs,
+                DEFAULT_BEACON_INTERVAL,
+            )?,
+            stats_interval: secs(
+                "stats interval",
+                file.stats_interval_secs,
+                DEFAULT_STATS_INTERVAL,
+            )?,
+            gateway,
+        })
+    }
+}
+
+/// Checks a gateway URL: `ws://host[:port][/path]`.
+pub fn validate_url(url: &str) -> Result<()> {
+    let uri: tokio_tungstenite::tungstenite::http::Uri = url
+        .parse()
+        .map_err(|e| anyhow!("invalid gateway URL {url:?}: {e}"))?;
+    match uri.scheme_str() {
+        Some("ws") => {}
+        Some("wss") => bail!(
+            "invalid gateway URL {url:?}: wss:// (TLS) is not supported yet; use ws:// on a trusted network or through a TLS tunnel"
+        ),
+        _ => bail!("invalid gateway URL {url:?}: expected ws://HOST:PORT"),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        bail!("invalid gateway URL {url:?}: missing host");
+    }
+    Ok(())
+}
+
+/// `$STATE_DIRECTORY` (systemd), else `/var/lib/clawnode` as root, else
+/// `$XDG_STATE_HOME/clawnode` or `~/.local/state/clawnode`.
+pub fn default_state_dir(env: &Env) -> Result<PathBuf> {
+    if let Some(dirs) = env.get("STATE_DIRECTORY") {
+        // systemd passes a colon-separated list when several are configured.
+        if let Some(first) = dirs.split(':').find(|d| !d.is_empty()) {
+            return Ok(PathBuf::from(first));
+        }
+    }
+    if env.is_root {
+        return Ok(PathBuf::from("/var/lib/clawnode"));
+    }
+    if let Some(x) = env.get("XDG_STATE_HOME") {
+        return Ok(Path::new(x).join("clawnode"));
+    }
+    if let Some(home) = env.get("HOME") {
+        return Ok(Path::new(home).join(".local/state/clawnode"));
+    }
+    bail!("cannot choose a state directory: set --state-dir, CLAWNODE_STATE_DIR or HOME")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolve(flags: Flags, env: &[(&str, &str)]) -> Result<Settings> {
+        Settings::resolve(&flags, &Env::from_pairs(env, false))
+    }
+
+    #[test]
+    fn defaults() {
+        let s = resolve(Flags::default(), &[("HOME", "/home/u")]).unwrap();
+        assert_eq!(s.url, DEFAULT_URL);
+        assert_eq!(s.state_dir, PathBuf::from("/home/u/.local/state/clawnode"));
+        assert_eq!(
+            s.token,
+            TokenSource::StateDirDefault(PathBuf::from(
+                "/home/u/.local/state/clawnode/gateway.token"
+            ))
+        );
+        assert!(s.gateway.is_none());
+        assert_eq!(s.beacon_interval, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn state_dir_defaults_in_order() {
+        let env = |pairs: &[(&str, &str)], root| {
+            default_state_dir(&Env::from_pairs(pairs, root)).unwrap()
+        };
+        assert_eq!(
+            env(
+                &[("STATE_DIRECTORY", "/var/lib/x:/other"), ("HOME", "/h")],
+                true
+            ),
+            PathBuf::from("/var/lib/x")
+        );
+        assert_eq!(
+            env(&[("HOME", "/h")], true),
+            PathBuf::from("/var/lib/clawnode")
+        );
+        assert_eq!(
+            env(&[("XDG_STATE_HOME", "/s"), ("HOME", "/h")], false),
+            PathBuf::from("/s/clawnode")
+        );
+        assert!(default_state_dir(&Env::from_pairs(&[], false)).is_err());
+    }
+
+    #[test]
+    fn flags_beat_env_beat_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = tmp.path().join("c.toml");
+        std::fs::write(&cfg, "url = \"ws://file:1\"\nstate_dir = \"/file\"\n").unwrap();
+        let flags = Flags {
+            config: Some(cfg.clone()),
+            ..Flags::default()
+        };
+        let s = resolve(flags.clone(), &[]).unwrap();
+        assert_eq!(
+            (s.url.as_str(), s.state_dir.as_path()),
+            ("ws://file:1", Path::new("/file"))
+        );
+        let s = resolve(
+            flags.clone(),
+            &[
+                ("CLAWNODE_URL", "ws://env:1"),
+                ("CLAWNODE_STATE_DIR", "/env"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            (s.url.as_str(), s.state_dir.as_path()),
+            ("ws://env:1", Path::new("/env"))
+        );
+        let s = resolve(
+            Flags {
+                url: Some("ws://flag:1".into()),
+                state_dir: Some("/flag".into()),
+                ..flags
+            },
+            &[("CLAWNODE_URL", "ws://env:1")],
+        )
+        .unwrap();
+        assert_eq!(
+            (s.url.as_str(), s.state_dir.as_path()),
+            ("ws://flag:1", Path::new("/flag"))
+        );
+    }
+
+    #[test]
+    fn token_sources_in_order() {
+        let base = [("HOME", "/h")];
+        let flags = Flags {
+            token_file: Some("/flag.token".into()),
+            ..Flags::default()
+        };
+        let all = [
+            ("HOME", "/h"),
+            ("CLAWNODE_TOKEN_FILE", "/env.token"),
+            ("CLAWNODE_TOKEN", "a"),
+            ("OPENCLAW_GATEWAY_TOKEN", "b"),
+        ];
+        assert_eq!(
+            resolve(flags, &all).unwrap().token,
+            TokenSource::File("/flag.token".into())
+        );
+        assert_eq!(
+            resolve(Flags::default(), &all).unwrap().token,
+            TokenSource::File("/env.token".into())
+        );
+        let t = resolve(Flags::default(), &[all[0], all[2], all[3]])
+            .unwrap()
+            .token;
+        assert_eq!(
+            t,
+            TokenSource::Env {
+                var: "CLAWNODE_TOKEN",
+                token: Secret::new("a")
+            }
+        );
+        let t = resolve(Flags::default(), &[all[0], all[3]]).unwrap().token;
+        assert_eq!(
+            t,
+            TokenSource::Env {
+                var: "OPENCLAW_GATEWAY_TOKEN",
+                token: Secret::new("b")
+            }
+        );
+        assert!(matches!(
+            resolve(Flags::default(), &base).unwrap().token,
+            TokenSource::StateDirDefault(_)
+        ));
+    }
+
+    #[test]
+    fn unknown_config_keys_name_the_key_and_line() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = tmp.path().join("c.toml");
+        std::fs::write(
+            &cfg,
+            "url = \"ws://a:1\"\n\n[gateway]\nlisten_addr = \"x\"\n",
+        )
+        .unwrap();
+        let err = format!(
+            "{:#}",
+            resolve(
+                Flags {
+                    config: Some(cfg),
+                    ..Flags::default()
+                },
+                &[("HOME", "/h")]
+            )
+            .unwrap_err()
+        );
+        assert!(err.contains("listen_addr"), "{err}");
+        assert!(err.contains("line 4"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_one_clear_error() {
+        let h = [("HOME", "/h")];
+        let err = |flags: Flags| format!("{:#}", resolve(flags, &h).unwrap_err());
+        assert!(err(Flags {
+            url: Some("http://x".into()),
+            ..Flags::default()
+        })
+        .contains("expected ws://"));
+        assert!(err(Flags {
+            url: Some("not a url".into()),
+            ..Flags::default()
+        })
+        .contains("invalid gateway URL"));
+        assert!(err(Flags {
+            url: Some("wss://x".into()),
+            ..Flags::default()
+        })
+        .contains("TLS"));
+        let gw = |listen: &str, auth| Flags {
+            gateway: true,
+            listen: Some(listen.into()),
+            auth,
+            ..Flags::default()
+        };
+        assert!(err(gw("nope", None)).contains("invalid listen address"));
+        assert!(err(gw("0.0.0.0:1", Some(AuthMode::None))).contains("refusing"));
+        assert!(resolve(gw("127.0.0.1:1", Some(AuthMode::None)), &h).is_ok());
+        assert!(err(Flags {
+            gateway: true,
+            presence_max_entries: Some(0),
+            ..Flags::default()
+        })
+        .contains("at least 1"));
+    }
+
+    #[test]
+    fn token_files_are_trimmed_and_validated() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("t");
+        std::fs::write(&p, "  abc \n").unwrap();
+        assert_eq!(read_token_file(&p).unwrap(), Secret::new("abc"));
+        std::fs::write(&p, "\n").unwrap();
+        assert!(format!("{:#}", read_token_file(&p).unwrap_err()).contains("is empty"));
+        std::fs::write(&p, "a\nb\n").unwrap();
+        assert!(read_token_file(&p).is_err());
+        assert!(format!(
+            "{:#}",
+            read_token_file(&tmp.path().join("missing")).unwrap_err()
+        )
+        .contains("cannot read token file"));
+        assert_eq!(format!("{:?}", Secret::new("s3cret")), "<redacted>");
+    }
+}

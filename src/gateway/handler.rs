@@ -1,0 +1,598 @@
+//! One connection's life: WebSocket upgrade, the `connect` handshake
+//! (challenge, protocol, token, device signature), then requests and queued
+//! events until the peer leaves, overflows its queue, or the gateway stops.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt as _, StreamExt as _};
+use sha2::{Digest, Sha256};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit};
+use tokio::time::{timeout, timeout_at, Instant};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::WebSocketStream;
+use tracing::{debug, info, warn, Instrument as _};
+
+use super::broadcast::{event_text, Outbound};
+use super::methods::{self, ConnContext};
+use super::state::{now_ms, ConnHandle, NodeRecord, Shared};
+use super::SERVER_VERSION;
+use crate::presence::{ConnectionInfo, PresenceKey};
+use crate::protocol::connect::{Features, HelloAuth, Policy, ServerInfo, Snapshot, StateVersion};
+use crate::protocol::device_auth::{self, Expected};
+use crate::protocol::{
+    event, method, ConnectChallenge, ConnectParams, ErrorCode, ErrorDetailCode, ErrorShape, Frame,
+    HelloOk, Role, MIN_NODE_PROTOCOL_VERSION, PROTOCOL_VERSION,
+};
+
+type Sink = SplitSink<WebSocketStream<TcpStream>, Message>;
+type Source = SplitStream<WebSocketStream<TcpStream>>;
+
+/// A write that takes longer than this means the peer stopped reading.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a handshake ended without a session.
+struct Rejection {
+    /// The error response, when the peer sent a request it can be tied to.
+    response: Option<Frame>,
+    code: CloseCode,
+    reason: String,
+}
+
+impl Rejection {
+    fn close(code: CloseCode, reason: impl Into<String>) -> Self {
+        Rejection {
+            response: None,
+            code,
+            reason: reason.into(),
+        }
+    }
+
+    fn reply(id: &str, error: ErrorShape, code: CloseCode) -> Self {
+        let reason = error.message.clone();
+        Rejection {
+            response: Some(Frame::err(id, error)),
+            code,
+            reason,
+        }
+    }
+}
+
+/// Runs one connection to completion.
+pub async fn run(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    stop: watch::Receiver<bool>,
+    _permit: OwnedSemaphorePermit,
+) {
+    let conn_id = uuid::Uuid::new_v4().to_string();
+    let span = tracing::info_span!("conn", conn_id = %conn_id, peer = %peer);
+    serve_connection(stream, peer, conn_id, shared, stop)
+        .instrument(span)
+        .await
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    conn_id: String,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let config = &shared.config;
+    let deadline = Instant::now() + config.handshake_timeout;
+    let ws_config = WebSocketConfig::default()
+        .max_message_size(Some(config.max_payload))
+        .max_frame_size(Some(config.max_payload));
+    let ws = match timeout_at(
+        deadline,
+        tokio_tungstenite::accept_async_with_config(stream, Some(ws_config)),
+    )
+    .await
+    {
+        Ok(Ok(ws)) => ws,
+        Ok(Err(e)) => {
+            debug!(error = %e, "WebSocket upgrade failed");
+            return;
+        }
+        Err(_) => {
+            debug!("WebSocket upgrade timed out");
+            return;
+        }
+    };
+    let (mut sink, mut source) = ws.split();
+    let remote_ip = canonical_ip(peer.ip());
+
+    let nonce = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
+    let challenge = Frame::event(
+        event::CONNECT_CHALLENGE,
+        ConnectChallenge {
+            nonce: nonce.clone(),
+            ts: now_ms(),
+        },
+    );
+    if send_text(&mut sink, challenge.to_text()).await.is_err() {
+        return;
+    }
+
+    let outcome = tokio::select! {
+        r = timeout_at(deadline, handshake(&mut source, &shared, &conn_id, &nonce, remote_ip)) => match r {
+            Ok(outcome) => outcome,
+            Err(_) => Err(Rejection::close(CloseCode::Policy, "handshake timeout")),
+        },
+        _ = stop.changed() => Err(Rejection::close(CloseCode::Restart, "gateway stopping")),
+    };
+    let accepted = match outcome {
+        Ok(accepted) => accepted,
+        Err(rejection) => {
+            info!(reason = %rejection.reason, "handshake rejected");
+            if let Some(frame) = rejection.response {
+                let _ = send_text(&mut sink, frame.to_text()).await;
+            }
+            close(&mut sink, rejection.code, &rejection.reason).await;
+            return;
+        }
+    };
+
+    let Accepted {
+        ctx,
+        hello,
+        request_id,
+        rx,
+        kill,
+    } = accepted;
+    info!(
+        role = ctx.role.as_str(),
+        mode = %ctx.client.mode,
+        client = %ctx.client.id,
+        instance_id = ctx.client.instance_id.as_deref().unwrap_or("-"),
+        "connected"
+    );
+    let sent = send_text(&mut sink, Frame::ok(&request_id, &hello).to_text()).await;
+    if ctx.presence_key.is_some() {
+        shared.lock().broadcast_presence();
+    }
+    if sent.is_ok() {
+        session(&mut sink, &mut source, &shared, &ctx, rx, &kill, &mut stop).await;
+    }
+
+    // Cleanup: the row stays with reason "disconnect" until the TTL takes it.
+    let mut state = shared.lock();
+    state.connections.remove(&ctx.conn_id);
+    state.nodes.remove(&ctx.conn_id);
+    if let Some(key) = &ctx.presence_key {
+        if state.presence.disconnect(key, now_ms()) {
+            state.broadcast_presence();
+        }
+    }
+    drop(state);
+    info!("disconnected");
+}
+
+/// A successful handshake.
+struct Accepted {
+    ctx: ConnContext,
+    hello: HelloOk,
+    request_id: String,
+    rx: mpsc::Receiver<Outbound>,
+    kill: Arc<Notify>,
+}
+
+/// Reads the first frame and decides. On success the connection is
+/// registered (presence row, node record, broadcast queue) before returning.
+async fn handshake(
+    source: &mut Source,
+    shared: &Shared,
+    conn_id: &str,
+    nonce: &str,
+    remote_ip: IpAddr,
+) -> Result<Accepted, Rejection> {
+    let config = &shared.config;
+    let text = loop {
+        match source.next().await {
+            Some(Ok(Message::Text(t))) => break t,
+            Some(Ok(Message::Binary(_))) => {
+                return Err(Rejection::close(
+                    CloseCode::Policy,
+                    "invalid request frame: binary frames are not supported",
+                ))
+            }
+            Some(Ok(Message::Close(_))) | None => {
+                return Err(Rejection::close(CloseCode::Normal, "closed before connect"))
+            }
+            Some(Ok(_)) => continue, // ping/pong
+            Some(Err(WsError::Capacity(_))) => {
+                return Err(Rejection::close(CloseCode::Size, "frame too large"))
+            }
+            Some(Err(e)) => return Err(Rejection::close(CloseCode::Protocol, e.to_string())),
+        }
+    };
+    if text.len() > config.max_preauth_payload {
+        return Err(Rejection::close(
+            CloseCode::Size,
+            format!(
+                "frame of {} bytes exceeds the {} byte limit before connect",
+                text.len(),
+                config.max_preauth_payload
+            ),
+        ));
+    }
+    let req = match Frame::parse(&text) {
+        Ok(Frame::Req(req)) => req,
+        _ => return Err(Rejection::close(CloseCode::Policy, "invalid request frame")),
+    };
+    let policy_reply = |e: ErrorShape| Rejection::reply(&req.id, e, CloseCode::Policy);
+    if req.method != method::CONNECT {
+        return Err(policy_reply(ErrorShape::invalid_request(
+            "invalid handshake: first request must be connect",
+        )));
+    }
+    let params: ConnectParams = serde_json::from_value(req.params.clone()).map_err(|e| {
+        policy_reply(ErrorShape::invalid_request(format!(
+            "invalid connect params: {e}"
+        )))
+    })?;
+    let role = params.role();
+
+    let protocol = negotiate(&params).ok_or_else(|| {
+        Rejection::reply(
+            &req.id,
+            ErrorShape::invalid_request(format!(
+                "protocol mismatch: this gateway speaks {PROTOCOL_VERSION} (and {MIN_NODE_PROTOCOL_VERSION} for nodes), client offered {}..{}",
+                params.min_protocol, params.max_protocol
+            ))
+            .with_detail(ErrorDetailCode::ProtocolMismatch),
+            CloseCode::Protocol,
+        )
+    })?;
+
+    let now = now_ms();
+    if let Some(expected) = &config.token {
+        let mut state = shared.lock();
+        if let Some(retry_after) = state.auth_retry_after(remote_ip, now) {
+            return Err(policy_reply(
+                ErrorShape::invalid_request("unauthorized: too many failed attempts; retry later")
+                    .with_detail(ErrorDetailCode::AuthRateLimited)
+                    .with_retry_after(retry_after),
+            ));
+        }
+        let failure = match params.token() {
+            None | Some("") => Some((
+                ErrorDetailCode::AuthTokenMissing,
+                "unauthorized: gateway token missing (configure the client's token)",
+            )),
+            Some(given) if !tokens_match(given, expected.expose()) => Some((
+                ErrorDetailCode::AuthTokenMismatch,
+                "unauthorized: gateway token mismatch",
+            )),
+            Some(_) => None,
+        };
+        if let Some((detail, message)) = failure {
+            state.record_auth_failure(remote_ip, now);
+            return Err(policy_reply(
+                ErrorShape::invalid_request(message).with_detail(detail),
+            ));
+        }
+    }
+
+    let device_id = match &params.device {
+        None if role == Role::Node => {
+            return Err(policy_reply(
+                ErrorShape::new(ErrorCode::NotPaired, "device identity required")
+                    .with_detail(ErrorDetailCode::DeviceIdentityRequired),
+            ))
+        }
+        None => None,
+        Some(device) => {
+            let expected = Expected {
+                nonce,
+                now_ms: now,
+                client_id: &params.client.id,
+                client_mode: &params.client.mode,
+                role: role.as_str(),
+                scopes: &params.scopes,
+                token: params.token(),
+                platform: Some(&params.client.platform),
+                device_family: params.client.device_family.as_deref(),
+            };
+            device_auth::verify(device, &expected).map_err(|e| {
+                policy_reply(ErrorShape::invalid_request(e.message).with_detail(e.code))
+            })?;
+            Some(device.id.clone())
+        }
+    };
+
+    // Nodes get no operator scopes; operators get what they asked for (the
+    // shared token is full trust, as in OpenClaw).
+    let scopes = match role {
+        Role::Node => Vec::new(),
+        Role::Operator => params.scopes.clone(),
+    };
+    let remote = (!crate::presence::is_loopback(remote_ip)).then_some(remote_ip);
+    let own_key = PresenceKey::for_connection(
+        params.client.instance_id.as_deref(),
+        device_id.as_deref(),
+        conn_id,
+    );
+    let (tx, rx) = mpsc::channel(config.send_queue);
+    let kill = Arc::new(Notify::new());
+
+    let mut state = shared.lock();
+    let presence_key = state.presence.connect(
+        &ConnectionInfo {
+            conn_id,
+            client: &params.client,
+            role,
+            scopes: &scopes,
+            device_id: device_id.as_deref(),
+            remote_ip: Some(remote_ip),
+        },
+        now,
+    );
+    if role == Role::Node {
+        state.nodes.insert(
+            conn_id.to_string(),
+            NodeRecord {
+                node_id: device_id.clone().unwrap_or_else(|| conn_id.to_string()),
+                instance_id: params.client.instance_id.clone(),
+                display_name: params.client.display_name.clone(),
+                platform: params.client.platform.clone(),
+                version: params.client.version.clone(),
+                device_family: params.client.device_family.clone(),
+                model_identifier: params.client.model_identifier.clone(),
+                remote_ip: remote,
+                caps: params.caps.clone(),
+                commands: params.commands.clone(),
+                connected_at_ms: now,
+                host_stats: None,
+            },
+        );
+    }
+    state.connections.insert(
+        conn_id.to_string(),
+        ConnHandle {
+            role,
+            tx,
+            kill: kill.clone(),
+        },
+    );
+    let snapshot = Snapshot {
+        presence: state.presence.list(now),
+        health: serde_json::json!({ "ok": true, "ts": now }),
+        state_version: StateVersion {
+            presence: state.presence_version,
+            health: 1,
+        },
+        uptime_ms: shared.uptime_ms(),
+    };
+    drop(state);
+
+    let hello = HelloOk {
+        protocol,
+        server: ServerInfo {
+            version: SERVER_VERSION.to_string(),
+            conn_id: conn_id.to_string(),
+        },
+        features: Features {
+            methods: methods::METHODS.iter().map(|m| m.to_string()).collect(),
+            events: [
+                event::CONNECT_CHALLENGE,
+                event::PRESENCE,
+                event::TICK,
+                event::SHUTDOWN,
+            ]
+            .iter()
+            .map(|e| e.to_string())
+            .collect(),
+        },
+        snapshot,
+        auth: HelloAuth {
+            role,
+            scopes: scopes.clone(),
+        },
+        policy: Policy {
+            max_payload: config.max_payload as u64,
+            max_buffered_bytes: (config.send_queue * config.max_payload) as u64,
+            tick_interval_ms: config.tick_interval.as_millis() as u64,
+        },
+    };
+    Ok(Accepted {
+        ctx: ConnContext {
+            conn_id: conn_id.to_string(),
+            role,
+            scopes,
+            client: params.client,
+            device_id,
+            own_key,
+            presence_key,
+            remote_ip: remote,
+        },
+        hello,
+        request_id: req.id,
+        rx,
+        kill,
+    })
+}
+
+/// Picks the protocol version: 4 when the client's range allows it, 3 for
+/// nodes that only speak 3, otherwise none.
+fn negotiate(params: &ConnectParams) -> Option<u32> {
+    let offers = |v: u32| params.min_protocol <= v && v <= params.max_protocol;
+    if offers(PROTOCOL_VERSION) {
+        Some(PROTOCOL_VERSION)
+    } else if params.role() == Role::Node && offers(MIN_NODE_PROTOCOL_VERSION) {
+        Some(MIN_NODE_PROTOCOL_VERSION)
+    } else {
+        None
+    }
+}
+
+/// Compares tokens through their digests, so timing says nothing about
+/// how much of the token was right.
+fn tokens_match(given: &str, expected: &str) -> bool {
+    let a = Sha256::digest(given.as_bytes());
+    let b = Sha256::digest(expected.as_bytes());
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
+}
+
+/// IPv4-mapped IPv6 addresses are shown as IPv4.
+fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
+/// The connected phase.
+async fn session(
+    sink: &mut Sink,
+    source: &mut Source,
+    shared: &Shared,
+    ctx: &ConnContext,
+    mut rx: mpsc::Receiver<Outbound>,
+    kill: &Notify,
+    stop: &mut watch::Receiver<bool>,
+) {
+    let mut seq: u64 = 0;
+    loop {
+        tokio::select! {
+            msg = source.next() => match msg {
+                Some(Ok(Message::Text(text))) => {
+                    let Some(reply) = methods::handle_text(shared, ctx, &text) else { continue };
+                    if send_text(sink, reply.to_text()).await.is_err() {
+                        return;
+                    }
+                }
+                Some(Ok(Message::Close(_))) | None => return,
+                Some(Ok(_)) => {} // ping/pong/binary
+                Some(Err(WsError::Capacity(e))) => {
+                    warn!(error = %e, "frame too large");
+                    close(sink, CloseCode::Size, "frame too large").await;
+                    return;
+                }
+                Some(Err(e)) => {
+                    debug!(error = %e, "read failed");
+                    return;
+                }
+            },
+            Some(out) = rx.recv() => {
+                seq += 1;
+                if send_text(sink, event_text(&out, seq)).await.is_err() {
+                    return;
+                }
+            }
+            _ = kill.notified() => {
+                close(sink, CloseCode::Policy, "slow consumer: send queue overflow").await;
+                return;
+            }
+            _ = stop.changed() => {
+                // Deliver what is queued (the `shutdown` event) first.
+                while let Ok(out) = rx.try_recv() {
+                    seq += 1;
+                    if send_text(sink, event_text(&out, seq)).await.is_err() {
+                        return;
+                    }
+                }
+                close(sink, CloseCode::Restart, "gateway stopping").await;
+                return;
+            }
+        }
+    }
+}
+
+async fn send_text(sink: &mut Sink, text: String) -> Result<(), ()> {
+    match timeout(WRITE_TIMEOUT, sink.send(Message::text(text))).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => {
+            debug!(error = %e, "write failed");
+            Err(())
+        }
+        Err(_) => {
+            warn!("write timed out; dropping connection");
+            Err(())
+        }
+    }
+}
+
+async fn close(sink: &mut Sink, code: CloseCode, reason: &str) {
+    // Close reasons are limited to 123 bytes by RFC 6455.
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    let frame = CloseFrame {
+        code,
+        reason: reason[..end].to_string().into(),
+    };
+    let _ = timeout(
+        Duration::from_secs(2),
+        sink.send(Message::Close(Some(frame))),
+    )
+    .await;
+    let _ = timeout(Duration::from_secs(1), sink.close()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::ClientInfo;
+
+    fn params(role: Role, min: u32, max: u32) -> ConnectParams {
+        ConnectParams {
+            min_protocol: min,
+            max_protocol: max,
+            client: ClientInfo {
+                id: "x".into(),
+                display_name: None,
+                version: "1".into(),
+                platform: "linux".into(),
+                device_family: None,
+                model_identifier: None,
+                mode: "node".into(),
+                instance_id: None,
+            },
+            role: Some(role),
+            scopes: vec![],
+            caps: vec![],
+            commands: vec![],
+            auth: None,
+            device: None,
+        }
+    }
+
+    #[test]
+    fn protocol_negotiation() {
+        assert_eq!(negotiate(&params(Role::Operator, 3, 4)), Some(4));
+        assert_eq!(negotiate(&params(Role::Operator, 4, 9)), Some(4));
+        assert_eq!(negotiate(&params(Role::Operator, 3, 3)), None);
+        assert_eq!(negotiate(&params(Role::Node, 3, 3)), Some(3));
+        assert_eq!(negotiate(&params(Role::Node, 5, 6)), None);
+        assert_eq!(negotiate(&params(Role::Node, 1, 2)), None);
+    }
+
+    #[test]
+    fn token_comparison() {
+        assert!(tokens_match("abc", "abc"));
+        assert!(!tokens_match("abc", "abd"));
+        assert!(!tokens_match("", "abc"));
+    }
+
+    #[test]
+    fn mapped_addresses_become_v4() {
+        let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
+        assert_eq!(canonical_ip(mapped), "192.0.2.1".parse::<IpAddr>().unwrap());
+        let v6: IpAddr = "2001:db8::1".parse().unwrap();
+        assert_eq!(canonical_ip(v6), v6);
+    }
+}

@@ -1,0 +1,89 @@
+//! Accepts connections, spawns one handler each, runs the ticker, and shuts
+//! everything down in order: `shutdown` event, close 1012, wait for handlers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+use tracing::{info, warn};
+
+use super::handler;
+use super::state::{now_ms, Shared};
+
+/// How long handlers get to say goodbye on shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
+
+pub async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<()> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let limit = Arc::new(Semaphore::new(shared.config.max_connections));
+    let mut handlers = JoinSet::new();
+    let ticker = tokio::spawn(tick_loop(shared.clone(), stop_rx.clone()));
+    tokio::pin!(shutdown);
+
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let Ok(permit) = limit.clone().try_acquire_owned() else {
+                        warn!(%peer, limit = shared.config.max_connections, "connection limit reached; refusing connection");
+                        continue;
+                    };
+                    let _ = stream.set_nodelay(true);
+                    handlers.spawn(handler::run(stream, peer, shared.clone(), stop_rx.clone(), permit));
+                }
+                Err(e) => {
+                    // Typically EMFILE: back off briefly instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            Some(_) = handlers.join_next(), if !handlers.is_empty() => {}
+        }
+    }
+
+    info!(connections = handlers.len(), "gateway shutting down");
+    shared.lock().broadcast_shutdown("gateway stopping");
+    let _ = stop_tx.send(true);
+    drop(listener);
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while handlers.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        warn!(
+            remaining = handlers.len(),
+            "handlers did not finish in time; aborting them"
+        );
+        handlers.abort_all();
+    }
+    ticker.abort();
+    Ok(())
+}
+
+/// Every tick: keep connected rows fresh, prune expired ones, and send `tick`.
+async fn tick_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let period = shared.config.tick_interval;
+    let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let mut state = shared.lock();
+        let now = now_ms();
+        state.presence.touch_connected(now);
+        if state.presence.prune(now) > 0 {
+            state.broadcast_presence();
+        }
+        state.broadcast_tick();
+    }
+}

@@ -1,0 +1,113 @@
+//! The gateway: a WebSocket server that keeps the presence list.
+//!
+//! Shape (after tokio's mini-redis): [`listener`] accepts and spawns one
+//! [`handler`] task per connection; a handler owns its socket and `select!`s
+//! over inbound frames, its bounded outbound queue and the shutdown signal.
+//! [`methods`] answers requests against the [`state::State`] behind one lock;
+//! [`broadcast`] fans presence and tick events out without ever waiting on a
+//! slow client.
+
+pub mod broadcast;
+pub mod handler;
+pub mod listener;
+pub mod methods;
+pub mod state;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use tokio::net::TcpListener;
+
+use crate::config::{AuthMode, Secret};
+use crate::presence::PresenceLimits;
+use crate::protocol::PresenceEntry;
+
+/// The version we report in `hello-ok.server.version` and presence rows.
+pub const SERVER_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Everything the gateway needs to run.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Where to listen when the gateway binds itself ([`Gateway::bind`]).
+    pub listen: SocketAddr,
+    /// `None` when auth is disabled (loopback only; checked by config).
+    pub token: Option<Secret>,
+    pub limits: PresenceLimits,
+    pub tick_interval: Duration,
+    pub handshake_timeout: Duration,
+    /// Largest frame before `connect` succeeds.
+    pub max_preauth_payload: usize,
+    /// Largest frame afterwards (advertised as `policy.maxPayload`).
+    pub max_payload: usize,
+    /// Per-connection outbound queue, in frames.
+    pub send_queue: usize,
+    pub max_connections: usize,
+    /// The gateway's own presence row (rule 1).
+    pub self_entry: PresenceEntry,
+}
+
+impl GatewayConfig {
+    pub fn new(listen: SocketAddr, token: Option<Secret>, self_entry: PresenceEntry) -> Self {
+        GatewayConfig {
+            listen,
+            token,
+            limits: PresenceLimits::default(),
+            tick_interval: crate::config::DEFAULT_TICK_INTERVAL,
+            handshake_timeout: Duration::from_secs(10),
+            max_preauth_payload: 64 * 1024,
+            max_payload: 1024 * 1024,
+            send_queue: 256,
+            max_connections: 4096,
+            self_entry,
+        }
+    }
+}
+
+/// A bound, not yet serving gateway.
+pub struct Gateway {
+    listener: TcpListener,
+    state: Arc<state::Shared>,
+}
+
+/// Binds a listen address. A port in use is a clear error.
+pub async fn bind(listen: SocketAddr) -> Result<TcpListener> {
+    TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))
+}
+
+impl Gateway {
+    /// Binds `config.listen`.
+    pub async fn bind(config: GatewayConfig) -> Result<Gateway> {
+        Ok(Gateway::new(bind(config.listen).await?, config))
+    }
+
+    /// A gateway on an already bound listener (bind first, so a port in
+    /// use fails before anything else happens).
+    pub fn new(listener: TcpListener, config: GatewayConfig) -> Gateway {
+        Gateway {
+            listener,
+            state: Arc::new(state::Shared::new(config)),
+        }
+    }
+
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        Ok(self.listener.local_addr()?)
+    }
+
+    /// Serves until `shutdown` resolves, then tells every client (`shutdown`
+    /// event, close 1012) and waits briefly for handlers to finish.
+    pub async fn serve(self, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+        listener::serve(self.listener, self.state, shutdown).await
+    }
+}
+
+/// How auth is configured, for the start-up log line.
+pub fn describe_auth(mode: AuthMode) -> &'static str {
+    match mode {
+        AuthMode::Token => "token",
+        AuthMode::None => "none (loopback only)",
+    }
+}

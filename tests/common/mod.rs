@@ -1,0 +1,435 @@
+//! Test harness: runs the real `clawnode` binary (gateway and agents) on
+//! loopback, and a raw WebSocket client built on the crate's protocol types.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clawnode::config::Secret;
+use clawnode::protocol::{
+    ClientInfo, ConnectAuth, ConnectChallenge, ConnectParams, ErrorShape, Frame, HelloOk,
+    PresenceEntry, Role,
+};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_clawnode");
+
+/// A running `clawnode` process whose stderr is collected line by line.
+pub struct Proc {
+    pub child: Child,
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Proc {
+    pub fn spawn(args: &[&str], envs: &[(&str, &str)]) -> Proc {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
+            .env_remove("CLAWNODE_TOKEN")
+            .env_remove("CLAWNODE_TOKEN_FILE")
+            .env_remove("OPENCLAW_GATEWAY_TOKEN")
+            .env_remove("CLAWNODE_URL")
+            .env_remove("CLAWNODE_STATE_DIR")
+            .env_remove("STATE_DIRECTORY")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn clawnode");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Proc { child, log }
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// Waits until a log line contains `needle`; returns that line.
+    pub fn wait_for_log(&self, needle: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(l) = self.log.lock().unwrap().iter().find(|l| l.contains(needle)) {
+                return l.clone();
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "no log line containing {needle:?} within {within:?}; log:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn count_log(&self, needle: &str) -> usize {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// SIGTERM and wait; returns the exit code and how long it took.
+    pub fn terminate(&mut self) -> (Option<i32>, Duration) {
+        let start = Instant::now();
+        self.signal(libc::SIGTERM);
+        let deadline = start + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (status.code(), start.elapsed());
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "process did not exit within 10s of SIGTERM; log:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A gateway on an ephemeral loopback port with its own state dir.
+pub struct TestGateway {
+    pub proc: Proc,
+    pub addr: SocketAddr,
+    pub state_dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl TestGateway {
+    /// A gateway with a fresh temporary state dir.
+    pub fn start(extra: &[&str]) -> TestGateway {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut gw = Self::start_at(tmp.path(), extra);
+        gw._tmp = Some(tmp);
+        gw
+    }
+
+    /// A gateway on a state dir the caller owns (to restart on it).
+    pub fn start_at(state_dir: &Path, extra: &[&str]) -> TestGateway {
+        let dir = state_dir.to_str().unwrap().to_string();
+        let mut args = vec!["run", "--gateway", "--state-dir", &dir];
+        if !extra.contains(&"--listen") {
+            args.extend(["--listen", "127.0.0.1:0"]);
+        }
+        args.extend_from_slice(extra);
+        let proc = Proc::spawn(&args, &[]);
+        let line = proc.wait_for_log("gateway listening", Duration::from_secs(20));
+        let addr = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("listen="))
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no listen= in {line:?}"));
+        TestGateway {
+            proc,
+            addr,
+            state_dir: state_dir.to_path_buf(),
+            _tmp: None,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://{}", self.addr)
+    }
+
+    pub fn token_file(&self) -> PathBuf {
+        self.state_dir.join("gateway.token")
+    }
+
+    pub fn token(&self) -> Secret {
+        Secret::new(std::fs::read_to_string(self.token_file()).unwrap().trim())
+    }
+
+    /// Starts an agent against this gateway with its own state dir.
+    pub fn agent(&self, state: &Path, extra: &[&str]) -> Proc {
+        let url = self.url();
+        let tf = self.token_file();
+        let mut args = vec![
+            "run",
+            "--url",
+            &url,
+            "--token-file",
+            tf.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        Proc::spawn(&args, &[])
+    }
+
+    pub async fn presence(&self) -> Vec<PresenceEntry> {
+        let v = clawnode::client::call(
+            &self.url(),
+            Some(&self.token()),
+            "system-presence",
+            Value::Null,
+        )
+        .await
+        .expect("system-presence");
+        serde_json::from_value(v).expect("presence list")
+    }
+
+    /// Polls presence until `pred` holds.
+    pub async fn wait_presence(
+        &self,
+        what: &str,
+        pred: impl Fn(&[PresenceEntry]) -> bool,
+    ) -> Vec<PresenceEntry> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let list = self.presence().await;
+            if pred(&list) {
+                return list;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "presence never showed {what}; last list: {list:#?}\ngateway log:\n{}",
+                    self.proc.log_text()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A raw protocol client for tests.
+pub struct RawClient {
+    pub ws: Ws,
+    pub challenge: ConnectChallenge,
+    next_id: u64,
+}
+
+/// How a raw exchange ended.
+#[derive(Debug)]
+pub enum Outcome {
+    Hello(Box<HelloOk>),
+    Error(ErrorShape, Option<CloseFrame>),
+    Closed(Option<CloseFrame>),
+}
+
+pub fn operator_params(
+    mode: &str,
+    instance_id: Option<&str>,
+    scopes: &[&str],
+    token: Option<&Secret>,
+) -> ConnectParams {
+    ConnectParams {
+        min_protocol: 4,
+        max_protocol: 4,
+        client: ClientInfo {
+            id: "test".into(),
+            display_name: Some(format!("test-{mode}")),
+            version: "9.9.9".into(),
+            platform: "linux".into(),
+            device_family: None,
+            model_identifier: None,
+            mode: mode.into(),
+            instance_id: instance_id.map(str::to_string),
+        },
+        role: Some(Role::Operator),
+        scopes: scopes.iter().map(|s| s.to_string()).collect(),
+        caps: vec![],
+        commands: vec![],
+        auth: Some(ConnectAuth {
+            token: token.map(|t| t.expose().to_string()),
+        }),
+        device: None,
+    }
+}
+
+impl RawClient {
+    /// Opens the socket and reads the challenge.
+    pub async fn open(url: &str) -> RawClient {
+        let (mut ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("connect");
+        let challenge = loop {
+            match next_frame(&mut ws).await {
+                Some(Frame::Event(e)) if e.event == "connect.challenge" => {
+                    break serde_json::from_value(e.payload).expect("challenge payload")
+                }
+                Some(_) => continue,
+                None => panic!("closed before challenge"),
+            }
+        };
+        RawClient {
+            ws,
+            challenge,
+            next_id: 0,
+        }
+    }
+
+    pub async fn send_text(&mut self, text: String) {
+        self.ws.send(Message::text(text)).await.expect("send");
+    }
+
+    /// Sends `connect` and returns how it ended.
+    pub async fn connect(&mut self, params: &ConnectParams) -> Outcome {
+        let frame = Frame::request("c1", "connect", params);
+        self.send_text(frame.to_text()).await;
+        self.await_response("c1").await
+    }
+
+    /// Waits for the response to `id` (skipping events), or the close.
+    pub async fn await_response(&mut self, id: &str) -> Outcome {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), self.ws.next())
+                .await
+                .expect("response in time")
+            {
+                Some(Ok(Message::Text(t))) => match Frame::parse(&t).expect("frame") {
+                    Frame::Res(r) if r.id == id => {
+                        if r.ok {
+                            return match serde_json::from_value(
+                                r.payload.clone().unwrap_or(Value::Null),
+                            ) {
+                                Ok(h) => Outcome::Hello(Box::new(h)),
+                                Err(_) => Outcome::Closed(None),
+                            };
+                        }
+                        let close = self.read_close().await;
+                        return Outcome::Error(r.error.expect("error"), close);
+                    }
+                    _ => continue,
+                },
+                Some(Ok(Message::Close(f))) => return Outcome::Closed(f),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return Outcome::Closed(None),
+            }
+        }
+    }
+
+    /// Reads until the close frame.
+    pub async fn read_close(&mut self) -> Option<CloseFrame> {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), self.ws.next())
+                .await
+                .expect("close in time")
+            {
+                Some(Ok(Message::Close(f))) => return f,
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return None,
+            }
+        }
+    }
+
+    /// A request after connect; returns the response payload or error.
+    pub async fn call(&mut self, method: &str, params: Value) -> Result<Value, ErrorShape> {
+        self.next_id += 1;
+        let id = format!("r{}", self.next_id);
+        self.send_text(Frame::request(id.clone(), method, params).to_text())
+            .await;
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), next_frame(&mut self.ws))
+                .await
+                .expect("answer in time")
+            {
+                Some(Frame::Res(r)) if r.id == id => {
+                    return match r.error.filter(|_| !r.ok) {
+                        Some(e) => Err(e),
+                        None => Ok(r.payload.unwrap_or(Value::Null)),
+                    }
+                }
+                Some(_) => continue,
+                None => panic!("connection closed while waiting for {method}"),
+            }
+        }
+    }
+
+    /// Waits for an event by name.
+    pub async fn next_event(&mut self, name: &str) -> Option<clawnode::protocol::EventFrame> {
+        loop {
+            match next_frame(&mut self.ws).await {
+                Some(Frame::Event(e)) if e.event == name => return Some(e),
+                Some(_) => continue,
+                None => return None,
+            }
+        }
+    }
+}
+
+async fn next_frame(ws: &mut Ws) -> Option<Frame> {
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) => return Frame::parse(&t).ok(),
+            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
+            Some(Ok(_)) => continue,
+        }
+    }
+}
+
+/// An operator connection that stays open (its own presence row).
+pub async fn open_operator(
+    gw: &TestGateway,
+    mode: &str,
+    instance_id: Option<&str>,
+    scopes: &[&str],
+) -> RawClient {
+    let mut c = RawClient::open(&gw.url()).await;
+    match c
+        .connect(&operator_params(
+            mode,
+            instance_id,
+            scopes,
+            Some(&gw.token()),
+        ))
+        .await
+    {
+        Outcome::Hello(_) => c,
+        other => panic!("operator connect failed: {other:?}"),
+    }
+}
+
+/// Runs the binary to completion: (exit code, stdout, stderr).
+pub fn run_cli(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .env_remove("CLAWNODE_TOKEN")
+        .env_remove("CLAWNODE_TOKEN_FILE")
+        .env_remove("OPENCLAW_GATEWAY_TOKEN")
+        .env_remove("CLAWNODE_URL")
+        .env_remove("CLAWNODE_STATE_DIR")
+        .output()
+        .expect("run clawnode");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

@@ -1,0 +1,290 @@
+//! Process lifecycle: signals, reconnects, the tick watchdog, and CLI errors.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gateway_sigterm_broadcasts_shutdown_and_closes_with_1012() {
+    let mut gw = TestGateway::start(&[]);
+    let mut c = open_operator(&gw, "ui", Some("watcher"), &["operator.read"]).await;
+    gw.proc.signal(libc::SIGTERM);
+    let ev = c.next_event("shutdown").await.expect("shutdown event");
+    assert_eq!(ev.payload["reason"], "gateway stopping");
+    let close = c.read_close().await.expect("close frame");
+    assert_eq!(close.code, CloseCode::Restart);
+    let (code, took) = gw.proc.terminate();
+    assert_eq!(code, Some(0));
+    assert!(took < Duration::from_secs(3));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn operators_get_presence_events_when_the_list_changes() {
+    let gw = TestGateway::start(&[]);
+    let mut watcher = open_operator(&gw, "ui", Some("watcher"), &["operator.read"]).await;
+    let _other = open_operator(&gw, "ui", Some("newcomer"), &["operator.read"]).await;
+    loop {
+        let ev = watcher
+            .next_event("presence")
+            .await
+            .expect("presence event");
+        assert!(ev.seq.is_some());
+        let list = ev.payload["presence"].as_array().unwrap().clone();
+        if list.iter().any(|e| e["instanceId"] == "newcomer") {
+            break;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agent_reconnects_after_the_gateway_restarts() {
+    let gw = TestGateway::start(&[]);
+    let port = gw.addr.port();
+    let a = tempfile::tempdir().unwrap();
+    let agent = gw.agent(a.path(), &["--display-name", "phoenix"]);
+    gw.wait_presence("agent", |l| {
+        l.iter().any(|e| e.host.as_deref() == Some("phoenix"))
+    })
+    .await;
+    let state = gw.state_dir.clone();
+    let mut gw = gw;
+    assert_eq!(gw.proc.terminate().0, Some(0));
+    agent.wait_for_log("reconnecting in", Duration::from_secs(5));
+
+    // Same state dir (same token) and port.
+    let listen = format!("127.0.0.1:{port}");
+    let _gw_first = gw;
+    let gw = TestGateway::start_at(&state, &["--listen", &listen]);
+    gw.wait_presence("agent back", |l| {
+        l.iter().any(|e| e.host.as_deref() == Some("phoenix"))
+    })
+    .await;
+    assert!(agent.count_log("connected to") >= 2, "{}", agent.log_text());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agent_with_a_bad_token_logs_clearly_and_waits_instead_of_spinning() {
+    let gw = TestGateway::start(&[]);
+    let a = tempfile::tempdir().unwrap();
+    let bad = a.path().join("bad.token");
+    std::fs::write(&bad, "wrong-token\n").unwrap();
+    let url = gw.url();
+    let state = a.path().join("state");
+    let agent = Proc::spawn(
+        &[
+            "run",
+            "--url",
+            &url,
+            "--token-file",
+            bad.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+        ],
+        &[],
+    );
+    agent.wait_for_log("rejected our token", Duration::from_secs(10));
+    let line = agent.wait_for_log("reconnecting in", Duration::from_secs(5));
+    assert!(line.contains("reconnecting in 30.0s"), "{line}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        agent.count_log("rejected our token"),
+        1,
+        "no tight loop: {}",
+        agent.log_text()
+    );
+    assert!(
+        !agent.log_text().contains("wrong-token"),
+        "token leaked into logs"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agent_reconnects_when_the_gateway_goes_silent() {
+    // A fake gateway: challenge, hello-ok with a 1 s tick, then silence.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepts = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepts.clone();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut ws = tokio_tungstenite::accept_async(stream).await.unwrap();
+                let challenge = json!({"type":"event","event":"connect.challenge","payload":{"nonce":"n","ts":clawnode::gateway::state::now_ms()}});
+                ws.send(Message::text(challenge.to_string())).await.unwrap();
+                while let Some(Ok(m)) = ws.next().await {
+                    if let Message::Text(t) = m {
+                        let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+                        if v["method"] == "connect" {
+                            let hello = json!({"type":"res","id":v["id"],"ok":true,"payload":{
+                                "type":"hello-ok","protocol":4,"server":{"version":"fake","connId":"c"},
+                                "features":{"methods":[],"events":[]},"snapshot":{},
+                                "auth":{"role":"node","scopes":[]},
+                                "policy":{"maxPayload":1000000,"maxBufferedBytes":1000000,"tickIntervalMs":1000}}});
+                            ws.send(Message::text(hello.to_string())).await.unwrap();
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let a = tempfile::tempdir().unwrap();
+    let tf = a.path().join("t");
+    std::fs::write(&tf, "tok").unwrap();
+    let url = format!("ws://{addr}");
+    let state = a.path().join("s");
+    let agent = Proc::spawn(
+        &[
+            "run",
+            "--url",
+            &url,
+            "--token-file",
+            tf.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let started = Instant::now();
+    agent.wait_for_log("tick timeout", Duration::from_secs(6));
+    assert!(started.elapsed() >= Duration::from_millis(1500));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while accepts.load(std::sync::atomic::Ordering::SeqCst) < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "agent did not reconnect: {}",
+            agent.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[test]
+fn bad_input_is_one_clear_line_and_a_nonzero_exit() {
+    let one_line = |args: &[&str], needle: &str| {
+        let (code, _, err) = run_cli(args);
+        assert_ne!(code, 0, "{args:?}");
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let sd = tmp.path().to_str().unwrap();
+    one_line(&["run", "--no-such-flag"], "--no-such-flag");
+    one_line(
+        &["run", "--state-dir", sd, "--url", "http://x"],
+        "expected ws://",
+    );
+    one_line(
+        &[
+            "run",
+            "--state-dir",
+            sd,
+            "--token-file",
+            "/nonexistent/token",
+            "--url",
+            "ws://127.0.0.1:9",
+        ],
+        "cannot read token file",
+    );
+    one_line(
+        &[
+            "presence",
+            "--token-file",
+            "/nonexistent/token",
+            "--url",
+            "ws://127.0.0.1:9",
+        ],
+        "cannot read token file",
+    );
+    one_line(
+        &["run", "--gateway", "--state-dir", sd, "--listen", "nope"],
+        "invalid listen address",
+    );
+    one_line(
+        &[
+            "run",
+            "--gateway",
+            "--state-dir",
+            sd,
+            "--listen",
+            "0.0.0.0:0",
+            "--auth",
+            "none",
+        ],
+        "refusing",
+    );
+    // There is no way to pass a token value on the command line.
+    one_line(&["run", "--token", "secret"], "--token");
+}
+
+#[test]
+fn port_in_use_is_a_clear_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let tmp = tempfile::tempdir().unwrap();
+    let (code, _, err) = run_cli(&[
+        "run",
+        "--gateway",
+        "--state-dir",
+        tmp.path().to_str().unwrap(),
+        "--listen",
+        &addr,
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
+    assert!(err.to_lowercase().contains("in use"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
+
+#[test]
+fn a_corrupt_identity_stops_run_and_names_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sd = tmp.path().to_str().unwrap();
+    let (code, out, _) = run_cli(&["identity", "--state-dir", sd, "--json"]);
+    assert_eq!(code, 0);
+    let before: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let key = tmp.path().join("device-key");
+    std::fs::write(&key, "corrupted").unwrap();
+    let (code, _, err) = run_cli(&["run", "--state-dir", sd, "--url", "ws://127.0.0.1:9"]);
+    assert_ne!(code, 0);
+    assert!(err.contains(key.to_str().unwrap()), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(&key).unwrap(),
+        "corrupted",
+        "nothing stored is lost"
+    );
+    // The instance id survives untouched.
+    let id = std::fs::read_to_string(tmp.path().join("instance-id")).unwrap();
+    assert_eq!(id.trim(), before["instanceId"].as_str().unwrap());
+}
+
+#[test]
+fn gateway_generates_its_token_once_and_never_logs_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let state = tempfile::tempdir().unwrap();
+    let mut gw = TestGateway::start_at(state.path(), &[]);
+    let first = std::fs::read_to_string(gw.token_file()).unwrap();
+    assert!(first.trim().len() >= 32);
+    let log = gw.proc.log_text();
+    assert!(log.contains("gateway.token"), "the path is logged: {log}");
+    assert!(!log.contains(first.trim()), "token leaked: {log}");
+    let mode = std::fs::metadata(gw.token_file())
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+    assert_eq!(gw.proc.terminate().0, Some(0));
+
+    // Restarting on the same state dir reuses the token.
+    let gw = TestGateway::start_at(state.path(), &[]);
+    assert_eq!(std::fs::read_to_string(gw.token_file()).unwrap(), first);
+}
