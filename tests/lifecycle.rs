@@ -288,3 +288,121 @@ fn gateway_generates_its_token_once_and_never_logs_it() {
     let gw = TestGateway::start_at(state.path(), &[]);
     assert_eq!(std::fs::read_to_string(gw.token_file()).unwrap(), first);
 }
+
+/// A fake gateway that refuses beacons the way OpenClaw does for role node,
+/// and records every request method it sees.
+async fn refusing_gateway() -> (
+    String,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}", listener.local_addr().unwrap());
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let accepts = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (seen2, accepts2) = (seen.clone(), accepts.clone());
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            accepts2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let seen = seen2.clone();
+            tokio::spawn(async move {
+                let mut ws = tokio_tungstenite::accept_async(stream).await.unwrap();
+                let challenge = json!({"type":"event","event":"connect.challenge","payload":{"nonce":"n","ts":clawnode::gateway::state::now_ms()}});
+                ws.send(Message::text(challenge.to_string())).await.unwrap();
+                while let Some(Ok(m)) = ws.next().await {
+                    let Message::Text(t) = m else { continue };
+                    let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+                    let method = v["method"].as_str().unwrap_or("").to_string();
+                    seen.lock().unwrap().push(method.clone());
+                    let reply = match method.as_str() {
+                        "connect" => json!({"type":"res","id":v["id"],"ok":true,"payload":{
+                            "type":"hello-ok","protocol":4,"server":{"version":"fake","connId":"c"},
+                            "features":{"methods":[],"events":[]},"snapshot":{},
+                            "auth":{"role":"node","scopes":[]},
+                            "policy":{"maxPayload":1000000,"maxBufferedBytes":1000000,"tickIntervalMs":30000}}}),
+                        "system-event" => {
+                            json!({"type":"res","id":v["id"],"ok":false,"error":{"code":"INVALID_REQUEST","message":"unauthorized role: node"}})
+                        }
+                        _ => json!({"type":"res","id":v["id"],"ok":true,"payload":{"ok":true}}),
+                    };
+                    ws.send(Message::text(reply.to_string())).await.unwrap();
+                }
+            });
+        }
+    });
+    (url, seen, accepts)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gateway_that_refuses_node_beacons_gets_one_and_no_more() {
+    let (url, seen, accepts) = refusing_gateway().await;
+    let dir = tempfile::tempdir().unwrap();
+    let tf = dir.path().join("t");
+    std::fs::write(&tf, "tok").unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(&cfg, "beacon_interval_secs = 1\nstats_interval_secs = 1\n").unwrap();
+    let state = dir.path().join("s");
+    let agent = Proc::spawn(
+        &[
+            "run",
+            "--url",
+            &url,
+            "--token-file",
+            tf.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--config",
+            cfg.to_str().unwrap(),
+        ],
+        &[],
+    );
+    agent.wait_for_log("does not accept presence beacons", Duration::from_secs(10));
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let methods = seen.lock().unwrap().clone();
+    let count = |m: &str| methods.iter().filter(|x| x.as_str() == m).count();
+    assert_eq!(count("system-event"), 1, "{methods:?}");
+    assert!(
+        count("node.event") >= 3,
+        "stats keep flowing every second: {methods:?}"
+    );
+    assert_eq!(
+        accepts.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "no reconnects"
+    );
+    assert_eq!(agent.count_log("does not accept presence beacons"), 1);
+    assert_eq!(agent.count_log("WARN"), 0, "no noise: {}", agent.log_text());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_stops_reading_is_dropped_without_slowing_the_others() {
+    let gw = TestGateway::start(&[]);
+    // The slow client connects as an operator (it gets presence events) and
+    // then never reads again.
+    let slow = open_operator(&gw, "ui", Some("slow"), &["operator.read"]).await;
+    let mut writer = open_operator(&gw, "ui", Some("writer"), &["operator.admin"]).await;
+    let mut reader = open_operator(&gw, "ui", Some("reader"), &["operator.read"]).await;
+    let big = "x".repeat(4096);
+    // Each beacon changes the list and broadcasts it (up to ~200 KiB) to every operator.
+    let started = Instant::now();
+    for i in 0..5000 {
+        writer
+            .call(
+                "system-event",
+                json!({"text": big, "instanceId": format!("flood-{}", i % 50)}),
+            )
+            .await
+            .unwrap();
+        if gw.proc.count_log("dropping slow client") > 0 {
+            break;
+        }
+    }
+    gw.proc
+        .wait_for_log("dropping slow client", Duration::from_secs(30));
+    // The others were served throughout and still are.
+    assert!(started.elapsed() < Duration::from_secs(60));
+    let list = reader.call("system-presence", json!({})).await.unwrap();
+    assert!(list.as_array().unwrap().len() > 3);
+    drop(slow);
+}

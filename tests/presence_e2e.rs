@@ -309,3 +309,105 @@ async fn ttl_prunes_disconnected_rows_but_never_connected_ones() {
         "{list:#?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn node_list_shows_the_agents_host_stats() {
+    let gw = TestGateway::start(&[]);
+    let a = tempfile::tempdir().unwrap();
+    let _agent = gw.agent(a.path(), &["--display-name", "stats-node"]);
+    let id = identity_of(a.path());
+    let mut op = open_operator(&gw, "ui", Some("viewer"), &["operator.read"]).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let node = loop {
+        let v = op.call("node.list", json!({})).await.unwrap();
+        let found = v["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["displayName"] == "stats-node" && n.get("hostStats").is_some())
+            .cloned();
+        if let Some(n) = found {
+            break n;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no host stats in node.list: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(node["nodeId"], id["deviceId"]);
+    assert_eq!(node["connected"], true);
+    assert_eq!(node["deviceFamily"], "Linux");
+    let stats = &node["hostStats"];
+    assert!(stats["cpuCount"].as_u64().unwrap() >= 1);
+    assert!(stats["memoryTotalBytes"].as_u64().unwrap() > 0);
+    assert!(stats["updatedAtMs"].as_u64().unwrap() > 0);
+
+    // Operators may not send node events; nodes are checked in handshake_errors.
+    let e = op
+        .call(
+            "node.event",
+            json!({"event": "node.host.stats", "payload": {}}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code.as_str(), "FORBIDDEN");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_config_file_sets_the_tick_interval_and_every_client_gets_ticks() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("clawnode.toml");
+    std::fs::write(&cfg, "[gateway]\ntick_interval_secs = 1\n").unwrap();
+    let gw = TestGateway::start(&["--config", cfg.to_str().unwrap()]);
+    let mut c = RawClient::open(&gw.url()).await;
+    let hello = match c
+        .connect(&operator_params(
+            "ui",
+            Some("ticker"),
+            &["operator.read"],
+            Some(&gw.token()),
+        ))
+        .await
+    {
+        Outcome::Hello(h) => h,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(hello.policy.tick_interval_ms, 1000);
+    let started = std::time::Instant::now();
+    let t1 = c.next_event("tick").await.expect("tick");
+    let t2 = c.next_event("tick").await.expect("tick");
+    assert!(t2.seq > t1.seq);
+    assert!(t2.payload["ts"].as_u64() > t1.payload["ts"].as_u64());
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oversized_beacons_are_refused_and_the_row_is_kept() {
+    let gw = TestGateway::start(&[]);
+    let mut c = open_operator(&gw, "ui", Some("big-1"), &["operator.write"]).await;
+    c.call("system-event", json!({"text": "fine", "host": "h1"}))
+        .await
+        .unwrap();
+    let e = c
+        .call("system-event", json!({"text": "x".repeat(5000)}))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code.as_str(), "INVALID_REQUEST");
+    assert!(e.message.contains("text"), "{e}");
+    let e = c
+        .call(
+            "system-event",
+            json!({"text": "ok", "host": "h".repeat(300)}),
+        )
+        .await
+        .unwrap_err();
+    assert!(e.message.contains("host"), "{e}");
+    let list = gw.presence().await;
+    let row = list
+        .iter()
+        .find(|r| r.instance_id.as_deref() == Some("big-1"))
+        .unwrap();
+    assert_eq!(row.host.as_deref(), Some("h1"));
+    assert_eq!(row.text.as_deref(), Some("fine"));
+}

@@ -240,6 +240,11 @@ async fn handshake(
             "invalid connect params: {e}"
         )))
     })?;
+    params.client.validate().map_err(|e| {
+        policy_reply(ErrorShape::invalid_request(format!(
+            "invalid connect params: {e}"
+        )))
+    })?;
     let role = params.role();
 
     let protocol = negotiate(&params).ok_or_else(|| {

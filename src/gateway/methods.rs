@@ -118,11 +118,9 @@ fn system_event(
     ctx: &ConnContext,
     params: SystemEventParams,
 ) -> Result<Value, ErrorShape> {
-    if params.text.trim().is_empty() {
-        return Err(ErrorShape::invalid_request(
-            "system-event text must not be empty",
-        ));
-    }
+    params
+        .validate()
+        .map_err(|e| ErrorShape::invalid_request(format!("invalid system-event params: {e}")))?;
     let own_device = ctx.device_id.as_deref().and_then(PresenceKey::normalize);
     let target = match params
         .instance_id

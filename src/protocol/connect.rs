@@ -40,6 +40,37 @@ pub struct ClientInfo {
     pub instance_id: Option<String>,
 }
 
+impl ClientInfo {
+    /// Bounds every field (they become presence rows): at most
+    /// [`MAX_FIELD_BYTES`](super::payloads::MAX_FIELD_BYTES) each; `id`,
+    /// `version`, `platform` and `mode` non-empty.
+    pub fn validate(&self) -> Result<(), String> {
+        for (name, value) in [
+            ("client.id", &self.id),
+            ("client.version", &self.version),
+            ("client.platform", &self.platform),
+            ("client.mode", &self.mode),
+        ] {
+            if value.trim().is_empty() {
+                return Err(format!("{name} must not be empty"));
+            }
+        }
+        for (name, value) in [
+            ("client.id", Some(&self.id)),
+            ("client.displayName", self.display_name.as_ref()),
+            ("client.version", Some(&self.version)),
+            ("client.platform", Some(&self.platform)),
+            ("client.deviceFamily", self.device_family.as_ref()),
+            ("client.modelIdentifier", self.model_identifier.as_ref()),
+            ("client.mode", Some(&self.mode)),
+            ("client.instanceId", self.instance_id.as_ref()),
+        ] {
+            super::payloads::check_field(name, value.map(String::as_str))?;
+        }
+        Ok(())
+    }
+}
+
 /// `connect.params.auth`. The token is never logged: `Debug` redacts it.
 #[derive(Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -249,6 +280,17 @@ mod tests {
         assert_eq!(v["type"], "hello-ok");
         assert_eq!(v["policy"]["tickIntervalMs"], 3);
         assert_eq!(v["server"]["connId"], "c");
+    }
+
+    #[test]
+    fn client_fields_are_bounded() {
+        let mut c = params_of("02-node-host.connect.req.json").client;
+        c.validate().unwrap();
+        c.display_name = Some("x".repeat(257));
+        assert!(c.validate().unwrap_err().contains("client.displayName"));
+        c.display_name = None;
+        c.mode = " ".into();
+        assert!(c.validate().unwrap_err().contains("client.mode"));
     }
 
     #[test]

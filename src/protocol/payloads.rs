@@ -97,6 +97,53 @@ pub struct SystemEventParams {
     pub reason: Option<String>,
 }
 
+/// Longest beacon `text` a gateway keeps, in bytes.
+pub const MAX_TEXT_BYTES: usize = 4096;
+/// Longest other presence field (host, platform, ...), in bytes.
+pub const MAX_FIELD_BYTES: usize = 256;
+
+/// Checks that an optional string field is at most [`MAX_FIELD_BYTES`].
+pub(crate) fn check_field(name: &str, value: Option<&str>) -> Result<(), String> {
+    match value {
+        Some(v) if v.len() > MAX_FIELD_BYTES => Err(format!(
+            "{name} is {} bytes; at most {MAX_FIELD_BYTES} are allowed",
+            v.len()
+        )),
+        _ => Ok(()),
+    }
+}
+
+impl SystemEventParams {
+    /// Bounds every field so presence rows (and the lists broadcast to every
+    /// operator) stay small: `text` non-empty and at most [`MAX_TEXT_BYTES`],
+    /// other strings at most [`MAX_FIELD_BYTES`].
+    pub fn validate(&self) -> Result<(), String> {
+        if self.text.trim().is_empty() {
+            return Err("text must not be empty".into());
+        }
+        if self.text.len() > MAX_TEXT_BYTES {
+            return Err(format!(
+                "text is {} bytes; at most {MAX_TEXT_BYTES} are allowed",
+                self.text.len()
+            ));
+        }
+        for (name, value) in [
+            ("instanceId", &self.instance_id),
+            ("host", &self.host),
+            ("ip", &self.ip),
+            ("version", &self.version),
+            ("platform", &self.platform),
+            ("deviceFamily", &self.device_family),
+            ("modelIdentifier", &self.model_identifier),
+            ("mode", &self.mode),
+            ("reason", &self.reason),
+        ] {
+            check_field(name, value.as_deref())?;
+        }
+        Ok(())
+    }
+}
+
 /// `node.event` parameters. The payload travels as an object (`payload`) or
 /// as its JSON text (`payloadJSON`, which wins when both are present).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -210,6 +257,22 @@ mod tests {
         let p: NodeEventParams =
             serde_json::from_str(r#"{"event":"x","payload":{"a":2}}"#).unwrap();
         assert_eq!(p.decoded_payload().unwrap()["a"], 2);
+    }
+
+    #[test]
+    fn beacons_are_bounded() {
+        let mut p = SystemEventParams {
+            text: "Node: a".into(),
+            ..Default::default()
+        };
+        p.validate().unwrap();
+        p.text = "x".repeat(MAX_TEXT_BYTES + 1);
+        assert!(p.validate().unwrap_err().contains("text"));
+        p.text = " ".into();
+        assert!(p.validate().is_err());
+        p.text = "ok".into();
+        p.host = Some("h".repeat(MAX_FIELD_BYTES + 1));
+        assert!(p.validate().unwrap_err().contains("host"));
     }
 
     #[test]
