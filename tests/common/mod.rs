@@ -32,7 +32,15 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(args: &[&str], envs: &[(&str, &str)]) -> Proc {
-        let mut cmd = Command::new(BIN);
+        Self::spawn_with(Command::new(BIN), args, envs)
+    }
+
+    /// Runs another program (e.g. `ip netns exec ... clawnode`).
+    pub fn spawn_cmd(program: &str, args: &[&str]) -> Proc {
+        Self::spawn_with(Command::new(program), args, &[])
+    }
+
+    fn spawn_with(mut cmd: Command, args: &[&str], envs: &[(&str, &str)]) -> Proc {
         cmd.args(args)
             .env_remove("CLAWNODE_TOKEN")
             .env_remove("CLAWNODE_TOKEN_FILE")
