@@ -2,6 +2,9 @@
 
 mod common;
 
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -75,20 +78,7 @@ async fn agent_with_a_bad_token_logs_clearly_and_waits_instead_of_spinning() {
     let a = tempfile::tempdir().unwrap();
     let bad = a.path().join("bad.token");
     std::fs::write(&bad, "wrong-token\n").unwrap();
-    let url = gw.url();
-    let state = a.path().join("state");
-    let agent = Proc::spawn(
-        &[
-            "run",
-            "--url",
-            &url,
-            "--token-file",
-            bad.to_str().unwrap(),
-            "--state-dir",
-            state.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let agent = spawn_agent(&gw.url(), &bad, &a.path().join("state"), &[]);
     agent.wait_for_log("rejected our token", Duration::from_secs(10));
     let line = agent.wait_for_log("reconnecting in", Duration::from_secs(5));
     assert!(line.contains("reconnecting in 30.0s"), "{line}");
@@ -103,68 +93,6 @@ async fn agent_with_a_bad_token_logs_clearly_and_waits_instead_of_spinning() {
         !agent.log_text().contains("wrong-token"),
         "token leaked into logs"
     );
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn agent_reconnects_when_the_gateway_goes_silent() {
-    // A fake gateway: challenge, hello-ok with a 1 s tick, then silence.
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let accepts = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let counter = accepts.clone();
-    tokio::spawn(async move {
-        loop {
-            let (stream, _) = listener.accept().await.unwrap();
-            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            tokio::spawn(async move {
-                let mut ws = tokio_tungstenite::accept_async(stream).await.unwrap();
-                let challenge = json!({"type":"event","event":"connect.challenge","payload":{"nonce":"n","ts":clawnode::gateway::state::now_ms()}});
-                ws.send(Message::text(challenge.to_string())).await.unwrap();
-                while let Some(Ok(m)) = ws.next().await {
-                    if let Message::Text(t) = m {
-                        let v: serde_json::Value = serde_json::from_str(&t).unwrap();
-                        if v["method"] == "connect" {
-                            let hello = json!({"type":"res","id":v["id"],"ok":true,"payload":{
-                                "type":"hello-ok","protocol":4,"server":{"version":"fake","connId":"c"},
-                                "features":{"methods":[],"events":[]},"snapshot":{},
-                                "auth":{"role":"node","scopes":[]},
-                                "policy":{"maxPayload":1000000,"maxBufferedBytes":1000000,"tickIntervalMs":1000}}});
-                            ws.send(Message::text(hello.to_string())).await.unwrap();
-                        }
-                    }
-                }
-            });
-        }
-    });
-    let a = tempfile::tempdir().unwrap();
-    let tf = a.path().join("t");
-    std::fs::write(&tf, "tok").unwrap();
-    let url = format!("ws://{addr}");
-    let state = a.path().join("s");
-    let agent = Proc::spawn(
-        &[
-            "run",
-            "--url",
-            &url,
-            "--token-file",
-            tf.to_str().unwrap(),
-            "--state-dir",
-            state.to_str().unwrap(),
-        ],
-        &[],
-    );
-    let started = Instant::now();
-    agent.wait_for_log("tick timeout", Duration::from_secs(6));
-    assert!(started.elapsed() >= Duration::from_millis(1500));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while accepts.load(std::sync::atomic::Ordering::SeqCst) < 2 {
-        assert!(
-            Instant::now() < deadline,
-            "agent did not reconnect: {}",
-            agent.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[test]
@@ -289,88 +217,128 @@ fn gateway_generates_its_token_once_and_never_logs_it() {
     assert_eq!(std::fs::read_to_string(gw.token_file()).unwrap(), first);
 }
 
-/// A fake gateway that refuses beacons the way OpenClaw does for role node,
-/// and records every request method it sees.
-async fn refusing_gateway() -> (
-    String,
-    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-    std::sync::Arc<std::sync::atomic::AtomicUsize>,
-) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("ws://{}", listener.local_addr().unwrap());
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let accepts = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let (seen2, accepts2) = (seen.clone(), accepts.clone());
-    tokio::spawn(async move {
-        loop {
-            let (stream, _) = listener.accept().await.unwrap();
-            accepts2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let seen = seen2.clone();
-            tokio::spawn(async move {
-                let mut ws = tokio_tungstenite::accept_async(stream).await.unwrap();
-                let challenge = json!({"type":"event","event":"connect.challenge","payload":{"nonce":"n","ts":clawnode::gateway::state::now_ms()}});
-                ws.send(Message::text(challenge.to_string())).await.unwrap();
-                while let Some(Ok(m)) = ws.next().await {
-                    let Message::Text(t) = m else { continue };
-                    let v: serde_json::Value = serde_json::from_str(&t).unwrap();
-                    let method = v["method"].as_str().unwrap_or("").to_string();
-                    seen.lock().unwrap().push(method.clone());
-                    let reply = match method.as_str() {
-                        "connect" => json!({"type":"res","id":v["id"],"ok":true,"payload":{
-                            "type":"hello-ok","protocol":4,"server":{"version":"fake","connId":"c"},
-                            "features":{"methods":[],"events":[]},"snapshot":{},
-                            "auth":{"role":"node","scopes":[]},
-                            "policy":{"maxPayload":1000000,"maxBufferedBytes":1000000,"tickIntervalMs":30000}}}),
-                        "system-event" => {
-                            json!({"type":"res","id":v["id"],"ok":false,"error":{"code":"INVALID_REQUEST","message":"unauthorized role: node"}})
+/// A scripted gateway for agent tests: challenge, hello-ok with the given
+/// tick, then it only answers requests (OpenClaw's refusal of node beacons
+/// when `refuse_beacons`), never sends ticks, and records what it saw.
+struct FakeGateway {
+    url: String,
+    methods: Arc<Mutex<Vec<String>>>,
+    accepts: Arc<AtomicUsize>,
+}
+
+impl FakeGateway {
+    async fn start(tick_interval_ms: u64, refuse_beacons: bool) -> FakeGateway {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("ws://{}", listener.local_addr().unwrap());
+        let methods = Arc::new(Mutex::new(Vec::new()));
+        let accepts = Arc::new(AtomicUsize::new(0));
+        let (seen, counter) = (methods.clone(), accepts.clone());
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                counter.fetch_add(1, Ordering::SeqCst);
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let mut ws = tokio_tungstenite::accept_async(stream).await.unwrap();
+                    let challenge = json!({"type":"event","event":"connect.challenge",
+                        "payload":{"nonce":"n","ts":clawnode::gateway::state::now_ms()}});
+                    ws.send(Message::text(challenge.to_string())).await.unwrap();
+                    while let Some(Ok(m)) = ws.next().await {
+                        let Message::Text(t) = m else { continue };
+                        let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+                        let method = v["method"].as_str().unwrap_or("").to_string();
+                        seen.lock().unwrap().push(method.clone());
+                        let reply = match method.as_str() {
+                            "connect" => json!({"type":"res","id":v["id"],"ok":true,"payload":{
+                                "type":"hello-ok","protocol":4,"server":{"version":"fake","connId":"c"},
+                                "features":{"methods":[],"events":[]},"snapshot":{},
+                                "auth":{"role":"node","scopes":[]},
+                                "policy":{"maxPayload":1000000,"maxBufferedBytes":1000000,
+                                          "tickIntervalMs":tick_interval_ms}}}),
+                            "system-event" if refuse_beacons => {
+                                json!({"type":"res","id":v["id"],"ok":false,
+                                "error":{"code":"INVALID_REQUEST","message":"unauthorized role: node"}})
+                            }
+                            _ => json!({"type":"res","id":v["id"],"ok":true,"payload":{"ok":true}}),
+                        };
+                        if ws.send(Message::text(reply.to_string())).await.is_err() {
+                            return;
                         }
-                        _ => json!({"type":"res","id":v["id"],"ok":true,"payload":{"ok":true}}),
-                    };
-                    ws.send(Message::text(reply.to_string())).await.unwrap();
-                }
-            });
+                    }
+                });
+            }
+        });
+        FakeGateway {
+            url,
+            methods,
+            accepts,
         }
-    });
-    (url, seen, accepts)
+    }
+
+    fn accepts(&self) -> usize {
+        self.accepts.load(Ordering::SeqCst)
+    }
+
+    fn count(&self, method: &str) -> usize {
+        self.methods
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|m| m.as_str() == method)
+            .count()
+    }
+
+    /// Starts an agent against it, with `config` as its config file.
+    fn agent(&self, dir: &Path, config: &str) -> Proc {
+        let tf = dir.join("token");
+        std::fs::write(&tf, "tok").unwrap();
+        let cfg = dir.join("clawnode.toml");
+        std::fs::write(&cfg, config).unwrap();
+        spawn_agent(
+            &self.url,
+            &tf,
+            &dir.join("state"),
+            &["--config", cfg.to_str().unwrap()],
+        )
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agent_reconnects_when_the_gateway_goes_silent() {
+    // Ticks every second are promised and never sent.
+    let gw = FakeGateway::start(1000, false).await;
+    let dir = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let agent = gw.agent(dir.path(), "");
+    agent.wait_for_log("tick timeout", Duration::from_secs(6));
+    assert!(started.elapsed() >= Duration::from_millis(1500));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while gw.accepts() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "agent did not reconnect: {}",
+            agent.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_gateway_that_refuses_node_beacons_gets_one_and_no_more() {
-    let (url, seen, accepts) = refusing_gateway().await;
+    let gw = FakeGateway::start(30_000, true).await;
     let dir = tempfile::tempdir().unwrap();
-    let tf = dir.path().join("t");
-    std::fs::write(&tf, "tok").unwrap();
-    let cfg = dir.path().join("c.toml");
-    std::fs::write(&cfg, "beacon_interval_secs = 1\nstats_interval_secs = 1\n").unwrap();
-    let state = dir.path().join("s");
-    let agent = Proc::spawn(
-        &[
-            "run",
-            "--url",
-            &url,
-            "--token-file",
-            tf.to_str().unwrap(),
-            "--state-dir",
-            state.to_str().unwrap(),
-            "--config",
-            cfg.to_str().unwrap(),
-        ],
-        &[],
+    let agent = gw.agent(
+        dir.path(),
+        "beacon_interval_secs = 1\nstats_interval_secs = 1\n",
     );
     agent.wait_for_log("does not accept presence beacons", Duration::from_secs(10));
     tokio::time::sleep(Duration::from_millis(3500)).await;
-    let methods = seen.lock().unwrap().clone();
-    let count = |m: &str| methods.iter().filter(|x| x.as_str() == m).count();
-    assert_eq!(count("system-event"), 1, "{methods:?}");
+    assert_eq!(gw.count("system-event"), 1);
     assert!(
-        count("node.event") >= 3,
-        "stats keep flowing every second: {methods:?}"
+        gw.count("node.event") >= 3,
+        "stats keep flowing every second"
     );
-    assert_eq!(
-        accepts.load(std::sync::atomic::Ordering::SeqCst),
-        1,
-        "no reconnects"
-    );
+    assert_eq!(gw.accepts(), 1, "no reconnects");
     assert_eq!(agent.count_log("does not accept presence beacons"), 1);
     assert_eq!(agent.count_log("WARN"), 0, "no noise: {}", agent.log_text());
 }

@@ -59,15 +59,7 @@ async fn agent_appears_with_its_hardware_hints_next_to_the_gateway_self_entry() 
     assert_eq!(gw_row.instance_id.as_deref(), gw_id["instanceId"].as_str());
 
     // The CLI table shows both rows as Active.
-    let url = gw.url();
-    let tf = gw.token_file();
-    let (code, out, err) = run_cli(&[
-        "presence",
-        "--url",
-        &url,
-        "--token-file",
-        tf.to_str().unwrap(),
-    ]);
+    let (code, out, err) = gw.presence_cli(&[]);
     assert_eq!(code, 0, "{err}");
     let rows: Vec<&str> = out.lines().collect();
     assert!(rows[0].contains("STATUS"), "{out}");
@@ -83,14 +75,7 @@ async fn agent_appears_with_its_hardware_hints_next_to_the_gateway_self_entry() 
     );
 
     // --json prints exactly the system-presence payload.
-    let (code, out, _) = run_cli(&[
-        "presence",
-        "--url",
-        &url,
-        "--token-file",
-        tf.to_str().unwrap(),
-        "--json",
-    ]);
+    let (code, out, _) = gw.presence_cli(&["--json"]);
     assert_eq!(code, 0);
     let v: Value = serde_json::from_str(&out).unwrap();
     assert!(v.as_array().unwrap().len() >= 2);
@@ -150,17 +135,8 @@ impl ProcLog for Proc {
 #[tokio::test(flavor = "multi_thread")]
 async fn cli_clients_never_become_rows() {
     let gw = TestGateway::start(&[]);
-    let url = gw.url();
-    let tf = gw.token_file();
     for _ in 0..3 {
-        let (code, _, err) = run_cli(&[
-            "presence",
-            "--url",
-            &url,
-            "--token-file",
-            tf.to_str().unwrap(),
-            "--json",
-        ]);
+        let (code, _, err) = gw.presence_cli(&["--json"]);
         assert_eq!(code, 0, "{err}");
     }
     // A cli-mode operator that stays connected leaves no row either.

@@ -41,13 +41,8 @@ impl Proc {
     }
 
     fn spawn_with(mut cmd: Command, args: &[&str], envs: &[(&str, &str)]) -> Proc {
+        scrub_env(&mut cmd);
         cmd.args(args)
-            .env_remove("CLAWNODE_TOKEN")
-            .env_remove("CLAWNODE_TOKEN_FILE")
-            .env_remove("OPENCLAW_GATEWAY_TOKEN")
-            .env_remove("CLAWNODE_URL")
-            .env_remove("CLAWNODE_STATE_DIR")
-            .env_remove("STATE_DIRECTORY")
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -184,19 +179,22 @@ impl TestGateway {
 
     /// Starts an agent against this gateway with its own state dir.
     pub fn agent(&self, state: &Path, extra: &[&str]) -> Proc {
+        spawn_agent(&self.url(), &self.token_file(), state, extra)
+    }
+
+    /// Runs `clawnode presence` against this gateway.
+    pub fn presence_cli(&self, extra: &[&str]) -> (i32, String, String) {
         let url = self.url();
         let tf = self.token_file();
         let mut args = vec![
-            "run",
+            "presence",
             "--url",
             &url,
             "--token-file",
             tf.to_str().unwrap(),
-            "--state-dir",
-            state.to_str().unwrap(),
         ];
         args.extend_from_slice(extra);
-        Proc::spawn(&args, &[])
+        run_cli(&args)
     }
 
     pub async fn presence(&self) -> Vec<PresenceEntry> {
@@ -232,6 +230,21 @@ impl TestGateway {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// Starts `clawnode run` as an agent.
+pub fn spawn_agent(url: &str, token_file: &Path, state: &Path, extra: &[&str]) -> Proc {
+    let mut args = vec![
+        "run",
+        "--url",
+        url,
+        "--token-file",
+        token_file.to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    Proc::spawn(&args, &[])
 }
 
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -424,17 +437,26 @@ pub async fn open_operator(
     }
 }
 
+/// Keeps the developer's own settings out of the processes under test.
+fn scrub_env(cmd: &mut Command) {
+    for var in [
+        "CLAWNODE_TOKEN",
+        "CLAWNODE_TOKEN_FILE",
+        "OPENCLAW_GATEWAY_TOKEN",
+        "CLAWNODE_URL",
+        "CLAWNODE_STATE_DIR",
+        "CLAWNODE_CONFIG",
+        "STATE_DIRECTORY",
+    ] {
+        cmd.env_remove(var);
+    }
+}
+
 /// Runs the binary to completion: (exit code, stdout, stderr).
 pub fn run_cli(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(BIN)
-        .args(args)
-        .env_remove("CLAWNODE_TOKEN")
-        .env_remove("CLAWNODE_TOKEN_FILE")
-        .env_remove("OPENCLAW_GATEWAY_TOKEN")
-        .env_remove("CLAWNODE_URL")
-        .env_remove("CLAWNODE_STATE_DIR")
-        .output()
-        .expect("run clawnode");
+    let mut cmd = Command::new(BIN);
+    scrub_env(&mut cmd);
+    let out = cmd.args(args).output().expect("run clawnode");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
