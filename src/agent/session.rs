@@ -242,11 +242,10 @@ pub async fn run(
     let tick = Duration::from_millis(hello.policy.tick_interval_ms.max(1000));
     let silence_limit = tick * 2;
     info!(
-        url = %url,
-        instance_id = inputs.identity.instance_id(),
         conn_id = %hello.server.conn_id,
         protocol = hello.protocol,
-        "connected to {url} as {}", inputs.identity.instance_id()
+        "connected to {url} as {}",
+        inputs.identity.instance_id()
     );
 
     let ended = |reason: String| SessionEnd::Lost {

@@ -20,8 +20,11 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let settings = Settings::resolve(&args.flags(), &Env::from_process())?;
     // Fail fast on bad input before logging anything, so it is one line:
     // a port in use, an unreadable token file.
-    let listener = match &settings.gateway {
-        Some(gw) => Some(gateway::bind(gw.listen).await?),
+    let gateway_parts = match &settings.gateway {
+        Some(gw) => Some((
+            gateway::bind(gw.listen).await?,
+            gateway_token(&settings, gw)?,
+        )),
         None => {
             settings.token.read()?;
             None
@@ -38,8 +41,11 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let (trigger, stop) = Shutdown::new();
     shutdown::on_signals(trigger).context("cannot install signal handlers")?;
 
-    match (&settings.gateway, listener) {
-        (Some(gw), Some(listener)) => run_gateway(&settings, gw, listener, &identity, stop).await,
+    match (&settings.gateway, gateway_parts) {
+        (Some(gw), Some((listener, (token, note)))) => {
+            info!("{note}");
+            run_gateway(&settings, gw, listener, token, &identity, stop).await
+        }
         _ => {
             let config = AgentConfig {
                 url: settings.url.clone(),
@@ -55,27 +61,38 @@ pub async fn run(args: RunArgs) -> Result<()> {
 }
 
 /// The gateway's token: the configured one, else `<state-dir>/gateway.token`,
-/// generated on first start. Only the file's path is ever logged.
-fn gateway_token(settings: &Settings, gw: &GatewaySettings) -> Result<Option<Secret>> {
+/// generated on first start. Returns it with a line for the log that names
+/// where it came from (a file's path, never the token).
+fn gateway_token(settings: &Settings, gw: &GatewaySettings) -> Result<(Option<Secret>, String)> {
     if gw.auth == AuthMode::None {
-        warn!("gateway authentication is disabled (loopback only)");
-        return Ok(None);
+        return Ok((
+            None,
+            "gateway authentication is disabled (loopback only)".into(),
+        ));
     }
-    if let Some(token) = settings.token.read()? {
-        info!(token = %settings.token.describe(), "gateway token loaded");
-        return Ok(Some(token));
-    }
-    let TokenSource::StateDirDefault(path) = &settings.token else {
-        unreachable!("only the state-dir default can be absent");
+    let path = match (&settings.token, settings.token.read()?) {
+        (source, Some(token)) => {
+            return Ok((
+                Some(token),
+                format!("gateway token from {}", source.describe()),
+            ))
+        }
+        (TokenSource::StateDirDefault(path), None) => path,
+        (source, None) => anyhow::bail!("no gateway token in {}", source.describe()),
     };
     let token = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
     let created = state_file::create_atomic(path, format!("{token}\n").as_bytes())
         .with_context(|| format!("cannot write gateway token {}", path.display()))?;
-    if created {
-        info!(path = %path.display(), "generated a gateway token; give this file to agents with --token-file");
-    }
+    let note = if created {
+        format!(
+            "generated a gateway token in {}; give this file to agents with --token-file",
+            path.display()
+        )
+    } else {
+        format!("gateway token from file {}", path.display())
+    };
     // Whoever won a creation race, the file now holds the token to use.
-    crate::config::read_token_file(path).map(Some)
+    Ok((Some(crate::config::read_token_file(path)?), note))
 }
 
 /// The gateway's own presence row (rule 1).
@@ -115,10 +132,10 @@ async fn run_gateway(
     settings: &Settings,
     gw: &GatewaySettings,
     listener: tokio::net::TcpListener,
+    token: Option<Secret>,
     identity: &DeviceIdentity,
     mut stop: Shutdown,
 ) -> Result<()> {
-    let token = gateway_token(settings, gw)?;
     let facts = HostFacts::collect();
     let mut config = GatewayConfig::new(gw.listen, token, self_entry(settings, identity, &facts));
     config.limits = gw.limits;
