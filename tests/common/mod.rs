@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod openclaw;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -32,33 +34,39 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(args: &[&str], envs: &[(&str, &str)]) -> Proc {
-        Self::spawn_with(Command::new(BIN), args, envs)
+        let mut cmd = Command::new(BIN);
+        scrub_env(&mut cmd);
+        Self::spawn_with(cmd, args, envs)
     }
 
     /// Runs another program (e.g. `ip netns exec ... clawnode`).
     pub fn spawn_cmd(program: &str, args: &[&str]) -> Proc {
-        Self::spawn_with(Command::new(program), args, &[])
+        let mut cmd = Command::new(program);
+        scrub_env(&mut cmd);
+        Self::spawn_with(cmd, args, &[])
+    }
+
+    /// Runs a prepared command as it is (its environment untouched); stdout
+    /// and stderr go to the same log.
+    pub fn spawn_command(cmd: Command) -> Proc {
+        Self::spawn_with(cmd, &[], &[])
     }
 
     fn spawn_with(mut cmd: Command, args: &[&str], envs: &[(&str, &str)]) -> Proc {
-        scrub_env(&mut cmd);
         cmd.args(args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         for (k, v) in envs {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().expect("spawn clawnode");
-        let stderr = child.stderr.take().expect("stderr");
+        let mut child = cmd.spawn().expect("spawn process under test");
         let log = Arc::new(Mutex::new(Vec::new()));
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
+        let stdout = child.stdout.take().expect("stdout");
+        let stderr = child.stderr.take().expect("stderr");
+        collect_lines(stdout, log.clone());
+        collect_lines(stderr, log.clone());
         Proc { child, log }
     }
 
@@ -116,6 +124,15 @@ impl Proc {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
+}
+
+/// Appends each line read from `source` to `log`, in a thread of its own.
+fn collect_lines(source: impl std::io::Read + Send + 'static, log: Arc<Mutex<Vec<String>>>) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(source).lines().map_while(Result::ok) {
+            log.lock().unwrap().push(line);
+        }
+    });
 }
 
 impl Drop for Proc {
