@@ -68,6 +68,7 @@ async fn call_inner(
             commands: vec![],
             auth: Some(ConnectAuth {
                 token: token.map(|t| t.expose().to_string()),
+                device_token: None,
             }),
             device: None,
         },

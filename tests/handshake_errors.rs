@@ -69,12 +69,16 @@ fn node_params(
         beacon_interval: std::time::Duration::from_secs(60),
         stats_interval: std::time::Duration::from_secs(60),
         disk_path: "/".into(),
+        state_dir: "/nonexistent".into(),
     };
     clawnode::agent::session::connect_params(
         &config,
         id,
         &HostFacts::collect(),
-        Some(token),
+        &clawnode::agent::session::Credentials {
+            shared: Some(token.clone()),
+            device_token: None,
+        },
         &c.challenge,
     )
 }

@@ -3,21 +3,23 @@
 //! chosen from how it ended — forever, until shutdown.
 
 pub mod backoff;
+pub mod device_token;
 pub mod session;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::config::TokenSource;
 use crate::host::{HostFacts, HostStatsSampler};
 use crate::identity::DeviceIdentity;
-use crate::protocol::{ErrorCode, ErrorDetailCode, ErrorShape};
+use crate::protocol::{ErrorCode, ErrorDetailCode, ErrorShape, Role};
 use crate::shutdown::Shutdown;
 use backoff::Backoff;
-use session::{SessionEnd, SessionInputs, SessionMemory};
+use device_token::DeviceTokenStore;
+use session::{Credentials, SessionEnd, SessionInputs, SessionMemory};
 
 /// A connection that stayed up this long resets the backoff.
 pub const STABLE_AFTER: Duration = Duration::from_secs(60);
@@ -32,6 +34,8 @@ pub struct AgentConfig {
     pub stats_interval: Duration,
     /// Disk statistics are reported for the filesystem holding this path.
     pub disk_path: PathBuf,
+    /// Where the device token issued by the gateway is kept.
+    pub state_dir: PathBuf,
 }
 
 /// What to do after a session ended.
@@ -44,7 +48,12 @@ pub struct Retry {
 /// Chooses the wait after a rejected `connect`: credentials and pairing
 /// problems wait the maximum (a fix needs an operator, not a fast retry),
 /// rate limits wait as told, anything else backs off normally.
-pub fn retry_after_rejection(error: &ErrorShape, backoff: &mut Backoff, device_id: &str) -> Retry {
+pub fn retry_after_rejection(
+    error: &ErrorShape,
+    backoff: &mut Backoff,
+    memory: &mut SessionMemory,
+    device_id: &str,
+) -> Retry {
     let hinted = error.retry_after_ms.map(Duration::from_millis);
     let reason = error.to_string();
     let detail = error.detail_code();
@@ -58,7 +67,12 @@ pub fn retry_after_rejection(error: &ErrorShape, backoff: &mut Backoff, device_i
         error!(error = %error, "the gateway rejected our token: fix the token file or environment variable; retrying every {}s", backoff.max().as_secs());
         backoff.max()
     } else if pairing {
-        warn!(error = %error, device_id, "this device is waiting for pairing approval: on the gateway host run `openclaw devices list`, then `openclaw devices approve <requestId>`");
+        if !memory.pairing_logged {
+            memory.pairing_logged = true;
+            warn!(error = %error, device_id, "this device is waiting for pairing approval: on the gateway host run `openclaw devices list`, then `openclaw devices approve <requestId>`; retrying every {}s", backoff.max().as_secs());
+        } else {
+            debug!(error = %error, "still waiting for pairing approval");
+        }
         hinted.unwrap_or(backoff.max())
     } else if detail == Some(ErrorDetailCode::AuthRateLimited) {
         warn!(error = %error, "rate limited by the gateway");
@@ -73,6 +87,24 @@ pub fn retry_after_rejection(error: &ErrorShape, backoff: &mut Backoff, device_i
     }
 }
 
+/// Whether a gateway URL points at this host (where OpenClaw's clients
+/// trust a stored device token enough to retry with it).
+pub fn is_loopback_url(url: &str) -> bool {
+    let Ok(uri) = url.parse::<tokio_tungstenite::tungstenite::http::Uri>() else {
+        return false;
+    };
+    match uri
+        .host()
+        .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
+    {
+        Some("localhost") => true,
+        Some(h) => h
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback()),
+        None => false,
+    }
+}
+
 /// Runs the agent until `shutdown`.
 pub async fn run(
     config: AgentConfig,
@@ -82,6 +114,10 @@ pub async fn run(
     let mut backoff = Backoff::reconnect_default();
     let mut memory = SessionMemory::default();
     let mut sampler = HostStatsSampler::new(config.disk_path.clone());
+    let device_tokens = DeviceTokenStore::new(&config.state_dir);
+    // One retry with the stored device token after AUTH_TOKEN_MISMATCH on a
+    // loopback gateway, as OpenClaw's clients do.
+    let mut retrying_with_device_token = false;
     info!(url = %config.url, instance_id = identity.instance_id(), device_id = identity.device_id(), token = %config.token.describe(), "agent starting");
 
     while !shutdown.is_triggered() {
@@ -93,7 +129,15 @@ pub async fn run(
                     reason: format!("{e:#}"),
                 }
             }
-            Ok(token) => {
+            Ok(shared) => {
+                let stored =
+                    device_tokens.get(&config.url, identity.device_id(), Role::Node.as_str());
+                let credentials = Credentials {
+                    device_token: stored
+                        .clone()
+                        .filter(|_| shared.is_none() || retrying_with_device_token),
+                    shared,
+                };
                 let facts = tokio::task::spawn_blocking(HostFacts::collect).await?;
                 let started = Instant::now();
                 let end = session::run(
@@ -101,7 +145,8 @@ pub async fn run(
                         config: &config,
                         identity: &identity,
                         facts: &facts,
-                        token: token.as_ref(),
+                        credentials: &credentials,
+                        device_tokens: &device_tokens,
                         sampler: &mut sampler,
                         memory: &mut memory,
                     },
@@ -110,15 +155,33 @@ pub async fn run(
                 .await;
                 match end {
                     SessionEnd::Shutdown => break,
+                    SessionEnd::Rejected(e)
+                        if e.detail_code() == Some(ErrorDetailCode::AuthTokenMismatch)
+                            && !retrying_with_device_token
+                            && stored.is_some()
+                            && is_loopback_url(&config.url) =>
+                    {
+                        retrying_with_device_token = true;
+                        info!(error = %e, "shared token refused; retrying once with the stored device token");
+                        Retry {
+                            delay: Duration::from_secs(1),
+                            reason: e.to_string(),
+                        }
+                    }
                     SessionEnd::Rejected(e) => {
-                        retry_after_rejection(&e, &mut backoff, identity.device_id())
+                        retrying_with_device_token = false;
+                        retry_after_rejection(&e, &mut backoff, &mut memory, identity.device_id())
                     }
                     SessionEnd::Lost {
                         reason,
                         after_hello,
                     } => {
-                        if after_hello && started.elapsed() >= STABLE_AFTER {
-                            backoff.reset();
+                        if after_hello {
+                            retrying_with_device_token = false;
+                            memory.pairing_logged = false;
+                            if started.elapsed() >= STABLE_AFTER {
+                                backoff.reset();
+                            }
                         }
                         Retry {
                             delay: backoff.next_delay(),
@@ -151,6 +214,24 @@ mod tests {
     }
 
     #[test]
+    fn loopback_urls() {
+        assert!(is_loopback_url("ws://127.0.0.1:18789"));
+        assert!(is_loopback_url("ws://localhost:1"));
+        assert!(is_loopback_url("ws://[::1]:1/x"));
+        assert!(!is_loopback_url("ws://198.51.100.2:1"));
+        assert!(!is_loopback_url("not a url"));
+    }
+
+    #[test]
+    fn pairing_is_told_once() {
+        let e = ErrorShape::new(ErrorCode::NotPaired, "pairing required")
+            .with_detail(ErrorDetailCode::PairingRequired);
+        let mut memory = SessionMemory::default();
+        retry_after_rejection(&e, &mut fixed(), &mut memory, "d");
+        assert!(memory.pairing_logged);
+    }
+
+    #[test]
     fn bad_token_waits_the_maximum() {
         for detail in [
             ErrorDetailCode::AuthTokenMismatch,
@@ -158,7 +239,7 @@ mod tests {
         ] {
             let e = ErrorShape::invalid_request("unauthorized").with_detail(detail);
             assert_eq!(
-                retry_after_rejection(&e, &mut fixed(), "d").delay,
+                retry_after_rejection(&e, &mut fixed(), &mut SessionMemory::default(), "d").delay,
                 Duration::from_secs(30)
             );
         }
@@ -169,17 +250,17 @@ mod tests {
         let e = ErrorShape::new(ErrorCode::NotPaired, "pairing required")
             .with_detail(ErrorDetailCode::PairingRequired);
         assert_eq!(
-            retry_after_rejection(&e, &mut fixed(), "d").delay,
+            retry_after_rejection(&e, &mut fixed(), &mut SessionMemory::default(), "d").delay,
             Duration::from_secs(30)
         );
         let e = e.with_retry_after(5_000);
         assert_eq!(
-            retry_after_rejection(&e, &mut fixed(), "d").delay,
+            retry_after_rejection(&e, &mut fixed(), &mut SessionMemory::default(), "d").delay,
             Duration::from_secs(5)
         );
         let e = ErrorShape::new(ErrorCode::NotPaired, "not paired");
         assert_eq!(
-            retry_after_rejection(&e, &mut fixed(), "d").delay,
+            retry_after_rejection(&e, &mut fixed(), &mut SessionMemory::default(), "d").delay,
             Duration::from_secs(30)
         );
     }
@@ -190,7 +271,7 @@ mod tests {
             .with_detail(ErrorDetailCode::AuthRateLimited)
             .with_retry_after(2_000);
         assert_eq!(
-            retry_after_rejection(&e, &mut fixed(), "d").delay,
+            retry_after_rejection(&e, &mut fixed(), &mut SessionMemory::default(), "d").delay,
             Duration::from_secs(2)
         );
         let e = ErrorShape::invalid_request("protocol mismatch")
@@ -198,15 +279,15 @@ mod tests {
         let mut b = fixed();
         // Jittered exponential steps, never below one second for a rejection.
         assert_eq!(
-            retry_after_rejection(&e, &mut b, "d").delay,
+            retry_after_rejection(&e, &mut b, &mut SessionMemory::default(), "d").delay,
             Duration::from_secs(1)
         );
         assert_eq!(
-            retry_after_rejection(&e, &mut b, "d").delay,
+            retry_after_rejection(&e, &mut b, &mut SessionMemory::default(), "d").delay,
             Duration::from_secs(1)
         );
         assert_eq!(
-            retry_after_rejection(&e, &mut b, "d").delay,
+            retry_after_rejection(&e, &mut b, &mut SessionMemory::default(), "d").delay,
             Duration::from_secs(2)
         );
     }

@@ -12,6 +12,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use tracing::{debug, info, warn};
 
+use super::device_token::DeviceTokenStore;
 use super::AgentConfig;
 use crate::config::Secret;
 use crate::host::{HostFacts, HostStatsSampler};
@@ -25,7 +26,9 @@ use crate::protocol::{
 
 /// How long to wait for the TCP+WebSocket connect, the challenge, and hello-ok.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Retry delay for host stats the gateway could not take yet (PAIRING_CHANGED).
+/// First retry delay for host stats the gateway could not take yet
+/// (OpenClaw: `UNAVAILABLE`/`PAIRING_CHANGED` until the node is approved);
+/// it doubles up to the stats interval.
 const STATS_RETRY: Duration = Duration::from_secs(5);
 
 /// Why a session ended.
@@ -45,6 +48,29 @@ pub enum SessionEnd {
 pub struct SessionMemory {
     /// The gateway refused beacons for role node; don't send more.
     pub beacons_refused: bool,
+    /// We already said that host stats are not accepted yet.
+    pub stats_refusal_logged: bool,
+    /// We already told the operator to approve this device's pairing.
+    pub pairing_logged: bool,
+}
+
+/// What the agent authenticates with: the shared gateway token and/or a
+/// device token the gateway issued earlier (see [`super::device_token`]).
+#[derive(Debug, Clone, Default)]
+pub struct Credentials {
+    pub shared: Option<Secret>,
+    pub device_token: Option<Secret>,
+}
+
+impl Credentials {
+    /// The token the device signature covers: the shared one if any, else
+    /// the device token (as OpenClaw's clients sign).
+    fn signed_token(&self) -> Option<&str> {
+        self.shared
+            .as_ref()
+            .or(self.device_token.as_ref())
+            .map(Secret::expose)
+    }
 }
 
 /// What we sent and are waiting to hear about.
@@ -59,7 +85,8 @@ pub struct SessionInputs<'a> {
     pub config: &'a AgentConfig,
     pub identity: &'a DeviceIdentity,
     pub facts: &'a HostFacts,
-    pub token: Option<&'a Secret>,
+    pub credentials: &'a Credentials,
+    pub device_tokens: &'a DeviceTokenStore,
     pub sampler: &'a mut HostStatsSampler,
     pub memory: &'a mut SessionMemory,
 }
@@ -74,7 +101,7 @@ pub fn connect_params(
     config: &AgentConfig,
     identity: &DeviceIdentity,
     facts: &HostFacts,
-    token: Option<&Secret>,
+    credentials: &Credentials,
     challenge: &ConnectChallenge,
 ) -> ConnectParams {
     let client = ClientInfo {
@@ -87,7 +114,6 @@ pub fn connect_params(
         mode: mode::NODE.to_string(),
         instance_id: Some(identity.instance_id().to_string()),
     };
-    let token = token.map(|t| t.expose().to_string());
     let signature = identity.sign(&DeviceAuthPayload {
         device_id: identity.device_id(),
         client_id: &client.id,
@@ -95,7 +121,7 @@ pub fn connect_params(
         role: Role::Node.as_str(),
         scopes: &[],
         signed_at_ms: challenge.ts,
-        token: token.as_deref(),
+        token: credentials.signed_token(),
         nonce: &challenge.nonce,
         platform: Some(&client.platform),
         device_family: client.device_family.as_deref(),
@@ -108,7 +134,13 @@ pub fn connect_params(
         scopes: Vec::new(),
         caps: Vec::new(),
         commands: Vec::new(),
-        auth: Some(ConnectAuth { token }),
+        auth: Some(ConnectAuth {
+            token: credentials.shared.as_ref().map(|t| t.expose().to_string()),
+            device_token: credentials
+                .device_token
+                .as_ref()
+                .map(|t| t.expose().to_string()),
+        }),
         device: Some(DeviceProof {
             id: identity.device_id().to_string(),
             public_key: identity.public_key().to_string(),
@@ -213,7 +245,7 @@ pub async fn run(
                     inputs.config,
                     inputs.identity,
                     inputs.facts,
-                    inputs.token,
+                    inputs.credentials,
                     &challenge,
                 );
                 let frame = Frame::request(connect_id.clone(), method::CONNECT, params);
@@ -239,6 +271,15 @@ pub async fn run(
         return lost("no hello-ok".into());
     };
 
+    if let Some(token) = &hello.auth.device_token {
+        inputs.device_tokens.remember(
+            url,
+            inputs.identity.device_id(),
+            Role::Node.as_str(),
+            token,
+            &hello.auth.scopes,
+        );
+    }
     let tick = Duration::from_millis(hello.policy.tick_interval_ms.max(1000));
     let silence_limit = tick * 2;
     info!(
@@ -257,6 +298,7 @@ pub async fn run(
     let now = Instant::now();
     let mut next_beacon = now;
     let mut next_stats = now;
+    let mut stats_retry = STATS_RETRY;
     let far = || Instant::now() + Duration::from_secs(86_400);
 
     loop {
@@ -282,8 +324,21 @@ pub async fn run(
                             inputs.memory.beacons_refused = true;
                         }
                         (Some(Pending::Stats), Some(e)) if e.retryable == Some(true) || e.code == ErrorCode::Unavailable => {
-                            debug!(error = %e, "host stats not accepted yet; retrying");
-                            next_stats = Instant::now() + STATS_RETRY;
+                            if !inputs.memory.stats_refusal_logged {
+                                inputs.memory.stats_refusal_logged = true;
+                                info!(error = %e, "host stats not accepted yet; retrying (on OpenClaw, see `openclaw nodes pending` / `openclaw nodes approve`)");
+                            } else {
+                                debug!(error = %e, "host stats not accepted yet");
+                            }
+                            next_stats = Instant::now() + stats_retry;
+                            stats_retry = (stats_retry * 2).min(inputs.config.stats_interval);
+                        }
+                        (Some(Pending::Stats), None) => {
+                            if stats_retry != STATS_RETRY {
+                                info!("host stats accepted");
+                            }
+                            stats_retry = STATS_RETRY;
+                            inputs.memory.stats_refusal_logged = false;
                         }
                         (Some(kind), Some(e)) => warn!(error = %e, "{kind:?} refused by gateway"),
                         _ => {}

@@ -54,6 +54,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
                 beacon_interval: settings.beacon_interval,
                 stats_interval: settings.stats_interval,
                 disk_path: "/".into(),
+                state_dir: settings.state_dir.clone(),
             };
             agent::run(config, identity, stop).await
         }

@@ -402,6 +402,7 @@ async fn handshake(
         auth: HelloAuth {
             role,
             scopes: scopes.clone(),
+            device_token: None,
         },
         policy: Policy {
             max_payload: config.max_payload as u64,

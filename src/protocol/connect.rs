@@ -71,18 +71,23 @@ impl ClientInfo {
     }
 }
 
-/// `connect.params.auth`. The token is never logged: `Debug` redacts it.
+/// `connect.params.auth`: the shared gateway token and/or a device token
+/// the gateway issued earlier. Never logged: `Debug` redacts both.
 #[derive(Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ConnectAuth {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_token: Option<String>,
 }
 
 impl std::fmt::Debug for ConnectAuth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redact = |t: &Option<String>| t.as_ref().map(|_| "<redacted>");
         f.debug_struct("ConnectAuth")
-            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("token", &redact(&self.token))
+            .field("device_token", &redact(&self.device_token))
             .finish()
     }
 }
@@ -180,6 +185,10 @@ pub struct HelloAuth {
     pub role: Role,
     #[serde(default)]
     pub scopes: Vec<String>,
+    /// A per-device token issued after pairing (OpenClaw); clients keep it
+    /// and may present it on reconnects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_token: Option<String>,
 }
 
 /// `hello-ok.policy`.
@@ -248,6 +257,10 @@ mod tests {
         assert_eq!(hello.protocol, 4);
         assert_eq!(hello.policy.tick_interval_ms, 30_000);
         assert_eq!(hello.auth.role, Role::Node);
+        assert_eq!(
+            hello.auth.device_token.as_deref(),
+            Some("M5Zeakcfao3AVXiwgNBEuhn3Hqcwye9wCpV8tgsRv_Y")
+        );
         assert_eq!(hello.snapshot.state_version.presence, 9);
         assert!(hello
             .features
@@ -269,6 +282,7 @@ mod tests {
             auth: HelloAuth {
                 role: Role::Operator,
                 scopes: vec![],
+                device_token: None,
             },
             policy: Policy {
                 max_payload: 1,
@@ -297,7 +311,9 @@ mod tests {
     fn token_is_redacted_in_debug() {
         let a = ConnectAuth {
             token: Some("s3cret".into()),
+            device_token: Some("d3vice".into()),
         };
+        assert!(!format!("{a:?}").contains("d3vice"));
         assert!(!format!("{a:?}").contains("s3cret"));
     }
 }

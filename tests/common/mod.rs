@@ -306,6 +306,7 @@ pub fn operator_params(
         commands: vec![],
         auth: Some(ConnectAuth {
             token: token.map(|t| t.expose().to_string()),
+            device_token: None,
         }),
         device: None,
     }
