@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod netns;
 pub mod openclaw;
 
 use std::io::{BufRead, BufReader};

@@ -38,12 +38,23 @@ pub fn schema_path() -> PathBuf {
 /// An isolated OpenClaw home: `HOME` and `OPENCLAW_STATE_DIR` inside a temp dir.
 pub struct OpenClawHome {
     pub dir: tempfile::TempDir,
+    /// Run every command inside this network namespace.
+    pub inside: Option<String>,
 }
 
 impl OpenClawHome {
     pub fn new() -> OpenClawHome {
         OpenClawHome {
             dir: tempfile::tempdir().unwrap(),
+            inside: None,
+        }
+    }
+
+    /// A home whose commands run inside the namespace `ns`.
+    pub fn inside(ns: &super::netns::Netns) -> OpenClawHome {
+        OpenClawHome {
+            inside: Some(ns.name.clone()),
+            ..OpenClawHome::new()
         }
     }
 
@@ -58,7 +69,25 @@ impl OpenClawHome {
             .env("OPENCLAW_NO_AUTO_UPDATE", "1")
             .env("NO_COLOR", "1")
             .env_remove("OPENCLAW_GATEWAY_TOKEN");
-        cmd
+        match &self.inside {
+            Some(ns) => {
+                let mut wrapped = Command::new("ip");
+                wrapped
+                    .args(["netns", "exec", ns])
+                    .arg(cmd.get_program())
+                    .args(cmd.get_args());
+                for (k, v) in cmd.get_envs() {
+                    if let Some(v) = v {
+                        wrapped.env(k, v);
+                    } else {
+                        wrapped.env_remove(k);
+                    }
+                }
+                wrapped.current_dir(self.dir.path());
+                wrapped
+            }
+            None => cmd,
+        }
     }
 
     /// Runs `openclaw ARGS` to completion; panics with its output on failure.
@@ -120,15 +149,16 @@ pub struct OpenClawGateway {
 
 impl OpenClawGateway {
     pub fn start() -> OpenClawGateway {
-        Self::start_on(OpenClawHome::new(), free_port(), "127.0.0.1")
+        Self::start_on(OpenClawHome::new(), free_port(), "loopback")
     }
 
-    /// Starts (or restarts, on the same home) a gateway on `port`, bound to
-    /// `bind` (`127.0.0.1` = loopback mode, or a test host's address).
+    /// Starts (or restarts, on the same home) a gateway on `port` with bind
+    /// mode `bind`: `loopback`, or `lan` inside a namespace (all of the
+    /// namespace's addresses: its loopback and its veth).
     pub fn start_on(home: OpenClawHome, port: u16, bind: &str) -> OpenClawGateway {
         let token = "interop-token".to_string();
         let port_s = port.to_string();
-        let mut args = vec![
+        let args = [
             "gateway",
             "run",
             "--allow-unconfigured",
@@ -138,12 +168,9 @@ impl OpenClawGateway {
             &token,
             "--port",
             &port_s,
+            "--bind",
+            bind,
         ];
-        if bind == "127.0.0.1" {
-            args.extend(["--bind", "loopback"]);
-        } else {
-            args.extend(["--bind", "custom", "--custom-bind-host", bind]);
-        }
         let proc = Proc::spawn_command(home.command(&args));
         proc.wait_for_log("[gateway] ready", Duration::from_secs(90));
         OpenClawGateway {

@@ -1,0 +1,93 @@
+//! Network namespaces as test hosts: a namespace joined to ours by a veth
+//! pair with a /30 of TEST-NET-2 (198.51.100.0/24): `.1` on our side and
+//! `.2` inside for link 0, `.5`/`.6` for link 1, and so on. Names carry the
+//! test process id; everything is removed on drop.
+
+use std::process::Command;
+
+/// Whether this process may create namespaces (root).
+pub fn available() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+pub struct Netns {
+    pub name: String,
+    host_if: String,
+    /// Our side of the link.
+    pub host_addr: String,
+    /// The namespace's side.
+    pub ns_addr: String,
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("run ip (iproute2)");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Netns {
+    /// Creates the namespace and link number `link` (0..64); tests that may
+    /// run at the same time use different links.
+    pub fn create(link: u8) -> Netns {
+        assert!(link < 64);
+        let id = std::process::id() % 100_000;
+        let base = 4 * u32::from(link);
+        let ns = Netns {
+            name: format!("clawnode-{link}-{id}"),
+            host_if: format!("cnh{link}-{id}"),
+            host_addr: format!("198.51.100.{}", base + 1),
+            ns_addr: format!("198.51.100.{}", base + 2),
+        };
+        let peer = format!("cnp{link}-{id}");
+        ip(&["netns", "add", &ns.name]);
+        ip(&[
+            "link",
+            "add",
+            &ns.host_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &peer,
+        ]);
+        ip(&["link", "set", &peer, "netns", &ns.name]);
+        ip(&[
+            "addr",
+            "add",
+            &format!("{}/30", ns.host_addr),
+            "dev",
+            &ns.host_if,
+        ]);
+        ip(&["link", "set", &ns.host_if, "up"]);
+        ip(&[
+            "-n",
+            &ns.name,
+            "addr",
+            "add",
+            &format!("{}/30", ns.ns_addr),
+            "dev",
+            &peer,
+        ]);
+        ip(&["-n", &ns.name, "link", "set", &peer, "up"]);
+        ip(&["-n", &ns.name, "link", "set", "lo", "up"]);
+        ns
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
