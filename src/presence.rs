@@ -202,7 +202,7 @@ impl PresenceStore {
     /// A `cli`-mode client (trimmed, ASCII case-insensitive) gets no row and
     /// `None`. Otherwise the row is merged like OpenClaw's `upsertPresence`:
     /// what this connect gives (instanceId, host from `displayName`, version,
-    /// platform, hardware hints, mode, clientId, deviceId, a non-loopback
+    /// platform, hardware hints, mode, deviceId, a non-loopback
     /// remote ip) overrides, the rest is kept; roles and scopes are unions;
     /// reason becomes `connect`, `ts` now, and `text` stays or defaults to
     /// `Node: {host} · mode {mode}`.
@@ -227,7 +227,6 @@ impl PresenceStore {
             client.model_identifier.as_deref(),
         );
         set(&mut row.mode, Some(&client.mode));
-        set(&mut row.client_id, Some(&client.id));
         set(&mut row.device_id, conn.device_id);
         if let Some(ip) = reportable_ip(conn.remote_ip) {
             row.ip = Some(ip);
@@ -599,7 +598,6 @@ mod tests {
                 reason: Some("connect".into()),
                 ts: T0 + 10,
                 device_id: Some("dev-1".into()),
-                client_id: Some("openclaw-macos".into()),
                 roles: Some(vec!["operator".into()]),
                 scopes: Some(scopes.clone()),
                 text: Some("Node: Mac Studio · mode ui".into()),
@@ -710,7 +708,6 @@ mod tests {
             .starts_with("Node: desk (192.0.2.10)"));
         assert_eq!(row.ts, T0 + 30_000);
         // Connect-only fields are kept.
-        assert_eq!(row.client_id.as_deref(), Some("openclaw-macos"));
         assert_eq!(row.roles, Some(vec!["operator".into()]));
     }
 
@@ -790,7 +787,6 @@ mod tests {
         assert_eq!(row.mode.as_deref(), Some("node"));
         assert_eq!(row.roles, Some(vec!["node".into()]));
         assert_eq!(row.scopes, None);
-        assert_eq!(row.client_id.as_deref(), Some("node-host"));
         assert_eq!(row.device_id.as_deref(), Some("3d85e384"));
         assert_eq!(row.text.as_deref(), Some("Node: capnode · mode node"));
     }

@@ -31,7 +31,10 @@ pub struct PresenceEvent {
     pub presence: Vec<PresenceEntry>,
 }
 
-/// One row of the presence list. Absent fields are omitted, never `null`.
+/// One row of the presence list, as `PresenceEntry` in the pinned protocol
+/// schema (a closed object). Absent fields are omitted, never `null`.
+/// OpenClaw 2026.9.6 also sends `clientId`, which that schema does not
+/// allow; we accept it when reading and do not send it.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PresenceEntry {
@@ -59,9 +62,6 @@ pub struct PresenceEntry {
     pub ts: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_id: Option<String>,
-    /// `client.id` of the connection that produced the row (OpenClaw sends it too).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub roles: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
