@@ -7,3 +7,4 @@
 mod common;
 
 mod agent_to_openclaw;
+mod schema;
