@@ -376,3 +376,14 @@ async fn a_client_that_stops_reading_is_dropped_without_slowing_the_others() {
     assert!(list.as_array().unwrap().len() > 3);
     drop(slow);
 }
+
+#[test]
+fn a_gateway_creates_its_state_dir_on_first_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("new/state");
+    let gw = TestGateway::start_at(&state, &[]);
+    assert!(gw.token_file().exists());
+    let mode = std::fs::metadata(&state).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
+}

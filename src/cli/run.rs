@@ -81,6 +81,13 @@ fn gateway_token(settings: &Settings, gw: &GatewaySettings) -> Result<(Option<Se
         (TokenSource::StateDirDefault(path), None) => path,
         (source, None) => anyhow::bail!("no gateway token in {}", source.describe()),
     };
+    // The state directory may not exist yet on a first start.
+    state_file::ensure_private_dir(&settings.state_dir).with_context(|| {
+        format!(
+            "cannot create state directory {}",
+            settings.state_dir.display()
+        )
+    })?;
     let token = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
     let created = state_file::create_atomic(path, format!("{token}\n").as_bytes())
         .with_context(|| format!("cannot write gateway token {}", path.display()))?;

@@ -153,6 +153,7 @@ async fn serve_connection(
         role = ctx.role.as_str(),
         mode = %ctx.client.mode,
         client = %ctx.client.id,
+        protocol = hello.protocol,
         instance_id = ctx.client.instance_id.as_deref().unwrap_or("-"),
         "connected"
     );
@@ -480,7 +481,13 @@ async fn session(
                         return;
                     }
                 }
-                Some(Ok(Message::Close(_))) | None => return,
+                Some(Ok(Message::Close(_))) => {
+                    // Send the reply tungstenite queued, so the peer sees a
+                    // completed close handshake rather than 1006.
+                    let _ = timeout(Duration::from_secs(1), sink.close()).await;
+                    return;
+                }
+                None => return,
                 Some(Ok(_)) => {} // ping/pong/binary
                 Some(Err(WsError::Capacity(e))) => {
                     warn!(error = %e, "frame too large");

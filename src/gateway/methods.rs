@@ -4,6 +4,7 @@
 use std::net::IpAddr;
 
 use serde::de::DeserializeOwned;
+use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::state::{now_ms, Shared};
@@ -20,6 +21,9 @@ pub const METHODS: &[&str] = &[
     method::SYSTEM_EVENT,
     method::NODE_EVENT,
     method::NODE_LIST,
+    method::NODE_SKILLS_UPDATE,
+    method::NODE_PLUGIN_TOOLS_UPDATE,
+    method::NODE_RUNNER_INVENTORY_UPDATE,
 ];
 
 /// Who is asking: fixed for the life of a connection.
@@ -54,6 +58,20 @@ impl ConnContext {
             Err(forbidden(format!("missing scope: {needed}")))
         }
     }
+
+    /// Methods a node calls about itself are not for operators.
+    fn require_node(&self, method: &str) -> Result<(), ErrorShape> {
+        if self.role == Role::Node {
+            Ok(())
+        } else {
+            Err(forbidden(format!("{method} requires role node")))
+        }
+    }
+
+    /// The id a node is known by (`node.list`'s `nodeId`): its device id.
+    fn node_id(&self) -> &str {
+        self.device_id.as_deref().unwrap_or(&self.conn_id)
+    }
 }
 
 fn forbidden(message: impl Into<String>) -> ErrorShape {
@@ -71,7 +89,9 @@ fn parse_params<T: DeserializeOwned>(req: &Request) -> Result<T, ErrorShape> {
 }
 
 /// Answers one text message from a connected client. Returns `None` for
-/// frames that need no answer (events, responses, unparseable text).
+/// frames that need no answer (events, responses, unparseable text). Every
+/// answer is logged at debug level (`request answered` / `request refused`
+/// with the method), which is how unknown methods a peer calls show up.
 pub fn handle_text(shared: &Shared, ctx: &ConnContext, text: &str) -> Option<Frame> {
     let req = match Frame::parse(text) {
         Ok(Frame::Req(req)) => req,
@@ -81,7 +101,18 @@ pub fn handle_text(shared: &Shared, ctx: &ConnContext, text: &str) -> Option<Fra
             return None;
         }
     };
-    Some(match handle(shared, ctx, &req) {
+    let result = handle(shared, ctx, &req);
+    // The method name is the peer's text: quoted and escaped (`?`).
+    match &result {
+        Ok(_) => tracing::debug!(method = ?req.method, "request answered"),
+        Err(e) => tracing::debug!(
+            method = ?req.method,
+            code = e.code.as_str(),
+            error = ?e.message,
+            "request refused"
+        ),
+    }
+    Some(match result {
         Ok(payload) => Frame::ok(&req.id, payload),
         Err(error) => Frame::err(&req.id, error),
     })
@@ -92,9 +123,24 @@ pub fn handle(shared: &Shared, ctx: &ConnContext, req: &Request) -> Result<Value
     match req.method.as_str() {
         method::SYSTEM_PRESENCE => system_presence(shared, ctx),
         method::SYSTEM_EVENT => system_event(shared, ctx, parse_params(req)?),
-        method::NODE_EVENT => node_event(shared, ctx, parse_params(req)?),
+        method::NODE_EVENT => {
+            ctx.require_node(method::NODE_EVENT)?;
+            node_event(shared, ctx, parse_params(req)?)
+        }
         method::NODE_LIST => node_list(shared, ctx),
         method::HEALTH => Ok(health(shared)),
+        method::NODE_SKILLS_UPDATE => {
+            ctx.require_node(method::NODE_SKILLS_UPDATE)?;
+            Ok(skills_update(ctx.node_id(), parse_params(req)?))
+        }
+        method::NODE_PLUGIN_TOOLS_UPDATE => {
+            ctx.require_node(method::NODE_PLUGIN_TOOLS_UPDATE)?;
+            Ok(plugin_tools_update(ctx.node_id(), parse_params(req)?))
+        }
+        method::NODE_RUNNER_INVENTORY_UPDATE => {
+            ctx.require_node(method::NODE_RUNNER_INVENTORY_UPDATE)?;
+            runner_inventory_update(ctx.node_id(), &req.params)
+        }
         method::CONNECT => Err(ErrorShape::invalid_request("already connected")),
         other => Err(ErrorShape::invalid_request(format!(
             "unknown method: {other}"
@@ -153,9 +199,6 @@ fn node_event(
     ctx: &ConnContext,
     params: NodeEventParams,
 ) -> Result<Value, ErrorShape> {
-    if ctx.role != Role::Node {
-        return Err(forbidden("node.event requires role node"));
-    }
     if params.event != event::NODE_HOST_STATS {
         return Ok(json!({
             "ok": true, "event": params.event, "handled": false, "reason": "unsupported_event"
@@ -176,6 +219,62 @@ fn node_event(
     };
     node.host_stats = Some((stats, now_ms()));
     Ok(json!({ "ok": true, "event": params.event, "handled": true, "reason": "updated" }))
+}
+
+/// `node.skills.update` parameters. The descriptors are not looked at.
+#[derive(Debug, Deserialize)]
+struct SkillsUpdateParams {
+    skills: Vec<Value>,
+}
+
+/// `node.pluginTools.update` parameters. The descriptors are not looked at.
+#[derive(Debug, Deserialize)]
+struct PluginToolsUpdateParams {
+    tools: Vec<Value>,
+}
+
+/// `node.skills.update`: accepted, none kept. OpenClaw answers with the
+/// skills it admitted for the node (none when `gateway.nodes.allowSkills`
+/// is off); this gateway admits none.
+fn skills_update(node_id: &str, params: SkillsUpdateParams) -> Value {
+    tracing::debug!(
+        count = params.skills.len(),
+        "node skills published; not used"
+    );
+    json!({ "nodeId": node_id, "skills": [] })
+}
+
+/// `node.pluginTools.update`: accepted, none kept. OpenClaw answers with
+/// the tools it admitted; this gateway admits none.
+fn plugin_tools_update(node_id: &str, params: PluginToolsUpdateParams) -> Value {
+    tracing::debug!(
+        count = params.tools.len(),
+        "node plugin tools published; not used"
+    );
+    json!({ "nodeId": node_id, "tools": [] })
+}
+
+/// `node.runnerInventory.update`: accepted and ignored (this gateway runs
+/// no worker sessions). Only the shape OpenClaw requires of every
+/// declaration is checked: an object whose `protocolFeatures` is an array
+/// of strings. OpenClaw answers `{nodeId}`, and `invalid node runner
+/// inventory` to a malformed declaration (ours then says what is wrong).
+fn runner_inventory_update(node_id: &str, params: &Value) -> Result<Value, ErrorShape> {
+    let features = params
+        .get("protocolFeatures")
+        .and_then(Value::as_array)
+        .filter(|f| f.iter().all(Value::is_string))
+        .ok_or_else(|| {
+            ErrorShape::invalid_request(
+                "invalid node runner inventory: protocolFeatures must be an array of strings",
+            )
+        })?;
+    let features: Vec<&str> = features.iter().filter_map(Value::as_str).collect();
+    tracing::debug!(
+        features = %features.join(","),
+        "node runner inventory published; not used"
+    );
+    Ok(json!({ "nodeId": node_id }))
 }
 
 /// `node.list`: connected nodes with their latest host stats.
@@ -237,4 +336,175 @@ fn health(shared: &Shared) -> Value {
         "nodes": state.nodes.len(),
         "presence": { "entries": entries, "stateVersion": state.presence_version },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gateway::GatewayConfig;
+    use crate::protocol::PresenceEntry;
+
+    fn shared() -> Shared {
+        let listen = "127.0.0.1:0".parse().expect("address");
+        Shared::new(GatewayConfig::new(listen, None, PresenceEntry::default()))
+    }
+
+    fn ctx(role: Role, scopes: &[&str]) -> ConnContext {
+        ConnContext {
+            conn_id: "conn-1".into(),
+            role,
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            client: ClientInfo {
+                id: "node-host".into(),
+                display_name: Some("n1".into()),
+                version: "2026.9.6".into(),
+                platform: "linux".into(),
+                device_family: Some("Linux".into()),
+                model_identifier: None,
+                mode: "node".into(),
+                instance_id: Some("i-1".into()),
+            },
+            device_id: (role == Role::Node).then(|| "dev-1".to_string()),
+            own_key: PresenceKey::for_connection(Some("i-1"), None, "conn-1"),
+            presence_key: None,
+            remote_ip: None,
+        }
+    }
+
+    fn call(ctx: &ConnContext, method: &str, params: Value) -> Result<Value, ErrorShape> {
+        let req = Request {
+            id: "1".into(),
+            method: method.into(),
+            params,
+        };
+        handle(&shared(), ctx, &req)
+    }
+
+    const PUBLICATIONS: [&str; 3] = [
+        method::NODE_SKILLS_UPDATE,
+        method::NODE_PLUGIN_TOOLS_UPDATE,
+        method::NODE_RUNNER_INVENTORY_UPDATE,
+    ];
+
+    #[test]
+    fn publications_are_advertised_once() {
+        for m in PUBLICATIONS {
+            assert_eq!(METHODS.iter().filter(|x| **x == m).count(), 1, "{m}");
+        }
+        let mut sorted = METHODS.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), METHODS.len(), "duplicate in METHODS");
+    }
+
+    #[test]
+    fn node_publications_are_accepted_like_openclaw_answers_them() {
+        let node = ctx(Role::Node, &[]);
+        // The node host's first publications, as captured from 2026.9.6.
+        assert_eq!(
+            call(&node, "node.skills.update", json!({ "skills": [] })).unwrap(),
+            json!({ "nodeId": "dev-1", "skills": [] })
+        );
+        let skill = json!({ "name": "s", "description": "d", "content": "c" });
+        assert_eq!(
+            call(&node, "node.skills.update", json!({ "skills": [skill] })).unwrap(),
+            json!({ "nodeId": "dev-1", "skills": [] })
+        );
+        assert_eq!(
+            call(&node, "node.pluginTools.update", json!({ "tools": [] })).unwrap(),
+            json!({ "nodeId": "dev-1", "tools": [] })
+        );
+        let inventory = json!({
+            "protocolFeatures": ["node-worker-supervisor-v6"],
+            "workerHost": { "enabled": false }
+        });
+        assert_eq!(
+            call(&node, "node.runnerInventory.update", inventory).unwrap(),
+            json!({ "nodeId": "dev-1" })
+        );
+        // An empty declaration (an older node) is fine too.
+        let empty = json!({ "protocolFeatures": [] });
+        assert_eq!(
+            call(&node, "node.runnerInventory.update", empty).unwrap(),
+            json!({ "nodeId": "dev-1" })
+        );
+    }
+
+    #[test]
+    fn malformed_publications_are_invalid_requests() {
+        let node = ctx(Role::Node, &[]);
+        for (method, params) in [
+            ("node.skills.update", Value::Null),
+            ("node.skills.update", json!({ "skills": "x" })),
+            ("node.pluginTools.update", json!({})),
+            ("node.pluginTools.update", json!([1])),
+            ("node.runnerInventory.update", Value::Null),
+            ("node.runnerInventory.update", json!({})),
+            (
+                "node.runnerInventory.update",
+                json!({ "protocolFeatures": "v6" }),
+            ),
+            (
+                "node.runnerInventory.update",
+                json!({ "protocolFeatures": [6] }),
+            ),
+        ] {
+            let e = call(&node, method, params.clone()).unwrap_err();
+            assert_eq!(e.code, ErrorCode::InvalidRequest, "{method} {params}");
+            assert!(
+                e.message.starts_with(&format!("invalid {method} params: "))
+                    || e.message.starts_with("invalid node runner inventory: "),
+                "{method} {params}: {}",
+                e.message
+            );
+        }
+    }
+
+    #[test]
+    fn node_methods_are_forbidden_for_operators() {
+        let admin = ctx(Role::Operator, &[scope::OPERATOR_ADMIN]);
+        for m in PUBLICATIONS.into_iter().chain([method::NODE_EVENT]) {
+            // Checked before the params, so even a valid-looking call is refused.
+            let e = call(
+                &admin,
+                m,
+                json!({ "skills": [], "tools": [], "event": "x" }),
+            )
+            .unwrap_err();
+            assert_eq!(e.code, ErrorCode::Forbidden, "{m}");
+            assert_eq!(e.message, format!("{m} requires role node"));
+            let e = call(&admin, m, Value::Null).unwrap_err();
+            assert_eq!(e.code, ErrorCode::Forbidden, "{m} without params");
+        }
+    }
+
+    #[test]
+    fn other_node_methods_stay_unknown() {
+        let node = ctx(Role::Node, &[]);
+        for m in [
+            "node.pending.pull",
+            "node.invoke.result",
+            "skills.bins",
+            "node.skills",
+        ] {
+            let e = call(&node, m, json!({})).unwrap_err();
+            assert_eq!(e.code, ErrorCode::InvalidRequest);
+            assert_eq!(e.message, format!("unknown method: {m}"));
+        }
+    }
+
+    #[test]
+    fn answers_keep_the_request_id() {
+        let node = ctx(Role::Node, &[]);
+        let text =
+            r#"{"type":"req","id":"7","method":"node.pluginTools.update","params":{"tools":[]}}"#;
+        match handle_text(&shared(), &node, text) {
+            Some(Frame::Res(r)) => {
+                assert_eq!(r.id, "7");
+                assert!(r.ok);
+                assert_eq!(r.payload, Some(json!({ "nodeId": "dev-1", "tools": [] })));
+            }
+            other => panic!("unexpected answer: {other:?}"),
+        }
+    }
 }

@@ -32,6 +32,10 @@ pub mod method {
     pub const NODE_EVENT: &str = "node.event";
     pub const NODE_LIST: &str = "node.list";
     pub const HEALTH: &str = "health";
+    /// Publications OpenClaw's node host sends right after `hello-ok`.
+    pub const NODE_SKILLS_UPDATE: &str = "node.skills.update";
+    pub const NODE_PLUGIN_TOOLS_UPDATE: &str = "node.pluginTools.update";
+    pub const NODE_RUNNER_INVENTORY_UPDATE: &str = "node.runnerInventory.update";
 }
 
 /// Event names.

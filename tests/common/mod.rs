@@ -160,15 +160,27 @@ impl TestGateway {
         gw
     }
 
+    /// A gateway with a fresh state dir and extra environment (e.g. `RUST_LOG`).
+    pub fn start_with_env(extra: &[&str], envs: &[(&str, &str)]) -> TestGateway {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut gw = Self::start_at_with_env(tmp.path(), extra, envs);
+        gw._tmp = Some(tmp);
+        gw
+    }
+
     /// A gateway on a state dir the caller owns (to restart on it).
     pub fn start_at(state_dir: &Path, extra: &[&str]) -> TestGateway {
+        Self::start_at_with_env(state_dir, extra, &[])
+    }
+
+    fn start_at_with_env(state_dir: &Path, extra: &[&str], envs: &[(&str, &str)]) -> TestGateway {
         let dir = state_dir.to_str().unwrap().to_string();
         let mut args = vec!["run", "--gateway", "--state-dir", &dir];
         if !extra.contains(&"--listen") {
             args.extend(["--listen", "127.0.0.1:0"]);
         }
         args.extend_from_slice(extra);
-        let proc = Proc::spawn(&args, &[]);
+        let proc = Proc::spawn(&args, envs);
         let line = proc.wait_for_log("gateway listening", Duration::from_secs(20));
         let addr = line
             .split_whitespace()

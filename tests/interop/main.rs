@@ -7,4 +7,5 @@
 mod common;
 
 mod agent_to_openclaw;
+mod openclaw_to_gateway;
 mod schema;
