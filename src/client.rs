@@ -12,8 +12,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::config::Secret;
 use crate::protocol::{
-    event, method, mode, scope, ClientInfo, ConnectAuth, ConnectParams, Frame, Role, CLI_CLIENT_ID,
-    PROTOCOL_VERSION,
+    event, method, mode, scope, ClientInfo, ConnectParams, Frame, CLI_CLIENT_ID,
 };
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -49,10 +48,8 @@ async fn call_inner(
     let connect = Frame::request(
         "1",
         method::CONNECT,
-        ConnectParams {
-            min_protocol: PROTOCOL_VERSION,
-            max_protocol: PROTOCOL_VERSION,
-            client: ClientInfo {
+        ConnectParams::operator(
+            ClientInfo {
                 id: CLI_CLIENT_ID.to_string(),
                 display_name: None,
                 version: crate::VERSION.to_string(),
@@ -62,16 +59,9 @@ async fn call_inner(
                 mode: mode::CLI.to_string(),
                 instance_id: None,
             },
-            role: Some(Role::Operator),
-            scopes: vec![scope::OPERATOR_READ.to_string()],
-            caps: vec![],
-            commands: vec![],
-            auth: Some(ConnectAuth {
-                token: token.map(|t| t.expose().to_string()),
-                device_token: None,
-            }),
-            device: None,
-        },
+            vec![scope::OPERATOR_READ.to_string()],
+            token.map(Secret::expose),
+        ),
     );
     let mut connected = false;
     while let Some(msg) = source.next().await {

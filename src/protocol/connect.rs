@@ -126,6 +126,25 @@ pub struct ConnectParams {
 }
 
 impl ConnectParams {
+    /// Parameters for an operator connection with a shared token and no
+    /// device identity (as OpenClaw's CLI connects).
+    pub fn operator(client: ClientInfo, scopes: Vec<String>, token: Option<&str>) -> Self {
+        ConnectParams {
+            min_protocol: super::PROTOCOL_VERSION,
+            max_protocol: super::PROTOCOL_VERSION,
+            client,
+            role: Some(Role::Operator),
+            scopes,
+            caps: Vec::new(),
+            commands: Vec::new(),
+            auth: Some(ConnectAuth {
+                token: token.map(str::to_string),
+                device_token: None,
+            }),
+            device: None,
+        }
+    }
+
     /// The role asked for; OpenClaw treats a missing role as operator.
     pub fn role(&self) -> Role {
         self.role.unwrap_or(Role::Operator)

@@ -15,8 +15,7 @@ use std::time::{Duration, Instant};
 
 use clawnode::config::Secret;
 use clawnode::protocol::{
-    ClientInfo, ConnectAuth, ConnectChallenge, ConnectParams, ErrorShape, Frame, HelloOk,
-    PresenceEntry, Role,
+    ClientInfo, ConnectChallenge, ConnectParams, ErrorShape, Frame, HelloOk, PresenceEntry,
 };
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
@@ -300,10 +299,8 @@ pub fn operator_params(
     scopes: &[&str],
     token: Option<&Secret>,
 ) -> ConnectParams {
-    ConnectParams {
-        min_protocol: 4,
-        max_protocol: 4,
-        client: ClientInfo {
+    ConnectParams::operator(
+        ClientInfo {
             id: "test".into(),
             display_name: Some(format!("test-{mode}")),
             version: "9.9.9".into(),
@@ -313,16 +310,9 @@ pub fn operator_params(
             mode: mode.into(),
             instance_id: instance_id.map(str::to_string),
         },
-        role: Some(Role::Operator),
-        scopes: scopes.iter().map(|s| s.to_string()).collect(),
-        caps: vec![],
-        commands: vec![],
-        auth: Some(ConnectAuth {
-            token: token.map(|t| t.expose().to_string()),
-            device_token: None,
-        }),
-        device: None,
-    }
+        scopes.iter().map(|s| s.to_string()).collect(),
+        token.map(Secret::expose),
+    )
 }
 
 impl RawClient {
