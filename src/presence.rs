@@ -484,6 +484,14 @@ mod tests {
         }
     }
 
+    /// A beacon that carries only its text.
+    fn text_beacon(text: &str) -> SystemEventParams {
+        SystemEventParams {
+            text: text.into(),
+            ..Default::default()
+        }
+    }
+
     fn key(raw: &str) -> PresenceKey {
         PresenceKey::normalize(raw).unwrap()
     }
@@ -848,15 +856,7 @@ mod tests {
             max_entries: 10,
         });
         let k = key("beacon-only");
-        s.beacon(
-            &k,
-            &SystemEventParams {
-                text: "x".into(),
-                ..Default::default()
-            },
-            None,
-            T0,
-        );
+        s.beacon(&k, &text_beacon("x"), None, T0);
         assert_eq!(s.prune(T0 + 1_000), 0, "exactly the ttl is kept");
         assert!(s.get(&k).is_some());
         assert_eq!(s.list(T0 + 1_001).len(), 1, "list prunes too");
@@ -904,15 +904,7 @@ mod tests {
         let mut s = store();
         assert!(!s.disconnect(&key("nobody"), T0));
         let k = key("beacon-only");
-        s.beacon(
-            &k,
-            &SystemEventParams {
-                text: "x".into(),
-                ..Default::default()
-            },
-            None,
-            T0,
-        );
+        s.beacon(&k, &text_beacon("x"), None, T0);
         assert!(!s.disconnect(&k, T0 + 1), "no open connection for it");
         assert_eq!(s.get(&k).unwrap().reason, None);
     }
@@ -949,15 +941,7 @@ mod tests {
         assert_eq!(list.len(), 3);
         assert!(list.iter().any(|e| e.reason.as_deref() == Some("self")));
         // A beacon refreshing an old row makes it the newest.
-        s.beacon(
-            &key("inst-2"),
-            &SystemEventParams {
-                text: "x".into(),
-                ..Default::default()
-            },
-            None,
-            T0 + 3_000,
-        );
+        s.beacon(&key("inst-2"), &text_beacon("x"), None, T0 + 3_000);
         connect_ui(&mut s, "inst-4", T0 + 3_001);
         assert!(s.get(&key("inst-3")).is_none());
         assert!(s.get(&key("inst-2")).is_some());
@@ -1106,15 +1090,7 @@ mod tests {
         c.device_family = None;
         c.model_identifier = None;
         s.connect(&conn("c1", &c, &[]), T0);
-        s.beacon(
-            &key("beacon-only"),
-            &SystemEventParams {
-                text: "x".into(),
-                ..Default::default()
-            },
-            None,
-            T0,
-        );
+        s.beacon(&key("beacon-only"), &text_beacon("x"), None, T0);
         let text = serde_json::to_string(&s.list(T0 + 1)).unwrap();
         assert!(!text.contains("null"), "{text}");
         assert!(!text.contains("lastInputSeconds"), "{text}");

@@ -103,6 +103,13 @@ impl OpenClawHome {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Runs `openclaw ARGS` (with `--json`) and parses its JSON output.
+    pub fn run_json(&self, args: &[&str]) -> Value {
+        let out = self.run(args);
+        serde_json::from_str(json_part(&out))
+            .unwrap_or_else(|e| panic!("openclaw {args:?}: {e}: {out}"))
+    }
+
     /// `openclaw gateway call METHOD --url URL --token TOKEN --json [--params P]`.
     pub fn call(&self, url: &str, token: &str, method: &str, params: Option<&Value>) -> Value {
         let params = params.map(|p| p.to_string());
@@ -112,9 +119,7 @@ impl OpenClawHome {
         if let Some(p) = &params {
             args.extend(["--params", p]);
         }
-        let out = self.run(&args);
-        serde_json::from_str(json_part(&out))
-            .unwrap_or_else(|e| panic!("openclaw {method}: {e}: {out}"))
+        self.run_json(&args)
     }
 }
 

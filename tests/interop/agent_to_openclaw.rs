@@ -51,10 +51,9 @@ fn wait_node(
 /// (`openclaw nodes pending` / `openclaw nodes approve`).
 fn approve_node(gw: &OpenClawGateway, node_id: &str) {
     let url = gw.url();
-    let out = gw.home.run(&[
+    let pending = gw.home.run_json(&[
         "nodes", "pending", "--url", &url, "--token", &gw.token, "--json",
     ]);
-    let pending: Value = serde_json::from_str(openclaw::json_part(&out)).unwrap();
     let request = pending
         .as_array()
         .and_then(|p| p.iter().find(|r| r["nodeId"] == node_id))
@@ -64,7 +63,7 @@ fn approve_node(gw: &OpenClawGateway, node_id: &str) {
         .run(&["nodes", "approve", id, "--url", &url, "--token", &gw.token]);
 }
 
-use crate::common::{netns, openclaw};
+use crate::common::netns;
 
 #[test]
 fn our_agent_joins_a_real_openclaw_gateway() {
@@ -159,19 +158,17 @@ fn our_agent_joins_a_real_openclaw_gateway() {
     );
     assert_eq!(node["nodeId"], node_id.as_str());
     let url = gw.url();
-    let devices: Value = serde_json::from_str(openclaw::json_part(&gw.home.run(&[
+    let devices: Value = gw.home.run_json(&[
         "devices", "list", "--url", &url, "--token", &gw.token, "--json",
-    ])))
-    .unwrap();
+    ]);
     assert_eq!(
         devices["pending"].as_array().map(Vec::len),
         Some(0),
         "{devices:#}"
     );
-    let pending: Value = serde_json::from_str(openclaw::json_part(&gw.home.run(&[
+    let pending: Value = gw.home.run_json(&[
         "nodes", "pending", "--url", &url, "--token", &gw.token, "--json",
-    ])))
-    .unwrap();
+    ]);
     assert!(
         !pending
             .as_array()
@@ -207,10 +204,9 @@ fn a_remote_agent_waits_for_pairing_approval_then_connects() {
         .unwrap()
         .to_string();
     let gw_url = gw.url();
-    let devices: Value = serde_json::from_str(openclaw::json_part(&gw.home.run(&[
+    let devices: Value = gw.home.run_json(&[
         "devices", "list", "--url", &gw_url, "--token", &gw.token, "--json",
-    ])))
-    .unwrap();
+    ]);
     let request = devices["pending"]
         .as_array()
         .and_then(|p| p.iter().find(|r| r["deviceId"] == device_id.as_str()))

@@ -331,8 +331,7 @@ fn openclaw_node_host_stays_on_our_gateway() {
         connected.contains(&format!("instance_id=\"{instance_id}\"")),
         "{connected}"
     );
-    let identity: Value =
-        serde_json::from_str(json_part(&home.run(&["node", "identity", "--json"]))).unwrap();
+    let identity: Value = home.run_json(&["node", "identity", "--json"]);
     assert_eq!(row["deviceId"], identity["deviceId"], "{row:#}");
 
     // Its publications are answered (ok), not refused.
