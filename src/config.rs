@@ -12,8 +12,12 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context as _, Result};
 use serde::Deserialize;
 
+use crate::logging::LogFormat;
 use crate::presence::{PresenceLimits, DEFAULT_MAX_ENTRIES, DEFAULT_TTL_MS};
 
+/// Read when it exists and no other file is named (`--config`,
+/// `CLAWNODE_CONFIG`).
+pub const DEFAULT_CONFIG_FILE: &str = "/etc/clawnode/clawnode.toml";
 pub const DEFAULT_URL: &str = "ws://127.0.0.1:18789";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:18789";
 pub const GATEWAY_TOKEN_FILE: &str = "gateway.token";
@@ -40,7 +44,8 @@ impl std::fmt::Debug for Secret {
     }
 }
 
-/// The config file (`--config PATH`). Unknown keys are errors.
+/// The config file (`/etc/clawnode/clawnode.toml` or `--config PATH`; the
+/// packaged copy documents every key). Unknown keys are errors.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
@@ -49,6 +54,7 @@ pub struct FileConfig {
     pub state_dir: Option<PathBuf>,
     pub display_name: Option<String>,
     pub log_level: Option<String>,
+    pub log_format: Option<LogFormat>,
     pub beacon_interval_secs: Option<u64>,
     pub stats_interval_secs: Option<u64>,
     #[serde(default)]
@@ -78,11 +84,28 @@ pub enum AuthMode {
 }
 
 impl FileConfig {
-    /// Reads and parses a config file; errors name the file, line and key.
+    /// Reads and parses a config file; an error is one line naming the
+    /// file, the line and the key.
     pub fn load(path: &Path) -> Result<FileConfig> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config file {}", path.display()))?;
-        toml::from_str(&text).map_err(|e| anyhow!("invalid config file {}: {e}", path.display()))
+        FileConfig::parse(&text).map_err(|e| anyhow!("invalid config file {}{e}", path.display()))
+    }
+
+    /// Parses config text; the error reads `, line N: message`.
+    pub fn parse(text: &str) -> std::result::Result<FileConfig, String> {
+        toml::from_str(text).map_err(|e: toml::de::Error| {
+            let line = e
+                .span()
+                .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
+            // toml's message is one line ("unknown field `x`, expected one
+            // of ..."); keep it and say where.
+            let message = e.message().trim().replace('\n', " ");
+            match line {
+                Some(n) => format!(", line {n}: {message}"),
+                None => format!(": {message}"),
+            }
+        })
     }
 }
 
@@ -95,6 +118,7 @@ pub struct Flags {
     pub state_dir: Option<PathBuf>,
     pub display_name: Option<String>,
     pub gateway: bool,
+    pub log_format: Option<LogFormat>,
     pub listen: Option<String>,
     pub auth: Option<AuthMode>,
     pub presence_ttl_secs: Option<u64>,
@@ -106,6 +130,8 @@ pub struct Flags {
 pub struct Env {
     vars: HashMap<String, String>,
     pub is_root: bool,
+    /// The config file read when none is named and it exists.
+    pub default_config: Option<PathBuf>,
 }
 
 impl Env {
@@ -114,6 +140,7 @@ impl Env {
             vars: std::env::vars().collect(),
             // SAFETY: geteuid has no preconditions and cannot fail.
             is_root: unsafe { libc::geteuid() } == 0,
+            default_config: Some(PathBuf::from(DEFAULT_CONFIG_FILE)),
         }
     }
 
@@ -125,6 +152,7 @@ impl Env {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             is_root,
+            default_config: None,
         }
     }
 
@@ -203,14 +231,34 @@ pub struct GatewaySettings {
     pub tick_interval: Duration,
 }
 
+impl GatewaySettings {
+    /// The URL a client on this host reaches the gateway at (a wildcard
+    /// listen address is reached on loopback).
+    pub fn local_url(&self) -> String {
+        let ip = match self.listen.ip() {
+            std::net::IpAddr::V4(ip) if ip.is_unspecified() => {
+                std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+            }
+            std::net::IpAddr::V6(ip) if ip.is_unspecified() => {
+                std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)
+            }
+            ip => ip,
+        };
+        format!("ws://{}", SocketAddr::new(ip, self.listen.port()))
+    }
+}
+
 /// Everything `run`, `presence` and `identity` need.
 #[derive(Debug, Clone)]
 pub struct Settings {
+    /// The config file that was read, if any.
+    pub config_file: Option<PathBuf>,
     pub url: String,
     pub state_dir: PathBuf,
     pub token: TokenSource,
     pub display_name: Option<String>,
     pub log_level: Option<String>,
+    pub log_format: LogFormat,
     pub beacon_interval: Duration,
     pub stats_interval: Duration,
     /// `Some` when this process is the gateway.
@@ -223,7 +271,8 @@ impl Settings {
         let config_path = flags
             .config
             .clone()
-            .or_else(|| env.get("CLAWNODE_CONFIG").map(PathBuf::from));
+            .or_else(|| env.get("CLAWNODE_CONFIG").map(PathBuf::from))
+            .or_else(|| env.default_config.clone().filter(|p| p.exists()));
         let file = match &config_path {
             Some(p) => FileConfig::load(p)?,
             None => FileConfig::default(),
@@ -269,12 +318,12 @@ impl Settings {
             .or(file.display_name.clone())
             .map(|n| n.trim().to_string());
         if display_name.as_deref() == Some("") {
-            bail!("display name must not be empty");
+            bail!("display_name must not be empty");
         }
 
         let secs = |name: &str, v: Option<u64>, default: Duration| -> Result<Duration> {
             match v {
-                Some(0) => bail!("{name} must be at least 1 second"),
+                Some(0) => bail!("{name} must be a whole number of seconds, at least 1"),
                 Some(s) => Ok(Duration::from_secs(s)),
                 None => Ok(default),
             }
@@ -302,39 +351,57 @@ impl Settings {
                 .or(g.presence_max_entries)
                 .unwrap_or(DEFAULT_MAX_ENTRIES);
             if max_entries == 0 {
-                bail!("presence max entries must be at least 1");
+                bail!("presence_max_entries must be at least 1");
             }
             Some(GatewaySettings {
                 listen,
                 auth,
                 limits: PresenceLimits {
                     ttl_ms: secs(
-                        "presence TTL",
+                        "presence_ttl_secs",
                         ttl_secs,
                         Duration::from_millis(DEFAULT_TTL_MS),
                     )?
                     .as_millis() as u64,
                     max_entries,
                 },
-                tick_interval: secs("tick interval", g.tick_interval_secs, DEFAULT_TICK_INTERVAL)?,
+                tick_interval: secs(
+                    "tick_interval_secs",
+                    g.tick_interval_secs,
+                    DEFAULT_TICK_INTERVAL,
+                )?,
             })
         } else {
             None
         };
 
+        let log_level = file.log_level.clone();
+        if let Some(level) = &log_level {
+            crate::logging::validate_filter(level).context("log_level")?;
+        }
+        let log_format = match (flags.log_format, env.get("CLAWNODE_LOG_FORMAT")) {
+            (Some(f), _) => f,
+            (None, Some(v)) => <LogFormat as clap::ValueEnum>::from_str(v, true).map_err(|_| {
+                anyhow!("invalid CLAWNODE_LOG_FORMAT {v:?}: expected auto, text, json or journald")
+            })?,
+            (None, None) => file.log_format.unwrap_or_default(),
+        };
+
         Ok(Settings {
+            config_file: config_path,
             url,
             state_dir,
             token,
             display_name,
-            log_level: file.log_level.clone(),
+            log_level,
+            log_format,
             beacon_interval: secs(
-                "beacon interval",
+                "beacon_interval_secs",
                 file.beacon_interval_secs,
                 DEFAULT_BEACON_INTERVAL,
             )?,
             stats_interval: secs(
-                "stats interval",
+                "stats_interval_secs",
                 file.stats_interval_secs,
                 DEFAULT_STATS_INTERVAL,
             )?,
@@ -572,6 +639,132 @@ mod tests {
             ..Flags::default()
         })
         .contains("at least 1"));
+    }
+
+    #[test]
+    fn local_gateway_url_reaches_wildcards_on_loopback() {
+        let url = |listen: &str| {
+            resolve(
+                Flags {
+                    gateway: true,
+                    listen: Some(listen.into()),
+                    ..Flags::default()
+                },
+                &[("HOME", "/h")],
+            )
+            .unwrap()
+            .gateway
+            .unwrap()
+            .local_url()
+        };
+        assert_eq!(url("0.0.0.0:18789"), "ws://127.0.0.1:18789");
+        assert_eq!(url("[::]:7"), "ws://[::1]:7");
+        assert_eq!(url("192.0.2.4:7"), "ws://192.0.2.4:7");
+    }
+
+    #[test]
+    fn config_errors_are_one_line_naming_key_and_line() {
+        let e =
+            FileConfig::parse("url = \"ws://a:1\"\nbeacon_interval_secs = \"60\"\n").unwrap_err();
+        assert!(e.starts_with(", line 2: "), "{e}");
+        assert!(!e.contains('\n'), "{e}");
+        let e = FileConfig::parse("[gateway]\nenabled = yes\n").unwrap_err();
+        assert!(e.starts_with(", line 2: "), "{e}");
+        let e = FileConfig::parse("log_format = \"xml\"\n").unwrap_err();
+        assert!(e.contains("line 1") && e.contains("journald"), "{e}");
+    }
+
+    #[test]
+    fn log_settings_resolve_and_bad_levels_name_the_key() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = tmp.path().join("c.toml");
+        std::fs::write(&cfg, "log_level = \"debug\"\nlog_format = \"json\"\n").unwrap();
+        let flags = Flags {
+            config: Some(cfg.clone()),
+            ..Flags::default()
+        };
+        let s = resolve(flags.clone(), &[("HOME", "/h")]).unwrap();
+        assert_eq!(
+            (s.log_level.as_deref(), s.log_format),
+            (Some("debug"), LogFormat::Json)
+        );
+        let s = resolve(
+            flags.clone(),
+            &[("HOME", "/h"), ("CLAWNODE_LOG_FORMAT", "text")],
+        )
+        .unwrap();
+        assert_eq!(s.log_format, LogFormat::Text);
+        let s = resolve(
+            Flags {
+                log_format: Some(LogFormat::Journald),
+                ..flags.clone()
+            },
+            &[("HOME", "/h"), ("CLAWNODE_LOG_FORMAT", "text")],
+        )
+        .unwrap();
+        assert_eq!(s.log_format, LogFormat::Journald);
+        let e = format!(
+            "{:#}",
+            resolve(
+                flags.clone(),
+                &[("HOME", "/h"), ("CLAWNODE_LOG_FORMAT", "xml")]
+            )
+            .unwrap_err()
+        );
+        assert!(e.contains("CLAWNODE_LOG_FORMAT"), "{e}");
+        std::fs::write(&cfg, "log_level = \"loud\"\n").unwrap();
+        let e = format!("{:#}", resolve(flags, &[("HOME", "/h")]).unwrap_err());
+        assert!(e.starts_with("log_level: invalid log level"), "{e}");
+    }
+
+    #[test]
+    fn the_default_config_file_is_read_only_when_present() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = tmp.path().join("clawnode.toml");
+        let mut env = Env::from_pairs(&[("HOME", "/h")], false);
+        env.default_config = Some(cfg.clone());
+        let s = Settings::resolve(&Flags::default(), &env).unwrap();
+        assert_eq!((s.config_file, s.url.as_str()), (None, DEFAULT_URL));
+        std::fs::write(&cfg, "url = \"ws://gw:1\"\n").unwrap();
+        let s = Settings::resolve(&Flags::default(), &env).unwrap();
+        assert_eq!((s.config_file, s.url.as_str()), (Some(cfg), "ws://gw:1"));
+    }
+
+    #[test]
+    fn the_packaged_config_is_valid_and_all_defaults() {
+        let text = include_str!("../packaging/clawnode.toml");
+        let file = FileConfig::parse(text).unwrap();
+        assert!(file.url.is_none() && file.gateway.enabled.is_none());
+        // Uncommenting every key gives a valid file, with the documented defaults.
+        let uncommented: String = text
+            .lines()
+            .map(|l| {
+                l.strip_prefix('#')
+                    .filter(|r| {
+                        r.split_once(" = ").is_some_and(|(key, _)| {
+                            !key.is_empty()
+                                && key.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                        })
+                    })
+                    .unwrap_or(l)
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let file = FileConfig::parse(&uncommented).unwrap();
+        assert_eq!(file.url.as_deref(), Some(DEFAULT_URL));
+        assert_eq!(
+            file.beacon_interval_secs,
+            Some(DEFAULT_BEACON_INTERVAL.as_secs())
+        );
+        assert_eq!(file.log_format, Some(LogFormat::Auto));
+        assert_eq!(file.gateway.listen.as_deref(), Some(DEFAULT_LISTEN));
+        assert_eq!(file.gateway.presence_ttl_secs, Some(DEFAULT_TTL_MS / 1000));
+        assert_eq!(file.gateway.presence_max_entries, Some(DEFAULT_MAX_ENTRIES));
+        assert_eq!(
+            file.gateway.tick_interval_secs,
+            Some(DEFAULT_TICK_INTERVAL.as_secs())
+        );
+        assert_eq!(file.gateway.enabled, Some(false));
     }
 
     #[test]

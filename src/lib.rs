@@ -15,6 +15,7 @@ pub mod identity;
 pub mod logging;
 pub mod presence;
 pub mod protocol;
+pub mod service;
 pub mod shutdown;
 pub mod state_file;
 

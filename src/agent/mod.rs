@@ -16,6 +16,7 @@ use crate::config::TokenSource;
 use crate::host::{HostFacts, HostStatsSampler};
 use crate::identity::DeviceIdentity;
 use crate::protocol::{ErrorCode, ErrorDetailCode, ErrorShape, Role};
+use crate::service::ServiceNotifier;
 use crate::shutdown::Shutdown;
 use backoff::Backoff;
 use device_token::DeviceTokenStore;
@@ -57,6 +58,7 @@ pub fn retry_after_rejection(
     let hinted = error.retry_after_ms.map(Duration::from_millis);
     let reason = error.to_string();
     let detail = error.detail_code();
+    let error_code = error.detail_code_str().unwrap_or(error.code.as_str());
     let pairing = detail == Some(ErrorDetailCode::PairingRequired)
         || (error.code == ErrorCode::NotPaired
             && detail != Some(ErrorDetailCode::DeviceIdentityRequired));
@@ -64,21 +66,21 @@ pub fn retry_after_rejection(
         detail,
         Some(ErrorDetailCode::AuthTokenMissing | ErrorDetailCode::AuthTokenMismatch)
     ) {
-        error!(error = %error, "the gateway rejected our token: fix the token file or environment variable; retrying every {}s", backoff.max().as_secs());
+        error!(error = %error, error_code, "the gateway rejected our token: fix the token file or environment variable; retrying every {}s", backoff.max().as_secs());
         backoff.max()
     } else if pairing {
         if !memory.pairing_logged {
             memory.pairing_logged = true;
-            warn!(error = %error, device_id, "this device is waiting for pairing approval: on the gateway host run `openclaw devices list`, then `openclaw devices approve <requestId>`; retrying every {}s", backoff.max().as_secs());
+            warn!(error = %error, error_code, device_id, "this device is waiting for pairing approval: on the gateway host run `openclaw devices list`, then `openclaw devices approve <requestId>`; retrying every {}s", backoff.max().as_secs());
         } else {
             debug!(error = %error, "still waiting for pairing approval");
         }
         hinted.unwrap_or(backoff.max())
     } else if detail == Some(ErrorDetailCode::AuthRateLimited) {
-        warn!(error = %error, "rate limited by the gateway");
+        warn!(error = %error, error_code, "rate limited by the gateway");
         hinted.unwrap_or(backoff.max())
     } else {
-        error!(error = %error, "the gateway rejected the connection");
+        error!(error = %error, error_code, "the gateway rejected the connection");
         backoff.next_delay().max(hinted.unwrap_or_default())
     };
     Retry {
@@ -105,12 +107,15 @@ pub fn is_loopback_url(url: &str) -> bool {
     }
 }
 
-/// Runs the agent until `shutdown`.
+/// Runs the agent until `shutdown`. `notifier` hears readiness (first
+/// hello-ok), status lines and watchdog pings from this loop.
 pub async fn run(
     config: AgentConfig,
     identity: DeviceIdentity,
+    notifier: ServiceNotifier,
     mut shutdown: Shutdown,
 ) -> anyhow::Result<()> {
+    let mut watchdog = notifier.watchdog_timer();
     let mut backoff = Backoff::reconnect_default();
     let mut memory = SessionMemory::default();
     let mut sampler = HostStatsSampler::new(config.disk_path.clone());
@@ -118,7 +123,8 @@ pub async fn run(
     // One retry with the stored device token after AUTH_TOKEN_MISMATCH on a
     // loopback gateway, as OpenClaw's clients do.
     let mut retrying_with_device_token = false;
-    info!(url = %config.url, instance_id = identity.instance_id(), device_id = identity.device_id(), token = %config.token.describe(), "agent starting");
+    info!(gateway_url = %config.url, instance_id = identity.instance_id(), device_id = identity.device_id(), token = %config.token.describe(), "agent starting");
+    notifier.status(&format!("connecting to {}", config.url));
 
     while !shutdown.is_triggered() {
         let retry = match config.token.read() {
@@ -149,6 +155,8 @@ pub async fn run(
                         device_tokens: &device_tokens,
                         sampler: &mut sampler,
                         memory: &mut memory,
+                        notifier: &notifier,
+                        watchdog: &mut watchdog,
                     },
                     &mut shutdown,
                 )
@@ -196,9 +204,18 @@ pub async fn run(
             retry.delay.as_secs_f64(),
             retry.reason
         );
-        tokio::select! {
-            _ = tokio::time::sleep(retry.delay) => {}
-            _ = shutdown.wait() => break,
+        notifier.status(&format!(
+            "reconnecting in {}s: {}",
+            retry.delay.as_secs_f64().round() as u64,
+            retry.reason
+        ));
+        let wake = Instant::now() + retry.delay;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(wake) => break,
+                _ = watchdog.tick() => notifier.watchdog(),
+                _ = shutdown.wait() => break,
+            }
         }
     }
     info!("agent stopped");

@@ -23,6 +23,7 @@ use crate::protocol::{
     ErrorCode, ErrorShape, Frame, HelloOk, NodeEventParams, Role, SystemEventParams,
     MIN_NODE_PROTOCOL_VERSION, NODE_CLIENT_ID, PROTOCOL_VERSION,
 };
+use crate::service::{ServiceNotifier, WatchdogTimer};
 
 /// How long to wait for the TCP+WebSocket connect, the challenge, and hello-ok.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -89,6 +90,9 @@ pub struct SessionInputs<'a> {
     pub device_tokens: &'a DeviceTokenStore,
     pub sampler: &'a mut HostStatsSampler,
     pub memory: &'a mut SessionMemory,
+    /// systemd: READY=1 and status on hello-ok, watchdog pings.
+    pub notifier: &'a ServiceNotifier,
+    pub watchdog: &'a mut WatchdogTimer,
 }
 
 /// The display name: the configured one, else the system host name.
@@ -221,6 +225,10 @@ pub async fn run(
     while hello.is_none() {
         let msg = tokio::select! {
             m = timeout_at_deadline(deadline, source.next()) => m,
+            _ = inputs.watchdog.tick() => {
+                inputs.notifier.watchdog();
+                continue;
+            }
             _ = shutdown.wait() => {
                 let _ = sink.send(Message::Close(Some(CloseFrame { code: CloseCode::Normal, reason: "".into() }))).await;
                 return SessionEnd::Shutdown;
@@ -282,12 +290,13 @@ pub async fn run(
     }
     let tick = Duration::from_millis(hello.policy.tick_interval_ms.max(1000));
     let silence_limit = tick * 2;
+    let connected = format!("connected to {url} as {}", inputs.identity.instance_id());
     info!(
         conn_id = %hello.server.conn_id,
         protocol = hello.protocol,
-        "connected to {url} as {}",
-        inputs.identity.instance_id()
+        "{connected}"
     );
+    inputs.notifier.ready(&connected);
 
     let ended = |reason: String| SessionEnd::Lost {
         reason,
@@ -380,6 +389,7 @@ pub async fn run(
                 }
                 next_stats = Instant::now() + inputs.config.stats_interval;
             }
+            _ = inputs.watchdog.tick() => inputs.notifier.watchdog(),
             _ = sleep_until(last_heard + silence_limit) => {
                 let _ = sink.send(Message::Close(Some(CloseFrame { code: CloseCode::Away, reason: "tick timeout".into() }))).await;
                 return ended(format!("gateway silent for {}s (tick timeout)", silence_limit.as_secs()));

@@ -1,6 +1,7 @@
 //! The command line: `run`, `presence`, `identity`. Parsing lives here so it
 //! is testable; `main.rs` only calls [`main`].
 
+pub mod check_config;
 pub mod identity;
 pub mod presence;
 pub mod run;
@@ -11,6 +12,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{AuthMode, Flags};
+use crate::logging::LogFormat;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -31,12 +33,15 @@ pub enum Command {
     Presence(PresenceArgs),
     /// Show (creating if missing) this host's identity.
     Identity(IdentityArgs),
+    /// Validate the configuration and print the effective settings that
+    /// `run` with the same options would use (the token is never shown).
+    CheckConfig(RunArgs),
 }
 
 /// Options shared by every command that reads the configuration.
 #[derive(Debug, Args, Clone, Default)]
 pub struct CommonArgs {
-    /// Config file (TOML).
+    /// Config file (TOML) [default: /etc/clawnode/clawnode.toml when it exists].
     #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,
     /// State directory (identity, generated gateway token).
@@ -72,6 +77,9 @@ pub struct RunArgs {
     /// Maximum presence entries (gateway).
     #[arg(long, value_name = "N")]
     pub presence_max_entries: Option<usize>,
+    /// Log sink: the journal under systemd, else text on stderr (auto).
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
 }
 
 #[derive(Debug, Args)]
@@ -107,6 +115,7 @@ impl RunArgs {
             state_dir: self.common.state_dir.clone(),
             display_name: self.display_name.clone(),
             gateway: self.gateway,
+            log_format: self.log_format,
             listen: self.listen.clone(),
             auth: self.auth,
             presence_ttl_secs: self.presence_ttl_secs,
@@ -151,6 +160,7 @@ pub async fn main(cli: Cli) -> ExitCode {
         Command::Run(args) => run::run(args).await,
         Command::Presence(args) => presence::run(args).await,
         Command::Identity(args) => identity::run(args),
+        Command::CheckConfig(args) => check_config::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

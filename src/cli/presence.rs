@@ -21,13 +21,16 @@ pub async fn run(args: PresenceArgs) -> Result<()> {
         &Env::from_process(),
     )?;
     let token = settings.token.read()?;
-    let payload = crate::client::call(
-        &settings.url,
-        token.as_ref(),
-        method::SYSTEM_PRESENCE,
-        Value::Null,
-    )
-    .await?;
+    // On the gateway host (config `[gateway] enabled = true`), ask the
+    // local gateway unless a URL was given.
+    let url = match &settings.gateway {
+        Some(gw) if args.url.is_none() && std::env::var_os("CLAWNODE_URL").is_none() => {
+            gw.local_url()
+        }
+        _ => settings.url.clone(),
+    };
+    let payload =
+        crate::client::call(&url, token.as_ref(), method::SYSTEM_PRESENCE, Value::Null).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&payload)?);
         return Ok(());

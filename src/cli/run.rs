@@ -12,7 +12,9 @@ use crate::config::{AuthMode, Env, GatewaySettings, Secret, Settings, TokenSourc
 use crate::gateway::{self, Gateway, GatewayConfig};
 use crate::host::HostFacts;
 use crate::identity::DeviceIdentity;
+use crate::logging::LogOptions;
 use crate::protocol::{mode, PresenceEntry};
+use crate::service::ServiceNotifier;
 use crate::shutdown::{self, Shutdown};
 use crate::state_file;
 
@@ -30,8 +32,24 @@ pub async fn run(args: RunArgs) -> Result<()> {
             None
         }
     };
-    crate::logging::init(settings.log_level.as_deref());
     let (identity, report) = DeviceIdentity::load_or_create(&settings.state_dir)?;
+    // Every journal entry carries who we are and where we report.
+    let mut journal_fields = vec![("INSTANCE_ID", identity.instance_id().to_string())];
+    match &settings.gateway {
+        Some(gw) => journal_fields.push(("GATEWAY_LISTEN", gw.listen.to_string())),
+        None => journal_fields.push(("GATEWAY_URL", settings.url.clone())),
+    }
+    let log_warning = crate::logging::init(LogOptions {
+        filter: settings.log_level.as_deref(),
+        format: settings.log_format,
+        journal_fields,
+    })?;
+    if let Some(w) = log_warning {
+        warn!("{w}");
+    }
+    if let Some(path) = &settings.config_file {
+        info!(config = %path.display(), "configuration read");
+    }
     if report.created_instance_id || report.created_device_key {
         info!(state_dir = %settings.state_dir.display(), instance_id = identity.instance_id(), "created a new identity");
     }
@@ -40,11 +58,25 @@ pub async fn run(args: RunArgs) -> Result<()> {
     }
     let (trigger, stop) = Shutdown::new();
     shutdown::on_signals(trigger).context("cannot install signal handlers")?;
+    let notifier = ServiceNotifier::from_env();
+    if let Some(period) = notifier.watchdog_period() {
+        info!(
+            ping_every_ms = period.as_millis() as u64,
+            "systemd watchdog enabled"
+        );
+    }
+    {
+        let (notifier, mut stop) = (notifier.clone(), stop.clone());
+        tokio::spawn(async move {
+            stop.wait().await;
+            notifier.stopping();
+        });
+    }
 
     match (&settings.gateway, gateway_parts) {
         (Some(gw), Some((listener, (token, note)))) => {
             info!("{note}");
-            run_gateway(&settings, gw, listener, token, &identity, stop).await
+            run_gateway(&settings, gw, listener, token, &identity, notifier, stop).await
         }
         _ => {
             let config = AgentConfig {
@@ -56,7 +88,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
                 disk_path: "/".into(),
                 state_dir: settings.state_dir.clone(),
             };
-            agent::run(config, identity, stop).await
+            agent::run(config, identity, notifier, stop).await
         }
     }
 }
@@ -142,13 +174,14 @@ async fn run_gateway(
     listener: tokio::net::TcpListener,
     token: Option<Secret>,
     identity: &DeviceIdentity,
+    notifier: ServiceNotifier,
     mut stop: Shutdown,
 ) -> Result<()> {
     let facts = HostFacts::collect();
     let mut config = GatewayConfig::new(gw.listen, token, self_entry(settings, identity, &facts));
     config.limits = gw.limits;
     config.tick_interval = gw.tick_interval;
-    let gateway = Gateway::new(listener, config);
+    let gateway = Gateway::new(listener, config).with_notifier(notifier.clone());
     info!(
         listen = %gateway.local_addr()?,
         auth = gateway::describe_auth(gw.auth),
@@ -157,6 +190,7 @@ async fn run_gateway(
         max_entries = gw.limits.max_entries,
         "gateway listening"
     );
+    notifier.ready(&format!("gateway listening on {}", gateway.local_addr()?));
     gateway.serve(async move { stop.wait().await }).await?;
     info!("gateway stopped");
     Ok(())

@@ -44,6 +44,8 @@ struct Rejection {
     response: Option<Frame>,
     code: CloseCode,
     reason: String,
+    /// The detail code (else the error code) sent, for the log.
+    error_code: Option<String>,
 }
 
 impl Rejection {
@@ -52,15 +54,21 @@ impl Rejection {
             response: None,
             code,
             reason: reason.into(),
+            error_code: None,
         }
     }
 
     fn reply(id: &str, error: ErrorShape, code: CloseCode) -> Self {
         let reason = error.message.clone();
+        let error_code = error
+            .detail_code_str()
+            .unwrap_or(error.code.as_str())
+            .to_string();
         Rejection {
             response: Some(Frame::err(id, error)),
             code,
             reason,
+            error_code: Some(error_code),
         }
     }
 }
@@ -133,7 +141,11 @@ async fn serve_connection(
     let accepted = match outcome {
         Ok(accepted) => accepted,
         Err(rejection) => {
-            info!(reason = %rejection.reason, "handshake rejected");
+            info!(
+                reason = %rejection.reason,
+                error_code = rejection.error_code.as_deref().unwrap_or("-"),
+                "handshake rejected"
+            );
             if let Some(frame) = rejection.response {
                 let _ = send_text(&mut sink, frame.to_text()).await;
             }

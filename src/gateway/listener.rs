@@ -12,24 +12,44 @@ use tracing::{info, warn};
 
 use super::handler;
 use super::state::{now_ms, Shared};
+use crate::service::ServiceNotifier;
 
 /// How long handlers get to say goodbye on shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
+/// How often the systemd status line is refreshed (when it changed).
+const STATUS_INTERVAL: Duration = Duration::from_secs(5);
 
 pub async fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
+    notifier: ServiceNotifier,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let limit = Arc::new(Semaphore::new(shared.config.max_connections));
     let mut handlers = JoinSet::new();
     let ticker = tokio::spawn(tick_loop(shared.clone(), stop_rx.clone()));
+    let mut watchdog = notifier.watchdog_timer();
+    let mut status_timer = tokio::time::interval(STATUS_INTERVAL);
+    status_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_status = String::new();
     tokio::pin!(shutdown);
 
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
+            // The ping proves this loop runs and the state lock is free.
+            _ = watchdog.tick() => {
+                drop(shared.lock());
+                notifier.watchdog();
+            }
+            _ = status_timer.tick(), if notifier.is_enabled() => {
+                let status = status_line(&shared);
+                if status != last_status {
+                    notifier.status(&status);
+                    last_status = status;
+                }
+            }
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let Ok(permit) = limit.clone().try_acquire_owned() else {
@@ -66,6 +86,22 @@ pub async fn serve(
     }
     ticker.abort();
     Ok(())
+}
+
+/// `gateway: 143 entries, 140 connections`.
+fn status_line(shared: &Shared) -> String {
+    let state = shared.lock();
+    let (entries, connections) = (state.presence.len(), state.connections.len());
+    drop(state);
+    format!(
+        "gateway: {entries} {}, {connections} {}",
+        if entries == 1 { "entry" } else { "entries" },
+        if connections == 1 {
+            "connection"
+        } else {
+            "connections"
+        }
+    )
 }
 
 /// Every tick: keep connected rows fresh, prune expired ones, and send `tick`.

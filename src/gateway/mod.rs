@@ -23,6 +23,7 @@ use tokio::net::TcpListener;
 use crate::config::{AuthMode, Secret};
 use crate::presence::PresenceLimits;
 use crate::protocol::PresenceEntry;
+use crate::service::ServiceNotifier;
 
 /// The version we report in `hello-ok.server.version` and presence rows.
 pub const SERVER_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -69,6 +70,7 @@ impl GatewayConfig {
 pub struct Gateway {
     listener: TcpListener,
     state: Arc<state::Shared>,
+    notifier: ServiceNotifier,
 }
 
 /// Binds a listen address. A port in use is a clear error.
@@ -90,7 +92,14 @@ impl Gateway {
         Gateway {
             listener,
             state: Arc::new(state::Shared::new(config)),
+            notifier: ServiceNotifier::disabled(),
         }
+    }
+
+    /// Reports status and watchdog pings to systemd while serving.
+    pub fn with_notifier(mut self, notifier: ServiceNotifier) -> Gateway {
+        self.notifier = notifier;
+        self
     }
 
     pub fn local_addr(&self) -> Result<SocketAddr> {
@@ -100,7 +109,7 @@ impl Gateway {
     /// Serves until `shutdown` resolves, then tells every client (`shutdown`
     /// event, close 1012) and waits briefly for handlers to finish.
     pub async fn serve(self, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
-        listener::serve(self.listener, self.state, shutdown).await
+        listener::serve(self.listener, self.state, self.notifier, shutdown).await
     }
 }
 

@@ -467,10 +467,17 @@ fn scrub_env(cmd: &mut Command) {
         "CLAWNODE_URL",
         "CLAWNODE_STATE_DIR",
         "CLAWNODE_CONFIG",
+        "CLAWNODE_LOG_FORMAT",
         "STATE_DIRECTORY",
+        "NOTIFY_SOCKET",
+        "WATCHDOG_USEC",
+        "WATCHDOG_PID",
+        "JOURNAL_STREAM",
     ] {
         cmd.env_remove(var);
     }
+    // An empty config instead of an installed /etc/clawnode/clawnode.toml.
+    cmd.env("CLAWNODE_CONFIG", "/dev/null");
 }
 
 /// Runs the binary to completion: (exit code, stdout, stderr).

@@ -1,0 +1,145 @@
+//! `clawnode check-config`: resolve the configuration exactly as `run`
+//! would, check the token can be read, and print the effective settings as
+//! TOML in the config file's own keys. The token itself is never printed.
+
+use anyhow::Result;
+
+use super::RunArgs;
+use crate::config::{Env, Settings, TokenSource};
+
+pub fn run(args: RunArgs) -> Result<()> {
+    let settings = Settings::resolve(&args.flags(), &Env::from_process())?;
+    let token_note = check_token(&settings)?;
+    print!("{}", render(&settings, &token_note));
+    Ok(())
+}
+
+/// Reads the token like `run` does; says where it comes from.
+fn check_token(settings: &Settings) -> Result<String> {
+    let token = settings.token.read()?;
+    Ok(match (&settings.token, token, &settings.gateway) {
+        (source, Some(_), _) => format!("token: from {} (redacted)", source.describe()),
+        (TokenSource::StateDirDefault(path), None, Some(_)) => format!(
+            "token: none yet; the gateway generates {} on first start",
+            path.display()
+        ),
+        (_, None, Some(_)) => "token: none".into(),
+        (_, None, None) => {
+            "token: none configured; only a gateway with auth = \"none\" accepts this agent".into()
+        }
+    })
+}
+
+fn quote(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
+}
+
+/// The effective settings as TOML (with comments for what has no key).
+pub fn render(s: &Settings, token_note: &str) -> String {
+    let mut out = String::new();
+    let mut line = |l: String| {
+        out.push_str(&l);
+        out.push('\n');
+    };
+    line("# clawnode check-config: the configuration is valid".into());
+    line(match &s.config_file {
+        Some(p) => format!("# config file: {}", p.display()),
+        None => "# config file: none (built-in defaults)".into(),
+    });
+    line(format!(
+        "# role: {}",
+        if s.gateway.is_some() {
+            "gateway"
+        } else {
+            "agent"
+        }
+    ));
+    line(format!("# {token_note}"));
+    line(format!("url = {}", quote(&s.url)));
+    match &s.token {
+        TokenSource::File(p) | TokenSource::StateDirDefault(p) => {
+            line(format!("token_file = {}", quote(&p.to_string_lossy())))
+        }
+        TokenSource::Env { .. } => {}
+    }
+    match &s.display_name {
+        Some(n) => line(format!("display_name = {}", quote(n))),
+        None => line("# display_name: the system host name".into()),
+    }
+    line(format!(
+        "state_dir = {}",
+        quote(&s.state_dir.to_string_lossy())
+    ));
+    line(format!(
+        "beacon_interval_secs = {}",
+        s.beacon_interval.as_secs()
+    ));
+    line(format!(
+        "stats_interval_secs = {}",
+        s.stats_interval.as_secs()
+    ));
+    line(format!(
+        "log_level = {}",
+        quote(s.log_level.as_deref().unwrap_or("info"))
+    ));
+    line(format!("log_format = {}", quote(s.log_format.as_str())));
+    line(String::new());
+    line("[gateway]".into());
+    line(format!("enabled = {}", s.gateway.is_some()));
+    if let Some(g) = &s.gateway {
+        line(format!("listen = {}", quote(&g.listen.to_string())));
+        line(format!(
+            "auth = {}",
+            quote(match g.auth {
+                crate::config::AuthMode::Token => "token",
+                crate::config::AuthMode::None => "none",
+            })
+        ));
+        line(format!("presence_ttl_secs = {}", g.limits.ttl_ms / 1000));
+        line(format!("presence_max_entries = {}", g.limits.max_entries));
+        line(format!(
+            "tick_interval_secs = {}",
+            g.tick_interval.as_secs()
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{FileConfig, Flags};
+
+    #[test]
+    fn output_is_a_config_file_that_parses_back_and_hides_env_tokens() {
+        let env = Env::from_pairs(&[("HOME", "/h"), ("CLAWNODE_TOKEN", "s3cret-token")], false);
+        let flags = Flags {
+            gateway: true,
+            listen: Some("127.0.0.1:9".into()),
+            display_name: Some("web \"01\"".into()),
+            ..Flags::default()
+        };
+        let s = Settings::resolve(&flags, &env).unwrap();
+        let note = check_token(&s).unwrap();
+        let text = render(&s, &note);
+        assert!(!text.contains("s3cret-token"), "{text}");
+        assert!(text.contains("environment variable CLAWNODE_TOKEN (redacted)"));
+        let back = FileConfig::parse(&text).unwrap();
+        assert_eq!(back.display_name.as_deref(), Some("web \"01\""));
+        assert_eq!(back.gateway.enabled, Some(true));
+        assert_eq!(back.gateway.listen.as_deref(), Some("127.0.0.1:9"));
+        assert_eq!(back.token_file, None);
+    }
+
+    #[test]
+    fn an_unreadable_token_file_is_an_error() {
+        let env = Env::from_pairs(&[("HOME", "/h")], false);
+        let flags = Flags {
+            token_file: Some("/nonexistent/clawnode.token".into()),
+            ..Flags::default()
+        };
+        let s = Settings::resolve(&flags, &env).unwrap();
+        let e = format!("{:#}", check_token(&s).unwrap_err());
+        assert!(e.contains("/nonexistent/clawnode.token"), "{e}");
+    }
+}
