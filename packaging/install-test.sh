@@ -36,6 +36,8 @@ command -v rpmlint >/dev/null || need_pkgs+=(rpmlint)
 command -v rpm >/dev/null || need_pkgs+=(rpm)
 command -v systemd-analyze >/dev/null || need_pkgs+=(systemd)
 command -v man >/dev/null || need_pkgs+=(man-db)
+command -v systemd-nspawn >/dev/null || need_pkgs+=(systemd-container)
+command -v shellcheck >/dev/null || need_pkgs+=(shellcheck)
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
     echo "== installing ${need_pkgs[*]}"
     apt-get update -qq && apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
@@ -69,8 +71,8 @@ check "rpm: unit in /usr/lib/systemd/system" \
     sh -c "rpm -qlp '$rpmfile' | grep -Fx /usr/lib/systemd/system/clawnode.service"
 check "rpm: scriptlets create the user and use systemctl only where systemd runs" \
     sh -c "rpm -qp --scripts '$rpmfile' | grep -q 'useradd -r' && rpm -qp --scripts '$rpmfile' | grep -q '/run/systemd/system'"
-check "maintainer scripts pass shellcheck" \
-    sh -c 'command -v shellcheck >/dev/null || { echo "shellcheck not installed"; exit 0; }; shellcheck -s sh packaging/debian/postinst packaging/debian/prerm packaging/debian/postrm packaging/rpm/*.sh'
+check "maintainer scripts and packaging scripts pass shellcheck" \
+    sh -c 'shellcheck -s sh packaging/debian/postinst packaging/debian/prerm packaging/debian/postrm packaging/rpm/*.sh && shellcheck packaging/*.sh deploy/check.sh'
 
 # --- install ------------------------------------------------------------------
 dpkg --purge clawnode >/dev/null 2>&1 || true
@@ -91,6 +93,12 @@ check "changelog and copyright installed" \
     test -f /usr/share/doc/clawnode/changelog.Debian.gz -a -f /usr/share/doc/clawnode/copyright
 check "the service user can run clawnode and keep state" \
     runuser -u clawnode -- env HOME=/nonexistent /usr/bin/clawnode identity --state-dir /tmp/clawnode-install-test-state
+
+# --- the installed unit under a real systemd (a throw-away nspawn container) ---
+systemd_out=$(packaging/systemd-test.sh 2>&1)
+echo "$systemd_out" | grep -v ' passed, '
+passed=$((passed + $(echo "$systemd_out" | grep -c '^ok ')))
+failed=$((failed + $(echo "$systemd_out" | grep -c '^FAIL ')))
 
 # --- upgrade keeps a locally edited conffile ----------------------------------
 echo '# local edit' >>/etc/clawnode/clawnode.toml
