@@ -488,3 +488,39 @@ fn check_config_prints_the_effective_configuration_without_the_token() {
     assert_eq!(code, 1);
     assert!(err.contains("/nonexistent/token"), "{err}");
 }
+
+#[test]
+fn json_log_format_writes_one_object_a_line() {
+    let state = tempfile::tempdir().unwrap();
+    let mut gw = Proc::spawn(
+        &[
+            "run",
+            "--gateway",
+            "--listen",
+            "127.0.0.1:0",
+            "--state-dir",
+            state.path().to_str().unwrap(),
+            "--log-format",
+            "json",
+        ],
+        &[],
+    );
+    let line = gw.wait_for_log("gateway listening", Duration::from_secs(10));
+    let v: serde_json::Value = serde_json::from_str(&line).expect("a JSON log line");
+    assert_eq!(v["level"], "INFO", "{v}");
+    assert_eq!(v["message"], "gateway listening", "{v}");
+    assert!(
+        v["listen"]
+            .as_str()
+            .is_some_and(|l| l.starts_with("127.0.0.1:")),
+        "{v}"
+    );
+    assert!(v["timestamp"].is_string(), "{v}");
+    gw.terminate();
+    for l in gw.log_text().lines() {
+        assert!(
+            serde_json::from_str::<serde_json::Value>(l).is_ok(),
+            "not JSON: {l}"
+        );
+    }
+}
