@@ -25,6 +25,8 @@ struct Inner {
     watchdog_period: Option<Duration>,
     /// A failed send is logged once, not on every ping.
     failure_logged: AtomicBool,
+    /// `STOPPING=1` is sent once, whoever notices the shutdown first.
+    stopping_sent: AtomicBool,
 }
 
 impl ServiceNotifier {
@@ -39,6 +41,7 @@ impl ServiceNotifier {
                     .filter(|d| !d.is_zero())
                     .map(|d| d / 2),
                 failure_logged: AtomicBool::new(false),
+                stopping_sent: AtomicBool::new(false),
             })),
         }
     }
@@ -63,8 +66,12 @@ impl ServiceNotifier {
         self.send(&[NotifyState::Status(status)]);
     }
 
-    /// `STOPPING=1`.
+    /// `STOPPING=1`, once: later calls do nothing.
     pub fn stopping(&self) {
+        let Some(inner) = &self.inner else { return };
+        if inner.stopping_sent.swap(true, Ordering::Relaxed) {
+            return;
+        }
         self.send(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
     }
 

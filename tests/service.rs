@@ -161,6 +161,9 @@ fn gateway_and_agent_tell_systemd_ready_status_watchdog_and_stopping() {
     let (code, _) = gw.proc.terminate();
     assert_eq!(code, Some(0));
     gw_socket.wait_line("STOPPING=1", Duration::from_secs(1));
+    // Once each, however the shutdown was noticed.
+    assert_eq!(agent_socket.count_lines("STOPPING=1"), 1);
+    assert_eq!(gw_socket.count_lines("STOPPING=1"), 1);
 }
 
 #[test]

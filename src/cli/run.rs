@@ -65,6 +65,9 @@ pub async fn run(args: RunArgs) -> Result<()> {
             "systemd watchdog enabled"
         );
     }
+    // STOPPING=1 as soon as shutdown starts (draining may take a moment),
+    // and again (a no-op if already sent) when the run ends, in case the
+    // runtime winds down before that task is scheduled.
     {
         let (notifier, mut stop) = (notifier.clone(), stop.clone());
         tokio::spawn(async move {
@@ -72,11 +75,25 @@ pub async fn run(args: RunArgs) -> Result<()> {
             notifier.stopping();
         });
     }
+    let result = run_role(&settings, gateway_parts, identity, notifier.clone(), stop).await;
+    notifier.stopping();
+    result
+}
 
+/// The listener and token of a gateway host, bound before logging starts.
+type GatewayParts = (tokio::net::TcpListener, (Option<Secret>, String));
+
+async fn run_role(
+    settings: &Settings,
+    gateway_parts: Option<GatewayParts>,
+    identity: DeviceIdentity,
+    notifier: ServiceNotifier,
+    stop: Shutdown,
+) -> Result<()> {
     match (&settings.gateway, gateway_parts) {
         (Some(gw), Some((listener, (token, note)))) => {
             info!("{note}");
-            run_gateway(&settings, gw, listener, token, &identity, notifier, stop).await
+            run_gateway(settings, gw, listener, token, &identity, notifier, stop).await
         }
         _ => {
             let config = AgentConfig {
