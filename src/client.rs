@@ -25,19 +25,34 @@ pub async fn call(
     method_name: &str,
     params: Value,
 ) -> Result<Value> {
-    timeout(CALL_TIMEOUT, call_inner(url, token, method_name, params))
-        .await
-        .map_err(|_| {
-            anyhow!(
-                "no answer from gateway {url} within {}s",
-                CALL_TIMEOUT.as_secs()
-            )
-        })?
+    call_with_scopes(url, token, &[scope::OPERATOR_READ], method_name, params).await
+}
+
+/// [`call`] with other operator scopes (`clawnode forget` needs admin).
+pub async fn call_with_scopes(
+    url: &str,
+    token: Option<&Secret>,
+    scopes: &[&str],
+    method_name: &str,
+    params: Value,
+) -> Result<Value> {
+    timeout(
+        CALL_TIMEOUT,
+        call_inner(url, token, scopes, method_name, params),
+    )
+    .await
+    .map_err(|_| {
+        anyhow!(
+            "no answer from gateway {url} within {}s",
+            CALL_TIMEOUT.as_secs()
+        )
+    })?
 }
 
 async fn call_inner(
     url: &str,
     token: Option<&Secret>,
+    scopes: &[&str],
     method_name: &str,
     params: Value,
 ) -> Result<Value> {
@@ -59,7 +74,7 @@ async fn call_inner(
                 mode: mode::CLI.to_string(),
                 instance_id: None,
             },
-            vec![scope::OPERATOR_READ.to_string()],
+            scopes.iter().map(|s| s.to_string()).collect(),
             token.map(Secret::expose),
         ),
     );

@@ -12,6 +12,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context as _, Result};
 use serde::Deserialize;
 
+use crate::gateway::admission::AdmissionLimits;
 use crate::logging::LogFormat;
 use crate::presence::{PresenceLimits, DEFAULT_MAX_ENTRIES, DEFAULT_TTL_MS};
 
@@ -24,6 +25,12 @@ pub const GATEWAY_TOKEN_FILE: &str = "gateway.token";
 pub const DEFAULT_BEACON_INTERVAL: Duration = Duration::from_secs(60);
 pub const DEFAULT_STATS_INTERVAL: Duration = Duration::from_secs(60);
 pub const DEFAULT_TICK_INTERVAL: Duration = Duration::from_secs(30);
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
+/// Durations in seconds are at most a day.
+const MAX_SECS: u64 = 86_400;
+/// Counts (connections, handshakes) are at most this.
+const MAX_COUNT: usize = 1_000_000;
 
 /// A secret string (a gateway token). `Debug` and `Display` never show it.
 #[derive(Clone, PartialEq, Eq)]
@@ -71,6 +78,10 @@ pub struct GatewayFileConfig {
     pub presence_ttl_secs: Option<u64>,
     pub presence_max_entries: Option<usize>,
     pub tick_interval_secs: Option<u64>,
+    pub handshake_timeout_secs: Option<u64>,
+    pub max_connections: Option<usize>,
+    pub max_pending_handshakes: Option<usize>,
+    pub max_pending_handshakes_per_ip: Option<usize>,
 }
 
 /// How the gateway authenticates clients.
@@ -229,6 +240,9 @@ pub struct GatewaySettings {
     pub auth: AuthMode,
     pub limits: PresenceLimits,
     pub tick_interval: Duration,
+    pub handshake_timeout: Duration,
+    pub max_connections: usize,
+    pub admission: AdmissionLimits,
 }
 
 impl GatewaySettings {
@@ -323,8 +337,20 @@ impl Settings {
 
         let secs = |name: &str, v: Option<u64>, default: Duration| -> Result<Duration> {
             match v {
-                Some(0) => bail!("{name} must be a whole number of seconds, at least 1"),
+                Some(s) if !(1..=MAX_SECS).contains(&s) => {
+                    bail!("{name} must be a whole number of seconds from 1 to {MAX_SECS}, not {s}")
+                }
                 Some(s) => Ok(Duration::from_secs(s)),
+                None => Ok(default),
+            }
+        };
+
+        let count = |name: &str, v: Option<usize>, default: usize| -> Result<usize> {
+            match v {
+                Some(n) if !(1..=MAX_COUNT).contains(&n) => {
+                    bail!("{name} must be a whole number from 1 to {MAX_COUNT}, not {n}")
+                }
+                Some(n) => Ok(n),
                 None => Ok(default),
             }
         };
@@ -370,6 +396,28 @@ impl Settings {
                     g.tick_interval_secs,
                     DEFAULT_TICK_INTERVAL,
                 )?,
+                handshake_timeout: secs(
+                    "handshake_timeout_secs",
+                    g.handshake_timeout_secs,
+                    DEFAULT_HANDSHAKE_TIMEOUT,
+                )?,
+                max_connections: count(
+                    "max_connections",
+                    g.max_connections,
+                    DEFAULT_MAX_CONNECTIONS,
+                )?,
+                admission: AdmissionLimits {
+                    total: count(
+                        "max_pending_handshakes",
+                        g.max_pending_handshakes,
+                        AdmissionLimits::default().total,
+                    )?,
+                    per_ip: count(
+                        "max_pending_handshakes_per_ip",
+                        g.max_pending_handshakes_per_ip,
+                        AdmissionLimits::default().per_ip,
+                    )?,
+                },
             })
         } else {
             None
@@ -763,6 +811,17 @@ mod tests {
         assert_eq!(
             file.gateway.tick_interval_secs,
             Some(DEFAULT_TICK_INTERVAL.as_secs())
+        );
+        assert_eq!(
+            file.gateway.handshake_timeout_secs,
+            Some(DEFAULT_HANDSHAKE_TIMEOUT.as_secs())
+        );
+        assert_eq!(file.gateway.max_connections, Some(DEFAULT_MAX_CONNECTIONS));
+        let admission = AdmissionLimits::default();
+        assert_eq!(file.gateway.max_pending_handshakes, Some(admission.total));
+        assert_eq!(
+            file.gateway.max_pending_handshakes_per_ip,
+            Some(admission.per_ip)
         );
         assert_eq!(file.gateway.enabled, Some(false));
     }

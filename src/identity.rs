@@ -76,12 +76,30 @@ impl DeviceIdentity {
         };
         let id_path = state_dir.join(INSTANCE_ID_FILE);
         let key_path = state_dir.join(DEVICE_KEY_FILE);
-        let created_instance_id = create_if_missing(&id_path, || {
-            format!("{}\n", uuid::Uuid::new_v4()).into_bytes()
-        })?;
+        // The key is created before the instance id, so an instance id
+        // without its key was not left by a crashed first start: it is an
+        // identity that lost its key, and making a new key would silently
+        // change it. A key without an instance id is a first start cut
+        // short (the id was never used) and is completed.
+        if !exists(&key_path)? && exists(&id_path)? {
+            return Err(IdentityError::Corrupt {
+                path: key_path,
+                problem: format!(
+                    "missing, but {} exists: the device key of an existing identity is gone. \
+                     Restore it from a backup; or delete {} too to start over as a new \
+                     instance (and run `clawnode forget <instanceId>` on the gateway host if \
+                     you keep the old instance id)",
+                    id_path.display(),
+                    INSTANCE_ID_FILE
+                ),
+            });
+        }
         let created_device_key = create_if_missing(&key_path, || {
             let seed: [u8; 32] = rand::random();
             format!("{}\n", URL_SAFE_NO_PAD.encode(seed)).into_bytes()
+        })?;
+        let created_instance_id = create_if_missing(&id_path, || {
+            format!("{}\n", uuid::Uuid::new_v4()).into_bytes()
         })?;
         let instance_id = parse_instance_id(&id_path, &read(&id_path)?)?;
         let key = parse_device_key(&key_path, &read(&key_path)?)?;
@@ -119,6 +137,17 @@ impl DeviceIdentity {
     /// Signs a device-auth payload (v3) and returns the base64url signature.
     pub fn sign(&self, payload: &DeviceAuthPayload<'_>) -> String {
         device_auth::sign(&self.key, &payload.v3())
+    }
+}
+
+fn exists(path: &Path) -> Result<bool, IdentityError> {
+    match fs::symlink_metadata(path) {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(source) => Err(IdentityError::Read {
+            path: path.to_path_buf(),
+            source,
+        }),
     }
 }
 
@@ -215,6 +244,34 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(msg.contains(INSTANCE_ID_FILE), "{msg}");
+    }
+
+    #[test]
+    fn a_lost_key_is_an_error_but_a_cut_short_first_start_completes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (first, _) = DeviceIdentity::load_or_create(tmp.path()).unwrap();
+        let key_path = tmp.path().join(DEVICE_KEY_FILE);
+        fs::remove_file(&key_path).unwrap();
+        let msg = DeviceIdentity::load_or_create(tmp.path())
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains(&key_path.display().to_string()), "{msg}");
+        assert!(msg.contains("Restore it"), "{msg}");
+        assert!(!key_path.exists(), "no new key may be made silently");
+        assert_eq!(
+            fs::read_to_string(tmp.path().join(INSTANCE_ID_FILE))
+                .unwrap()
+                .trim(),
+            first.instance_id()
+        );
+
+        // A key alone: the id is created, the key kept.
+        let tmp = tempfile::tempdir().unwrap();
+        let (a, _) = DeviceIdentity::load_or_create(tmp.path()).unwrap();
+        fs::remove_file(tmp.path().join(INSTANCE_ID_FILE)).unwrap();
+        let (b, report) = DeviceIdentity::load_or_create(tmp.path()).unwrap();
+        assert!(report.created_instance_id && !report.created_device_key);
+        assert_eq!(a.device_id(), b.device_id());
     }
 
     #[test]

@@ -68,6 +68,9 @@ pub fn retry_after_rejection(
     ) {
         error!(error = %error, error_code, "the gateway rejected our token: fix the token file or environment variable; retrying every {}s", backoff.max().as_secs());
         backoff.max()
+    } else if detail == Some(ErrorDetailCode::InstanceIdPinned) {
+        error!(error = %error, error_code, device_id, "the gateway knows our instance id with another device key (a restored or copied state directory?); if this host was re-imaged, run `clawnode forget <instanceId>` on the gateway host; retrying every {}s", backoff.max().as_secs());
+        backoff.max()
     } else if pairing {
         if !memory.pairing_logged {
             memory.pairing_logged = true;

@@ -101,6 +101,16 @@ pub fn render(s: &Settings, token_note: &str) -> String {
             "tick_interval_secs = {}",
             g.tick_interval.as_secs()
         ));
+        line(format!(
+            "handshake_timeout_secs = {}",
+            g.handshake_timeout.as_secs()
+        ));
+        line(format!("max_connections = {}", g.max_connections));
+        line(format!("max_pending_handshakes = {}", g.admission.total));
+        line(format!(
+            "max_pending_handshakes_per_ip = {}",
+            g.admission.per_ip
+        ));
     }
     out
 }

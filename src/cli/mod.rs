@@ -2,6 +2,7 @@
 //! is testable; `main.rs` only calls [`main`].
 
 pub mod check_config;
+pub mod forget;
 pub mod identity;
 pub mod presence;
 pub mod run;
@@ -36,6 +37,9 @@ pub enum Command {
     /// Validate the configuration and print the effective settings that
     /// `run` with the same options would use (the token is never shown).
     CheckConfig(RunArgs),
+    /// On the gateway host: forget which device key owns an instance id, so
+    /// a re-imaged host (new key, same instance id) is accepted again.
+    Forget(ForgetArgs),
 }
 
 /// Options shared by every command that reads the configuration.
@@ -95,6 +99,21 @@ pub struct PresenceArgs {
     /// Print the raw system-presence payload as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ForgetArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// The instance id to forget (as shown by `clawnode presence --wide`).
+    #[arg(value_name = "INSTANCE_ID")]
+    pub instance_id: String,
+    /// Gateway URL [default: the local gateway].
+    #[arg(long, value_name = "URL")]
+    pub url: Option<String>,
+    /// File holding the gateway token.
+    #[arg(long, value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -161,6 +180,7 @@ pub async fn main(cli: Cli) -> ExitCode {
         Command::Presence(args) => presence::run(args).await,
         Command::Identity(args) => identity::run(args),
         Command::CheckConfig(args) => check_config::run(args),
+        Command::Forget(args) => forget::run(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

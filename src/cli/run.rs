@@ -198,7 +198,12 @@ async fn run_gateway(
     let mut config = GatewayConfig::new(gw.listen, token, self_entry(settings, identity, &facts));
     config.limits = gw.limits;
     config.tick_interval = gw.tick_interval;
-    let gateway = Gateway::new(listener, config).with_notifier(notifier.clone());
+    config.handshake_timeout = gw.handshake_timeout;
+    config.max_connections = gw.max_connections;
+    config.admission = gw.admission;
+    config.pins_file = Some(settings.state_dir.join(gateway::pins::PINS_FILE));
+    let gateway = Gateway::new(listener, config)?.with_notifier(notifier.clone());
+    gateway.pin_self(identity.instance_id(), identity.device_id());
     info!(
         listen = %gateway.local_addr()?,
         auth = gateway::describe_auth(gw.auth),

@@ -20,8 +20,10 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, info, warn, Instrument as _};
 
+use super::admission::Ticket;
 use super::broadcast::{event_text, Outbound};
 use super::methods::{self, ConnContext};
+use super::pins::PinCheck;
 use super::state::{now_ms, ConnHandle, NodeRecord, Shared};
 use super::SERVER_VERSION;
 use crate::presence::{ConnectionInfo, PresenceKey};
@@ -80,10 +82,11 @@ pub async fn run(
     shared: Arc<Shared>,
     stop: watch::Receiver<bool>,
     _permit: OwnedSemaphorePermit,
+    ticket: Ticket,
 ) {
     let conn_id = uuid::Uuid::new_v4().to_string();
     let span = tracing::info_span!("conn", conn_id = %conn_id, peer = %peer);
-    serve_connection(stream, peer, conn_id, shared, stop)
+    serve_connection(stream, peer, conn_id, shared, stop, ticket)
         .instrument(span)
         .await
 }
@@ -94,6 +97,7 @@ async fn serve_connection(
     conn_id: String,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
+    ticket: Ticket,
 ) {
     let config = &shared.config;
     let deadline = Instant::now() + config.handshake_timeout;
@@ -138,6 +142,8 @@ async fn serve_connection(
         },
         _ = stop.changed() => Err(Rejection::close(CloseCode::Restart, "gateway stopping")),
     };
+    // The handshake is over either way: its pre-auth slot is free again.
+    drop(ticket);
     let accepted = match outcome {
         Ok(accepted) => accepted,
         Err(rejection) => {
@@ -328,6 +334,33 @@ async fn handshake(
         }
     };
 
+    let instance_id = params.client.instance_id.as_deref();
+    match shared.pins.check(
+        instance_id,
+        device_id.as_deref(),
+        params.client.display_name.as_deref(),
+        now,
+    ) {
+        PinCheck::Conflict(pin) => {
+            let id = instance_id.unwrap_or_default();
+            return Err(policy_reply(
+                ErrorShape::invalid_request(format!(
+                    "instance id {id} is pinned to another device key ({}, first seen{}); if this host \
+                     was re-imaged, run `clawnode forget {id}` on the gateway host",
+                    short(&pin.device_id),
+                    pin.display_name.map(|n| format!(" as {n}")).unwrap_or_default(),
+                ))
+                .with_detail(ErrorDetailCode::InstanceIdPinned),
+            ));
+        }
+        PinCheck::New => info!(
+            instance_id,
+            device_id = device_id.as_deref().unwrap_or("-"),
+            "instance id pinned to its device key"
+        ),
+        PinCheck::Known | PinCheck::Unpinned => {}
+    }
+
     // Nodes get no operator scopes; operators get what they asked for (the
     // shared token is full trust, as in OpenClaw).
     let scopes = match role {
@@ -465,8 +498,13 @@ fn tokens_match(given: &str, expected: &str) -> bool {
         == 0
 }
 
+/// The first 12 characters of a device id, for messages.
+fn short(device_id: &str) -> &str {
+    device_id.get(..12).unwrap_or(device_id)
+}
+
 /// IPv4-mapped IPv6 addresses are shown as IPv4.
-fn canonical_ip(ip: IpAddr) -> IpAddr {
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
         v4 => v4,
@@ -484,36 +522,59 @@ async fn session(
     stop: &mut watch::Receiver<bool>,
 ) {
     let mut seq: u64 = 0;
+    // A peer that vanished without a FIN (power loss, partition) is found by
+    // silence: every tick we ping; any frame from the peer (the pong
+    // included) proves it alive; two ticks of nothing and it is dropped.
+    let tick = shared.config.tick_interval;
+    let mut liveness = tokio::time::interval_at(Instant::now() + tick, tick);
+    liveness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_heard = Instant::now();
     loop {
         tokio::select! {
-            msg = source.next() => match msg {
-                Some(Ok(Message::Text(text))) => {
-                    let Some(reply) = methods::handle_text(shared, ctx, &text) else { continue };
-                    if send_text(sink, reply.to_text()).await.is_err() {
+            msg = source.next() => {
+                if let Some(Ok(_)) = &msg {
+                    last_heard = Instant::now();
+                }
+                match msg {
+                    Some(Ok(Message::Text(text))) => {
+                        let Some(reply) = methods::handle_text(shared, ctx, &text) else { continue };
+                        if send_text(sink, reply.to_text()).await.is_err() {
+                            return;
+                        }
+                    }
+                    Some(Ok(Message::Close(_))) => {
+                        // Send the reply tungstenite queued, so the peer sees a
+                        // completed close handshake rather than 1006.
+                        let _ = timeout(Duration::from_secs(1), sink.close()).await;
                         return;
                     }
-                }
-                Some(Ok(Message::Close(_))) => {
-                    // Send the reply tungstenite queued, so the peer sees a
-                    // completed close handshake rather than 1006.
-                    let _ = timeout(Duration::from_secs(1), sink.close()).await;
-                    return;
-                }
-                None => return,
-                Some(Ok(_)) => {} // ping/pong/binary
-                Some(Err(WsError::Capacity(e))) => {
-                    warn!(error = %e, "frame too large");
-                    close(sink, CloseCode::Size, "frame too large").await;
-                    return;
-                }
-                Some(Err(e)) => {
-                    debug!(error = %e, "read failed");
-                    return;
+                    None => return,
+                    Some(Ok(_)) => {} // ping/pong/binary
+                    Some(Err(WsError::Capacity(e))) => {
+                        warn!(error = %e, "frame too large");
+                        close(sink, CloseCode::Size, "frame too large").await;
+                        return;
+                    }
+                    Some(Err(e)) => {
+                        debug!(error = %e, "read failed");
+                        return;
+                    }
                 }
             },
             Some(out) = rx.recv() => {
                 seq += 1;
                 if send_text(sink, event_text(&out, seq)).await.is_err() {
+                    return;
+                }
+            }
+            _ = liveness.tick() => {
+                let silent = last_heard.elapsed();
+                if silent >= tick * 2 {
+                    info!(silent_ms = silent.as_millis() as u64, "peer silent for two ticks; dropping the connection");
+                    close(sink, CloseCode::Away, "no traffic from the peer (connection presumed dead)").await;
+                    return;
+                }
+                if send_message(sink, Message::Ping(Default::default())).await.is_err() {
                     return;
                 }
             }
@@ -537,7 +598,11 @@ async fn session(
 }
 
 async fn send_text(sink: &mut Sink, text: String) -> Result<(), ()> {
-    match timeout(WRITE_TIMEOUT, sink.send(Message::text(text))).await {
+    send_message(sink, Message::text(text)).await
+}
+
+async fn send_message(sink: &mut Sink, message: Message) -> Result<(), ()> {
+    match timeout(WRITE_TIMEOUT, sink.send(message)).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => {
             debug!(error = %e, "write failed");

@@ -10,6 +10,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
+use super::admission::{Admission, REFUSAL_RESPONSE};
 use super::handler;
 use super::state::{now_ms, Shared};
 use crate::service::ServiceNotifier;
@@ -18,6 +19,9 @@ use crate::service::ServiceNotifier;
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
 /// How often the systemd status line is refreshed (when it changed).
 const STATUS_INTERVAL: Duration = Duration::from_secs(5);
+/// Refused connections are summed up in one log line at most this often,
+/// so a flood does not become a flood of log lines.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(5);
 
 pub async fn serve(
     listener: TcpListener,
@@ -27,8 +31,11 @@ pub async fn serve(
 ) -> Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let limit = Arc::new(Semaphore::new(shared.config.max_connections));
+    let admission = Admission::new(shared.config.admission);
+    let mut refusals = RefusalLog::default();
     let mut handlers = JoinSet::new();
     let ticker = tokio::spawn(tick_loop(shared.clone(), stop_rx.clone()));
+    let pin_writer = tokio::spawn(shared.pins.clone().run_writer(stop_rx.clone()));
     let mut watchdog = notifier.watchdog_timer();
     let mut status_timer = tokio::time::interval(STATUS_INTERVAL);
     status_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -52,12 +59,25 @@ pub async fn serve(
             }
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let Ok(permit) = limit.clone().try_acquire_owned() else {
-                        warn!(%peer, limit = shared.config.max_connections, "connection limit reached; refusing connection");
-                        continue;
+                    let admitted = match limit.clone().try_acquire_owned() {
+                        Err(_) => Err("connection limit reached"),
+                        Ok(permit) => match admission.admit(handler::canonical_ip(peer.ip())) {
+                            Ok(ticket) => Ok((permit, ticket)),
+                            Err(refusal) => Err(refusal.as_str()),
+                        },
                     };
-                    let _ = stream.set_nodelay(true);
-                    handlers.spawn(handler::run(stream, peer, shared.clone(), stop_rx.clone(), permit));
+                    match admitted {
+                        Ok((permit, ticket)) => {
+                            let _ = stream.set_nodelay(true);
+                            handlers.spawn(handler::run(stream, peer, shared.clone(), stop_rx.clone(), permit, ticket));
+                        }
+                        Err(why) => {
+                            // Best effort, never waits: the socket is new, so
+                            // its send buffer has room for these few bytes.
+                            let _ = stream.try_write(REFUSAL_RESPONSE);
+                            refusals.count(why, &shared, admission.pending());
+                        }
+                    }
                 }
                 Err(e) => {
                     // Typically EMFILE: back off briefly instead of spinning.
@@ -85,7 +105,43 @@ pub async fn serve(
         handlers.abort_all();
     }
     ticker.abort();
+    let _ = pin_writer.await;
     Ok(())
+}
+
+/// Sums up refused connections for the log.
+#[derive(Default)]
+struct RefusalLog {
+    since: Option<std::time::Instant>,
+    counts: Vec<(&'static str, u64)>,
+}
+
+impl RefusalLog {
+    fn count(&mut self, why: &'static str, shared: &Shared, pending: usize) {
+        match self.counts.iter_mut().find(|(w, _)| *w == why) {
+            Some((_, n)) => *n += 1,
+            None => self.counts.push((why, 1)),
+        }
+        let since = *self.since.get_or_insert_with(std::time::Instant::now);
+        let first = self.counts.len() == 1 && self.counts[0].1 == 1;
+        if first || since.elapsed() >= REFUSAL_LOG_INTERVAL {
+            let summary = self
+                .counts
+                .iter()
+                .map(|(w, n)| format!("{n} × {w}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            warn!(
+                refused = %summary,
+                pending_handshakes = pending,
+                limits = ?shared.config.admission,
+                max_connections = shared.config.max_connections,
+                "refusing connections (HTTP 503)"
+            );
+            self.counts.clear();
+            self.since = Some(std::time::Instant::now());
+        }
+    }
 }
 
 /// `gateway: 143 entries, 140 connections`.

@@ -24,6 +24,7 @@ pub const METHODS: &[&str] = &[
     method::NODE_SKILLS_UPDATE,
     method::NODE_PLUGIN_TOOLS_UPDATE,
     method::NODE_RUNNER_INVENTORY_UPDATE,
+    method::INSTANCE_FORGET,
 ];
 
 /// Who is asking: fixed for the life of a connection.
@@ -141,11 +142,48 @@ pub fn handle(shared: &Shared, ctx: &ConnContext, req: &Request) -> Result<Value
             ctx.require_node(method::NODE_RUNNER_INVENTORY_UPDATE)?;
             runner_inventory_update(ctx.node_id(), &req.params)
         }
+        method::INSTANCE_FORGET => instance_forget(shared, ctx, parse_params(req)?),
         method::CONNECT => Err(ErrorShape::invalid_request("already connected")),
         other => Err(ErrorShape::invalid_request(format!(
             "unknown method: {other}"
         ))),
     }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ForgetParams {
+    instance_id: String,
+}
+
+/// `clawnode.instance.forget` (operator.admin): drops an instance id's pin
+/// so the next key that claims it is accepted (a re-imaged host). The file
+/// is rewritten before answering; this is a rare, small write.
+fn instance_forget(
+    shared: &Shared,
+    ctx: &ConnContext,
+    params: ForgetParams,
+) -> Result<Value, ErrorShape> {
+    ctx.require_operator_scope(scope::OPERATOR_ADMIN)?;
+    let id = params.instance_id.trim();
+    if id.is_empty() {
+        return Err(ErrorShape::invalid_request(
+            "invalid clawnode.instance.forget params: instanceId is empty",
+        ));
+    }
+    let removed = shared.pins.forget(id).map_err(|e| {
+        tracing::error!(error = %e, "cannot save instance pins");
+        ErrorShape::new(
+            ErrorCode::Unavailable,
+            format!("pin removed in memory but not saved: {e}"),
+        )
+    })?;
+    tracing::info!(
+        instance_id = id,
+        forgotten = removed.is_some(),
+        "instance pin forgotten by an operator"
+    );
+    Ok(json!({ "instanceId": id, "forgotten": removed.is_some(), "pin": removed }))
 }
 
 /// Rule 9: the list, newest first. Nodes and `operator.read`.
@@ -346,7 +384,10 @@ mod tests {
 
     fn shared() -> Shared {
         let listen = "127.0.0.1:0".parse().expect("address");
-        Shared::new(GatewayConfig::new(listen, None, PresenceEntry::default()))
+        Shared::new(
+            GatewayConfig::new(listen, None, PresenceEntry::default()),
+            super::super::pins::PinStore::in_memory(),
+        )
     }
 
     fn ctx(role: Role, scopes: &[&str]) -> ConnContext {

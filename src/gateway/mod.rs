@@ -7,10 +7,12 @@
 //! [`broadcast`] fans presence and tick events out without ever waiting on a
 //! slow client.
 
+pub mod admission;
 pub mod broadcast;
 pub mod handler;
 pub mod listener;
 pub mod methods;
+pub mod pins;
 pub mod state;
 
 use std::net::SocketAddr;
@@ -45,6 +47,10 @@ pub struct GatewayConfig {
     /// Per-connection outbound queue, in frames.
     pub send_queue: usize,
     pub max_connections: usize,
+    /// Where instance pins are kept (`None`: in memory only).
+    pub pins_file: Option<std::path::PathBuf>,
+    /// Caps on connections still in their handshake.
+    pub admission: admission::AdmissionLimits,
     /// The gateway's own presence row (rule 1).
     pub self_entry: PresenceEntry,
 }
@@ -56,11 +62,13 @@ impl GatewayConfig {
             token,
             limits: PresenceLimits::default(),
             tick_interval: crate::config::DEFAULT_TICK_INTERVAL,
-            handshake_timeout: Duration::from_secs(10),
+            handshake_timeout: crate::config::DEFAULT_HANDSHAKE_TIMEOUT,
             max_preauth_payload: 64 * 1024,
             max_payload: 1024 * 1024,
             send_queue: 256,
-            max_connections: 4096,
+            max_connections: crate::config::DEFAULT_MAX_CONNECTIONS,
+            admission: admission::AdmissionLimits::default(),
+            pins_file: None,
             self_entry,
         }
     }
@@ -83,23 +91,36 @@ pub async fn bind(listen: SocketAddr) -> Result<TcpListener> {
 impl Gateway {
     /// Binds `config.listen`.
     pub async fn bind(config: GatewayConfig) -> Result<Gateway> {
-        Ok(Gateway::new(bind(config.listen).await?, config))
+        Gateway::new(bind(config.listen).await?, config)
     }
 
     /// A gateway on an already bound listener (bind first, so a port in
-    /// use fails before anything else happens).
-    pub fn new(listener: TcpListener, config: GatewayConfig) -> Gateway {
-        Gateway {
+    /// use fails before anything else happens). Loads the instance pins.
+    pub fn new(listener: TcpListener, config: GatewayConfig) -> Result<Gateway> {
+        let pins = match &config.pins_file {
+            Some(path) => pins::PinStore::load(path)?,
+            None => pins::PinStore::in_memory(),
+        };
+        Ok(Gateway {
             listener,
-            state: Arc::new(state::Shared::new(config)),
+            state: Arc::new(state::Shared::new(config, pins)),
             notifier: ServiceNotifier::disabled(),
-        }
+        })
     }
 
     /// Reports status and watchdog pings to systemd while serving.
     pub fn with_notifier(mut self, notifier: ServiceNotifier) -> Gateway {
         self.notifier = notifier;
         self
+    }
+
+    /// Pins the gateway's own instance id to its own device key, so no
+    /// client can claim the gateway's row.
+    pub fn pin_self(&self, instance_id: &str, device_id: &str) {
+        let now = state::now_ms();
+        self.state
+            .pins
+            .check(Some(instance_id), Some(device_id), None, now);
     }
 
     pub fn local_addr(&self) -> Result<SocketAddr> {

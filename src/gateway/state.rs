@@ -10,6 +10,7 @@ use std::time::Instant;
 use tokio::sync::{mpsc, Notify};
 
 use super::broadcast::Outbound;
+use super::pins::PinStore;
 use super::GatewayConfig;
 use crate::presence::PresenceStore;
 use crate::protocol::{HostStats, Role};
@@ -62,15 +63,19 @@ pub struct State {
 pub struct Shared {
     pub config: GatewayConfig,
     pub started: Instant,
+    /// Which device key owns which instance id (its own lock: never held
+    /// with the state lock).
+    pub pins: Arc<PinStore>,
     state: Mutex<State>,
 }
 
 impl Shared {
-    pub fn new(config: GatewayConfig) -> Shared {
+    pub fn new(config: GatewayConfig, pins: PinStore) -> Shared {
         let presence = PresenceStore::new(config.self_entry.clone(), config.limits);
         Shared {
             config,
             started: Instant::now(),
+            pins: Arc::new(pins),
             state: Mutex::new(State {
                 presence,
                 presence_version: 1,

@@ -66,10 +66,12 @@ pub enum ErrorDetailCode {
     DeviceAuthPublicKeyInvalid,
     PairingRequired,
     PairingChanged,
+    /// clawnode's own: the instance id is pinned to another device key.
+    InstanceIdPinned,
 }
 
 impl ErrorDetailCode {
-    pub const ALL: [ErrorDetailCode; 13] = [
+    pub const ALL: [ErrorDetailCode; 14] = [
         ErrorDetailCode::AuthTokenMissing,
         ErrorDetailCode::AuthTokenMismatch,
         ErrorDetailCode::AuthRateLimited,
@@ -83,6 +85,7 @@ impl ErrorDetailCode {
         ErrorDetailCode::DeviceAuthPublicKeyInvalid,
         ErrorDetailCode::PairingRequired,
         ErrorDetailCode::PairingChanged,
+        ErrorDetailCode::InstanceIdPinned,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -100,6 +103,7 @@ impl ErrorDetailCode {
             ErrorDetailCode::DeviceAuthPublicKeyInvalid => "DEVICE_AUTH_PUBLIC_KEY_INVALID",
             ErrorDetailCode::PairingRequired => "PAIRING_REQUIRED",
             ErrorDetailCode::PairingChanged => "PAIRING_CHANGED",
+            ErrorDetailCode::InstanceIdPinned => "INSTANCE_ID_PINNED",
         }
     }
 

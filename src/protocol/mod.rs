@@ -36,6 +36,8 @@ pub mod method {
     pub const NODE_SKILLS_UPDATE: &str = "node.skills.update";
     pub const NODE_PLUGIN_TOOLS_UPDATE: &str = "node.pluginTools.update";
     pub const NODE_RUNNER_INVENTORY_UPDATE: &str = "node.runnerInventory.update";
+    /// clawnode's own: drop an instance id's pin (`clawnode forget`).
+    pub const INSTANCE_FORGET: &str = "clawnode.instance.forget";
 }
 
 /// Event names.

@@ -1,0 +1,84 @@
+//! `clawnode forget <instanceId>`: drop an instance id's pin on the gateway
+//! (see `gateway::pins`). Asks the running gateway (operator.admin); when no
+//! gateway runs on this host, edits its pins file directly.
+
+use anyhow::{bail, Result};
+use serde_json::{json, Value};
+
+use super::ForgetArgs;
+use crate::config::{Env, Flags, Settings};
+use crate::gateway::pins::{self, Pin};
+use crate::protocol::{method, scope};
+
+pub async fn run(args: ForgetArgs) -> Result<()> {
+    let id = args.instance_id.trim();
+    if id.is_empty() {
+        bail!("the instance id is empty");
+    }
+    let settings = Settings::resolve(
+        &Flags {
+            config: args.common.config.clone(),
+            state_dir: args.common.state_dir.clone(),
+            url: args.url.clone(),
+            token_file: args.token_file.clone(),
+            ..Flags::default()
+        },
+        &Env::from_process(),
+    )?;
+    let url = match &settings.gateway {
+        Some(gw) if args.url.is_none() && std::env::var_os("CLAWNODE_URL").is_none() => {
+            gw.local_url()
+        }
+        _ => settings.url.clone(),
+    };
+    let token = settings.token.read()?;
+    let pins_file = settings.state_dir.join(pins::PINS_FILE);
+    let answer = crate::client::call_with_scopes(
+        &url,
+        token.as_ref(),
+        &[scope::OPERATOR_ADMIN],
+        method::INSTANCE_FORGET,
+        json!({ "instanceId": id }),
+    )
+    .await;
+    let removed: Option<Pin> = match answer {
+        Ok(payload) => {
+            let pin = payload.get("pin").cloned().unwrap_or(Value::Null);
+            serde_json::from_value(pin).unwrap_or(None)
+        }
+        // No gateway to ask, but its pins are here: edit them directly.
+        Err(e) if is_unreachable(&e) && pins_file.exists() => {
+            let removed = pins::forget_offline(&pins_file, id)?;
+            eprintln!(
+                "gateway {url} is not running; updated {} directly",
+                pins_file.display()
+            );
+            removed
+        }
+        Err(e) => return Err(e),
+    };
+    match removed {
+        Some(pin) => println!(
+            "forgot instance {id}: it was pinned to device {}{}; the next key that connects with it will be pinned",
+            pin.device_id,
+            pin.display_name
+                .map(|n| format!(" ({n})"))
+                .unwrap_or_default()
+        ),
+        None => println!("instance {id} was not pinned; nothing to forget"),
+    }
+    Ok(())
+}
+
+/// Whether the call failed before reaching a gateway (nothing listening).
+fn is_unreachable(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+            || c.downcast_ref::<tokio_tungstenite::tungstenite::Error>()
+                .is_some_and(|ws| {
+                    matches!(ws, tokio_tungstenite::tungstenite::Error::Io(io)
+                        if io.kind() == std::io::ErrorKind::ConnectionRefused)
+                })
+    })
+}
