@@ -205,6 +205,23 @@ impl TokenSource {
         }
     }
 
+    /// A warning when the token file can be read by other users (group or
+    /// world bits set): the token is the key to the whole gateway.
+    pub fn permission_warning(&self) -> Option<String> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let (TokenSource::File(path) | TokenSource::StateDirDefault(path)) = self else {
+            return None;
+        };
+        let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+        (mode & 0o077 != 0).then(|| {
+            format!(
+                "token file {} is accessible by other users (mode {mode:o}); run chmod 600 {}",
+                path.display(),
+                path.display()
+            )
+        })
+    }
+
     /// A description for logs (never the token itself).
     pub fn describe(&self) -> String {
         match self {
@@ -824,6 +841,26 @@ mod tests {
             Some(admission.per_ip)
         );
         assert_eq!(file.gateway.enabled, Some(false));
+    }
+
+    #[test]
+    fn group_or_world_readable_token_files_are_reported() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("t");
+        std::fs::write(&p, "abc\n").unwrap();
+        let source = TokenSource::File(p.clone());
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(source.permission_warning(), None);
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let w = source.permission_warning().unwrap();
+        assert!(w.contains("mode 644") && w.contains("chmod 600"), "{w}");
+        assert!(!w.contains("abc"));
+        let env = TokenSource::Env {
+            var: "CLAWNODE_TOKEN",
+            token: Secret::new("abc"),
+        };
+        assert_eq!(env.permission_warning(), None);
     }
 
     #[test]

@@ -107,6 +107,15 @@ fn parse_journal_stream(value: &str) -> Option<(u64, u64)> {
     Some((dev.parse().ok()?, ino.parse().ok()?))
 }
 
+/// tungstenite prints every frame it reads at trace level, and a `connect`
+/// frame holds the gateway token: trace events from its targets are dropped
+/// whatever the filter says, so no log level can leak a token.
+fn is_frame_dump(meta: &tracing::Metadata<'_>) -> bool {
+    *meta.level() == tracing::Level::TRACE
+        && (meta.target().starts_with("tungstenite")
+            || meta.target().starts_with("tokio_tungstenite"))
+}
+
 /// Installs the global subscriber. Returns a warning to log once logging
 /// works (a fallback was taken), if any. Later calls change nothing.
 pub fn init(options: LogOptions<'_>) -> Result<Option<String>> {
@@ -170,6 +179,9 @@ pub fn init(options: LogOptions<'_>) -> Result<Option<String>> {
     };
     let _ = tracing_subscriber::registry()
         .with(filter)
+        .with(tracing_subscriber::filter::filter_fn(|meta| {
+            !is_frame_dump(meta)
+        }))
         .with(journal)
         .with(text)
         .with(json)

@@ -53,6 +53,9 @@ pub async fn run(args: RunArgs) -> Result<()> {
     if report.created_instance_id || report.created_device_key {
         info!(state_dir = %settings.state_dir.display(), instance_id = identity.instance_id(), "created a new identity");
     }
+    if let Some(w) = settings.token.permission_warning() {
+        warn!("{w}");
+    }
     if let Some(mode) = report.shared_dir_mode {
         warn!(state_dir = %settings.state_dir.display(), "state directory is accessible by other users (mode {mode:o}); consider chmod 700");
     }

@@ -1,0 +1,215 @@
+//! Security properties with the real binary: tokens never reach logs or
+//! argv; an instance id stays with the device key that first claimed it
+//! until an operator forgets it; admin-only methods are admin-only.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+fn instance_id(state: &std::path::Path) -> String {
+    std::fs::read_to_string(state.join("instance-id"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tokens_never_appear_in_logs_argv_or_cli_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = "tok-3f9a1c77e2b54d0aa1c9e6b2-secret";
+    let wrong = "wrong-77c1d2e3f4a5b6c7d8e9-secret";
+    let tf = dir.path().join("token");
+    let wf = dir.path().join("wrong");
+    std::fs::write(&tf, format!("{token}\n")).unwrap();
+    std::fs::write(&wf, format!("{wrong}\n")).unwrap();
+    // Group/world readable: the gateway warns (naming the file, not the token).
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&tf, std::fs::Permissions::from_mode(0o644)).unwrap();
+
+    let gw_state = tempfile::tempdir().unwrap();
+    let tf_s = tf.to_str().unwrap();
+    let gw = TestGateway::start_with_env(&["--token-file", tf_s], &[("RUST_LOG", "trace")]);
+    gw.proc.wait_for_log(
+        "is accessible by other users (mode 644)",
+        Duration::from_secs(5),
+    );
+    let url = gw.url();
+    let a_state = tempfile::tempdir().unwrap();
+    let b_state = tempfile::tempdir().unwrap();
+    let trace = [("RUST_LOG", "trace")];
+    let args = |state: &std::path::Path, file: &std::path::Path| {
+        vec![
+            "run".to_string(),
+            "--url".into(),
+            url.clone(),
+            "--token-file".into(),
+            file.to_str().unwrap().into(),
+            "--state-dir".into(),
+            state.to_str().unwrap().into(),
+        ]
+    };
+    let a_args = args(a_state.path(), &tf);
+    let b_args = args(b_state.path(), &wf);
+    let good = Proc::spawn(
+        &a_args.iter().map(String::as_str).collect::<Vec<_>>(),
+        &trace,
+    );
+    let bad = Proc::spawn(
+        &b_args.iter().map(String::as_str).collect::<Vec<_>>(),
+        &trace,
+    );
+    good.wait_for_log("connected to", Duration::from_secs(20));
+    bad.wait_for_log("AUTH_TOKEN_MISMATCH", Duration::from_secs(20));
+    // An operator over the same token, through the CLI.
+    let (code, out, err) = run_cli(&["presence", "--url", &url, "--token-file", tf_s]);
+    assert_eq!(code, 0, "{err}");
+    let (_, cfg_out, cfg_err) = run_cli(&[
+        "check-config",
+        "--gateway",
+        "--token-file",
+        tf_s,
+        "--state-dir",
+        gw_state.path().to_str().unwrap(),
+    ]);
+
+    for pid in [gw.proc.child.id(), good.child.id(), bad.child.id()] {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        assert!(
+            !cmdline.contains(token) && !cmdline.contains(wrong),
+            "{cmdline}"
+        );
+    }
+    let logs = [
+        ("gateway", gw.proc.log_text()),
+        ("agent", good.log_text()),
+        ("agent with the wrong token", bad.log_text()),
+        ("presence", format!("{out}{err}")),
+        ("check-config", format!("{cfg_out}{cfg_err}")),
+    ];
+    for (who, log) in &logs {
+        assert!(
+            log.lines().count() > 3 || *who != "gateway",
+            "{who} logged little: {log}"
+        );
+        for secret in [token, wrong] {
+            assert!(!log.contains(secret), "{who} output holds a token:\n{log}");
+        }
+    }
+    // Trace level really was on (the check above is not vacuous).
+    assert!(gw.proc.log_text().contains("TRACE") || gw.proc.log_text().contains("DEBUG"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_instance_id_stays_with_its_first_key_until_forgotten() {
+    let gw_state = tempfile::tempdir().unwrap();
+    let mut gw = TestGateway::start_at(gw_state.path(), &[]);
+    let listen = gw.addr.to_string();
+
+    // Host A: the first to claim its instance id.
+    let a_state = tempfile::tempdir().unwrap();
+    let mut a = gw.agent(a_state.path(), &[]);
+    a.wait_for_log("connected to", Duration::from_secs(20));
+    let id = instance_id(a_state.path());
+
+    // Host B: a copy of A's instance id with its own key (a cloned image, or
+    // a compromised host trying to take A's row).
+    let b_state = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        a_state.path().join("instance-id"),
+        b_state.path().join("instance-id"),
+    )
+    .unwrap();
+    // An instance id without its key is refused (never a silent new key):
+    // give B its own key first, then the copied id.
+    let (code, _, err) = run_cli(&["identity", "--state-dir", b_state.path().to_str().unwrap()]);
+    assert_ne!(code, 0, "an id without a key must be refused");
+    assert!(err.contains("device-key"), "{err}");
+    std::fs::remove_file(b_state.path().join("instance-id")).unwrap();
+    let (code, _, err) = run_cli(&["identity", "--state-dir", b_state.path().to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    std::fs::copy(
+        a_state.path().join("instance-id"),
+        b_state.path().join("instance-id"),
+    )
+    .unwrap();
+
+    let b = gw.agent(b_state.path(), &[]);
+    let line = b.wait_for_log("INSTANCE_ID_PINNED", Duration::from_secs(20));
+    assert!(line.contains("clawnode forget"), "{line}");
+    // A's row is untouched: still A's, still connected.
+    let list = gw.presence().await;
+    let row = list
+        .iter()
+        .find(|e| e.instance_id.as_deref() == Some(id.as_str()))
+        .expect("A's row");
+    assert_ne!(row.reason.as_deref(), Some("disconnect"));
+    drop(b);
+
+    // The pin survives a gateway restart (it is in the state dir).
+    let _ = gw.proc.terminate();
+    let pins: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(gw_state.path().join("pins.json")).unwrap())
+            .unwrap();
+    assert!(pins["pins"][&id]["deviceId"].is_string(), "{pins}");
+    gw = TestGateway::start_at(gw_state.path(), &["--listen", &listen]);
+    let b = gw.agent(b_state.path(), &[]);
+    b.wait_for_log("INSTANCE_ID_PINNED", Duration::from_secs(20));
+    drop(b);
+
+    // A read-only operator may not forget; the CLI (admin) may.
+    let mut reader = open_operator(&gw, "cli", None, &["operator.read"]).await;
+    let refused = reader
+        .call("clawnode.instance.forget", json!({ "instanceId": id }))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code.as_str(), "FORBIDDEN", "{refused:?}");
+
+    // A is re-imaged: gone for good, and B (its new key) takes over once
+    // an operator forgets the old pin.
+    a.terminate();
+    let tf = gw.token_file();
+    let (code, out, err) = run_cli(&[
+        "forget",
+        &id,
+        "--url",
+        &gw.url(),
+        "--token-file",
+        tf.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&format!("forgot instance {id}")), "{out}");
+    let b = gw.agent(b_state.path(), &[]);
+    b.wait_for_log("connected to", Duration::from_secs(20));
+    gw.wait_presence("B in A's old row", |l| {
+        l.iter().any(|e| {
+            e.instance_id.as_deref() == Some(id.as_str())
+                && e.reason.as_deref() != Some("disconnect")
+        })
+    })
+    .await;
+    drop(b);
+
+    // With the gateway stopped, forget edits the pins file directly.
+    let _ = gw.proc.terminate();
+    let (code, out, err) = run_cli(&[
+        "forget",
+        &id,
+        "--url",
+        &format!("ws://{listen}"),
+        "--token-file",
+        tf.to_str().unwrap(),
+        "--state-dir",
+        gw_state.path().to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("not running"), "{err}");
+    assert!(out.contains(&format!("forgot instance {id}")), "{out}");
+    let pins: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(gw_state.path().join("pins.json")).unwrap())
+            .unwrap();
+    assert!(pins["pins"].get(&id).is_none(), "{pins}");
+}
