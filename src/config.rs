@@ -106,15 +106,30 @@ impl FileConfig {
     /// Parses config text; the error reads `, line N: message`.
     pub fn parse(text: &str) -> std::result::Result<FileConfig, String> {
         toml::from_str(text).map_err(|e: toml::de::Error| {
-            let line = e
-                .span()
-                .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
+            let start = e.span().map(|span| span.start.min(text.len()));
+            let line = start.map(|start| text[..start].matches('\n').count() + 1);
             // toml's message is one line ("unknown field `x`, expected one
-            // of ..."); keep it and say where.
-            let message = e.message().trim().replace('\n', " ");
-            match line {
-                Some(n) => format!(", line {n}: {message}"),
-                None => format!(": {message}"),
+            // of ..."); keep it, in words a person reads, and say where.
+            let message = e
+                .message()
+                .trim()
+                .replace('\n', " ")
+                .replace("expected u64", "expected a whole number")
+                .replace("expected usize", "expected a whole number");
+            // Type errors do not name the key: take it from the line.
+            let key = start
+                .and_then(|start| {
+                    text.get(..start)
+                        .map(|s| s.rfind('\n').map_or(0, |i| i + 1))
+                })
+                .and_then(|line_start| text[line_start..].lines().next())
+                .and_then(|l| l.split_once('='))
+                .map(|(k, _)| k.trim().trim_matches('"').to_string())
+                .filter(|k| !k.is_empty() && !message.contains(&format!("`{k}`")));
+            match (line, key) {
+                (Some(n), Some(key)) => format!(", line {n}, key {key}: {message}"),
+                (Some(n), None) => format!(", line {n}: {message}"),
+                _ => format!(": {message}"),
             }
         })
     }
@@ -324,6 +339,9 @@ impl Settings {
             .or(file.state_dir.clone())
             .map(Ok)
             .unwrap_or_else(|| default_state_dir(env))?;
+        if state_dir.as_os_str().is_empty() {
+            bail!("state_dir must not be empty: expected a directory path, e.g. /var/lib/clawnode");
+        }
 
         let token = if let Some(p) = &flags.token_file {
             TokenSource::File(p.clone())
@@ -348,8 +366,15 @@ impl Settings {
             .clone()
             .or(file.display_name.clone())
             .map(|n| n.trim().to_string());
-        if display_name.as_deref() == Some("") {
-            bail!("display_name must not be empty");
+        match display_name.as_deref() {
+            Some("") => bail!("display_name must not be empty: expected a name such as web-1"),
+            Some(n) if n.chars().any(char::is_control) => {
+                bail!("display_name must not contain control characters: expected a name such as web-1")
+            }
+            Some(n) if n.len() > 256 => {
+                bail!("display_name is {} bytes: expected at most 256", n.len())
+            }
+            _ => {}
         }
 
         let secs = |name: &str, v: Option<u64>, default: Duration| -> Result<Duration> {
