@@ -756,7 +756,8 @@ mod tests {
     fn config_errors_are_one_line_naming_key_and_line() {
         let e =
             FileConfig::parse("url = \"ws://a:1\"\nbeacon_interval_secs = \"60\"\n").unwrap_err();
-        assert!(e.starts_with(", line 2: "), "{e}");
+        assert!(e.starts_with(", line 2, key beacon_interval_secs: "), "{e}");
+        assert!(e.ends_with("expected a whole number"), "{e}");
         assert!(!e.contains('\n'), "{e}");
         let e = FileConfig::parse("[gateway]\nenabled = yes\n").unwrap_err();
         assert!(e.starts_with(", line 2: "), "{e}");
