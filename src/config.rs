@@ -760,7 +760,7 @@ mod tests {
         assert!(e.ends_with("expected a whole number"), "{e}");
         assert!(!e.contains('\n'), "{e}");
         let e = FileConfig::parse("[gateway]\nenabled = yes\n").unwrap_err();
-        assert!(e.starts_with(", line 2: "), "{e}");
+        assert!(e.starts_with(", line 2, key enabled: "), "{e}");
         let e = FileConfig::parse("log_format = \"xml\"\n").unwrap_err();
         assert!(e.contains("line 1") && e.contains("journald"), "{e}");
     }
