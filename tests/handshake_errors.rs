@@ -95,6 +95,15 @@ async fn device_proof_failures_have_their_codes() {
     let p = node_params(&c, &id, &token);
     assert!(matches!(c.connect(&p).await, Outcome::Hello(_)));
 
+    // Nonces are single use: the same valid connect frame replayed on a
+    // new connection (which gets a new challenge) is refused.
+    let mut replay = RawClient::open(&gw.url()).await;
+    assert_ne!(replay.challenge.nonce, c.challenge.nonce);
+    assert_eq!(
+        detail(&expect_error(replay.connect(&p).await).0),
+        "DEVICE_AUTH_NONCE_MISMATCH"
+    );
+
     // Tampered signature.
     let mut c = RawClient::open(&gw.url()).await;
     let mut p = node_params(&c, &id, &token);

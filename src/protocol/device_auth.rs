@@ -198,10 +198,10 @@ pub fn verify(
         platform: expected.platform,
         device_family: expected.device_family,
     };
-    if key.verify(payload.v3().as_bytes(), &signature).is_ok() {
+    if key.verify_strict(payload.v3().as_bytes(), &signature).is_ok() {
         return Ok(PayloadVersion::V3);
     }
-    if key.verify(payload.v2().as_bytes(), &signature).is_ok() {
+    if key.verify_strict(payload.v2().as_bytes(), &signature).is_ok() {
         return Ok(PayloadVersion::V2);
     }
     Err(invalid())
