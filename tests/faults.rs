@@ -554,10 +554,19 @@ async fn wrong_token_attempt(
     while let Some(Ok(msg)) = ws.next().await {
         if let Message::Text(t) = msg {
             if let Ok(clawnode::protocol::Frame::Res(res)) = clawnode::protocol::Frame::parse(&t) {
-                return res
-                    .error
-                    .and_then(|e| e.detail_code_str().map(str::to_string))
-                    .unwrap_or_else(|| "accepted?!".into());
+                let Some(e) = res.error else {
+                    return "accepted?!".into();
+                };
+                let code = e.detail_code_str().unwrap_or("no detail code").to_string();
+                // A rate-limited client is told when to come back.
+                if code == "AUTH_RATE_LIMITED"
+                    && !e
+                        .retry_after_ms
+                        .is_some_and(|ms| (1..=60_000).contains(&ms))
+                {
+                    return format!("AUTH_RATE_LIMITED with retryAfterMs {:?}", e.retry_after_ms);
+                }
+                return code;
             }
         }
     }

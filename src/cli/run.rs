@@ -113,6 +113,32 @@ async fn run_role(
     }
 }
 
+/// Raises the soft open-file limit to the hard one (systemd's default soft
+/// limit is 1024, far below what a gateway holding a fleet needs; the hard
+/// limit is the administrator's real ceiling). Returns the limit now in force.
+fn raise_open_file_limit() -> std::io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit on our own process with a valid pointer.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                return Ok(raised.rlim_cur);
+            }
+        }
+    }
+    Ok(lim.rlim_cur)
+}
+
 /// The gateway's token: the configured one, else `<state-dir>/gateway.token`,
 /// generated on first start. Returns it with a line for the log that names
 /// where it came from (a file's path, never the token).
@@ -198,6 +224,15 @@ async fn run_gateway(
     mut stop: Shutdown,
 ) -> Result<()> {
     let facts = HostFacts::collect();
+    match raise_open_file_limit() {
+        Ok(limit) if (limit as usize) < gw.max_connections + 64 => warn!(
+            open_file_limit = limit,
+            max_connections = gw.max_connections,
+            "the open-file limit is below max_connections; connections past it will fail (raise LimitNOFILE)"
+        ),
+        Ok(limit) => info!(open_file_limit = limit, "open-file limit"),
+        Err(e) => warn!(error = %e, "cannot read the open-file limit"),
+    }
     let mut config = GatewayConfig::new(gw.listen, token, self_entry(settings, identity, &facts));
     config.limits = gw.limits;
     config.tick_interval = gw.tick_interval;

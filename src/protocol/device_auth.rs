@@ -6,7 +6,7 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use ed25519_dalek::{Signature, Signer as _, SigningKey, Verifier as _, VerifyingKey};
+use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
 use sha2::{Digest, Sha256};
 
 use super::connect::DeviceProof;
@@ -198,10 +198,16 @@ pub fn verify(
         platform: expected.platform,
         device_family: expected.device_family,
     };
-    if key.verify_strict(payload.v3().as_bytes(), &signature).is_ok() {
+    if key
+        .verify_strict(payload.v3().as_bytes(), &signature)
+        .is_ok()
+    {
         return Ok(PayloadVersion::V3);
     }
-    if key.verify_strict(payload.v2().as_bytes(), &signature).is_ok() {
+    if key
+        .verify_strict(payload.v2().as_bytes(), &signature)
+        .is_ok()
+    {
         return Ok(PayloadVersion::V2);
     }
     Err(invalid())
