@@ -14,36 +14,47 @@ use crate::config::Secret;
 use crate::protocol::{
     event, method, mode, scope, ClientInfo, ConnectParams, Frame, CLI_CLIENT_ID,
 };
+use crate::tls::ClientTls;
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Connects to `url`, authenticates as a read-only CLI operator and calls
-/// `method` with `params`; returns the response payload.
+/// Connects to `url` (TLS as `tls` says), authenticates as a read-only CLI
+/// operator and calls `method` with `params`; returns the response payload.
 pub async fn call(
     url: &str,
+    tls: &ClientTls,
     token: Option<&Secret>,
     method_name: &str,
     params: Value,
 ) -> Result<Value> {
-    timeout(CALL_TIMEOUT, call_inner(url, token, method_name, params))
-        .await
-        .map_err(|_| {
-            anyhow!(
-                "no answer from gateway {url} within {}s",
-                CALL_TIMEOUT.as_secs()
-            )
-        })?
+    let connector = crate::tls::client_connector(url, tls)?;
+    timeout(
+        CALL_TIMEOUT,
+        call_inner(url, connector, token, method_name, params),
+    )
+    .await
+    .map_err(|_| {
+        anyhow!(
+            "no answer from gateway {url} within {}s",
+            CALL_TIMEOUT.as_secs()
+        )
+    })?
 }
 
 async fn call_inner(
     url: &str,
+    connector: tokio_tungstenite::Connector,
     token: Option<&Secret>,
     method_name: &str,
     params: Value,
 ) -> Result<Value> {
-    let (ws, _) = tokio_tungstenite::connect_async(url)
-        .await
-        .with_context(|| format!("cannot connect to gateway {url}"))?;
+    let (ws, _) =
+        tokio_tungstenite::connect_async_tls_with_config(url, None, false, Some(connector))
+            .await
+            .map_err(|e| match crate::tls::describe_connect_error(&e) {
+                Some(tls) => anyhow!("cannot connect to gateway {url}: {tls}"),
+                None => anyhow!("cannot connect to gateway {url}: {e}"),
+            })?;
     let (mut sink, mut source) = ws.split();
     let connect = Frame::request(
         "1",

@@ -47,6 +47,8 @@ pub struct GatewayConfig {
     pub max_connections: usize,
     /// The gateway's own presence row (rule 1).
     pub self_entry: PresenceEntry,
+    /// Serve `wss://`: the TLS handshake runs inside `handshake_timeout`.
+    pub tls: Option<crate::tls::ServerTls>,
 }
 
 impl GatewayConfig {
@@ -62,6 +64,7 @@ impl GatewayConfig {
             send_queue: 256,
             max_connections: 4096,
             self_entry,
+            tls: None,
         }
     }
 }
