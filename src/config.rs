@@ -837,6 +837,14 @@ mod tests {
             Some(DEFAULT_TICK_INTERVAL.as_secs())
         );
         assert_eq!(file.gateway.enabled, Some(false));
+        assert_eq!(file.allow_insecure_ws, Some(false));
+        // The examples are valid values.
+        assert!(file
+            .tls_fingerprint
+            .as_deref()
+            .and_then(Fingerprint::parse)
+            .is_some());
+        assert!(file.gateway.tls_cert.is_some() && file.gateway.tls_key.is_some());
     }
 
     #[test]
