@@ -317,9 +317,15 @@ impl ServerCertVerifier for PinVerifier {
 /// A one-line description of a TLS failure while connecting, or `None`
 /// when the error is not about TLS.
 pub fn describe_connect_error(e: &tokio_tungstenite::tungstenite::Error) -> Option<String> {
-    use tokio_tungstenite::tungstenite::error::TlsError;
+    use tokio_tungstenite::tungstenite::error::{ProtocolError, TlsError};
     use tokio_tungstenite::tungstenite::Error as WsError;
     let rustls_error = match e {
+        // A TLS server's alert is not an HTTP response.
+        WsError::Protocol(ProtocolError::HttparseError(_)) => {
+            return Some(format!(
+                "the gateway did not answer with HTTP ({e}): if it serves TLS, use a wss:// URL"
+            ))
+        }
         WsError::Io(io) => io.get_ref()?.downcast_ref::<rustls::Error>()?,
         WsError::Tls(TlsError::Rustls(e)) => e,
         WsError::Tls(other) => return Some(format!("TLS failed: {other}")),
@@ -329,7 +335,7 @@ pub fn describe_connect_error(e: &tokio_tungstenite::tungstenite::Error) -> Opti
         rustls::Error::InvalidCertificate(CertificateError::Other(other)) => {
             match other.0.downcast_ref::<PinMismatch>() {
                 Some(m) => format!("{m}; the certificate changed, or this is not the gateway: check --tls-fingerprint / tls_fingerprint"),
-                None => format!("TLS certificate not trusted: {other}"),
+                None => format!("TLS certificate not trusted: {other}; pin it with --tls-fingerprint sha256:<hex> to skip CA and name checks"),
             }
         }
         rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer) => "TLS certificate not trusted: it is not issued by a CA in the system roots (self-signed?); install its CA, or pin it with --tls-fingerprint sha256:<hex> (`clawnode check-config` on the gateway prints it)".to_string(),
