@@ -52,7 +52,7 @@ def check_config(what, toml_text, expect):
 
 # --- Ansible: the role's template, rendered for both roles -------------------
 check_config("ansible agent config", (render_dir / "agent.toml").read_text(),
-             ["# role: agent", 'url = "ws://gw1.example.internal:18789"'])
+             ["# role: agent", 'url = "ws://10.0.0.10:18789"'])
 check_config("ansible gateway config", (render_dir / "gateway.toml").read_text(),
              ["# role: gateway", 'listen = "0.0.0.0:18789"'])
 

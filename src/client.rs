@@ -14,31 +14,43 @@ use crate::config::Secret;
 use crate::protocol::{
     event, method, mode, scope, ClientInfo, ConnectParams, Frame, CLI_CLIENT_ID,
 };
+use crate::tls::ClientTls;
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Connects to `url`, authenticates as a read-only CLI operator and calls
-/// `method` with `params`; returns the response payload.
+/// Connects to `url` (TLS as `tls` says), authenticates as a read-only CLI
+/// operator and calls `method` with `params`; returns the response payload.
 pub async fn call(
     url: &str,
+    tls: &ClientTls,
     token: Option<&Secret>,
     method_name: &str,
     params: Value,
 ) -> Result<Value> {
-    call_with_scopes(url, token, &[scope::OPERATOR_READ], method_name, params).await
+    call_with_scopes(
+        url,
+        tls,
+        token,
+        &[scope::OPERATOR_READ],
+        method_name,
+        params,
+    )
+    .await
 }
 
 /// [`call`] with other operator scopes (`clawnode forget` needs admin).
 pub async fn call_with_scopes(
     url: &str,
+    tls: &ClientTls,
     token: Option<&Secret>,
     scopes: &[&str],
     method_name: &str,
     params: Value,
 ) -> Result<Value> {
+    let connector = crate::tls::client_connector(url, tls)?;
     timeout(
         CALL_TIMEOUT,
-        call_inner(url, token, scopes, method_name, params),
+        call_inner(url, connector, token, scopes, method_name, params),
     )
     .await
     .map_err(|_| {
@@ -51,14 +63,26 @@ pub async fn call_with_scopes(
 
 async fn call_inner(
     url: &str,
+    connector: tokio_tungstenite::Connector,
     token: Option<&Secret>,
     scopes: &[&str],
     method_name: &str,
     params: Value,
 ) -> Result<Value> {
-    let (ws, _) = tokio_tungstenite::connect_async(url)
-        .await
-        .with_context(|| format!("cannot connect to gateway {url}"))?;
+    let (ws, _) =
+        tokio_tungstenite::connect_async_tls_with_config(url, None, false, Some(connector))
+            .await
+            .map_err(|e| match crate::tls::describe_connect_error(&e) {
+                Some(tls) => anyhow!("cannot connect to gateway {url}: {tls}"),
+                // Keep an I/O error as the source, so callers can tell
+                // "nothing listening" from other failures.
+                None => match e {
+                    tokio_tungstenite::tungstenite::Error::Io(io) => {
+                        anyhow::Error::new(io).context(format!("cannot connect to gateway {url}"))
+                    }
+                    e => anyhow!("cannot connect to gateway {url}: {e}"),
+                },
+            })?;
     let (mut sink, mut source) = ws.split();
     let connect = Frame::request(
         "1",

@@ -15,6 +15,7 @@ use serde::Deserialize;
 use crate::gateway::admission::AdmissionLimits;
 use crate::logging::LogFormat;
 use crate::presence::{PresenceLimits, DEFAULT_MAX_ENTRIES, DEFAULT_TTL_MS};
+use crate::tls::{ClientTls, Fingerprint, ServerTlsFiles, FINGERPRINT_FORMAT};
 
 /// Read when it exists and no other file is named (`--config`,
 /// `CLAWNODE_CONFIG`).
@@ -64,6 +65,8 @@ pub struct FileConfig {
     pub log_format: Option<LogFormat>,
     pub beacon_interval_secs: Option<u64>,
     pub stats_interval_secs: Option<u64>,
+    pub tls_fingerprint: Option<String>,
+    pub allow_insecure_ws: Option<bool>,
     #[serde(default)]
     pub gateway: GatewayFileConfig,
 }
@@ -82,6 +85,8 @@ pub struct GatewayFileConfig {
     pub max_connections: Option<usize>,
     pub max_pending_handshakes: Option<usize>,
     pub max_pending_handshakes_per_ip: Option<usize>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 /// How the gateway authenticates clients.
@@ -149,6 +154,10 @@ pub struct Flags {
     pub auth: Option<AuthMode>,
     pub presence_ttl_secs: Option<u64>,
     pub presence_max_entries: Option<usize>,
+    pub tls_fingerprint: Option<String>,
+    pub allow_insecure_ws: bool,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 /// The process environment, captured once (injected in tests).
@@ -275,11 +284,27 @@ pub struct GatewaySettings {
     pub handshake_timeout: Duration,
     pub max_connections: usize,
     pub admission: AdmissionLimits,
+    /// `Some` when the gateway serves TLS (`wss://`).
+    pub tls: Option<ServerTlsFiles>,
 }
 
 impl GatewaySettings {
+    /// How a client on this host reaches the gateway at [`Self::local_url`]:
+    /// with TLS, pinned to the fingerprint of the gateway's own certificate
+    /// file (so a self-signed certificate works). Plaintext is allowed: the
+    /// address is this host's own.
+    pub fn local_client_tls(&self) -> Result<ClientTls> {
+        Ok(ClientTls {
+            fingerprint: match &self.tls {
+                Some(files) => Some(Fingerprint::of_cert_file(&files.cert)?),
+                None => None,
+            },
+            allow_insecure_ws: true,
+        })
+    }
+
     /// The URL a client on this host reaches the gateway at (a wildcard
-    /// listen address is reached on loopback).
+    /// listen address is reached on loopback; `wss://` with TLS).
     pub fn local_url(&self) -> String {
         let ip = match self.listen.ip() {
             std::net::IpAddr::V4(ip) if ip.is_unspecified() => {
@@ -290,7 +315,8 @@ impl GatewaySettings {
             }
             ip => ip,
         };
-        format!("ws://{}", SocketAddr::new(ip, self.listen.port()))
+        let scheme = if self.tls.is_some() { "wss" } else { "ws" };
+        format!("{scheme}://{}", SocketAddr::new(ip, self.listen.port()))
     }
 }
 
@@ -300,6 +326,8 @@ pub struct Settings {
     /// The config file that was read, if any.
     pub config_file: Option<PathBuf>,
     pub url: String,
+    /// Pin and plaintext policy for connections to `url`.
+    pub client_tls: ClientTls,
     pub state_dir: PathBuf,
     pub token: TokenSource,
     pub display_name: Option<String>,
@@ -330,7 +358,35 @@ impl Settings {
             .or_else(|| env.get("CLAWNODE_URL").map(str::to_string))
             .or(file.url.clone())
             .unwrap_or_else(|| DEFAULT_URL.to_string());
-        validate_url(&url)?;
+        let fingerprint = match (
+            &flags.tls_fingerprint,
+            env.get("CLAWNODE_TLS_FINGERPRINT"),
+            &file.tls_fingerprint,
+        ) {
+            (Some(v), _, _) => Some(("--tls-fingerprint", v.as_str())),
+            (None, Some(v), _) => Some(("CLAWNODE_TLS_FINGERPRINT", v)),
+            (None, None, Some(v)) => Some(("tls_fingerprint", v.as_str())),
+            (None, None, None) => None,
+        };
+        let fingerprint = match fingerprint {
+            Some((source, v)) => Some(
+                Fingerprint::parse(v)
+                    .ok_or_else(|| anyhow!("invalid {source} {v:?}: {FINGERPRINT_FORMAT}"))?,
+            ),
+            None => None,
+        };
+        let allow_insecure_ws = flags.allow_insecure_ws
+            || match env.get("CLAWNODE_ALLOW_INSECURE_WS") {
+                Some("1" | "true" | "yes") => true,
+                Some("0" | "false" | "no") => false,
+                Some(v) => bail!("invalid CLAWNODE_ALLOW_INSECURE_WS {v:?}: expected 1 or 0"),
+                None => file.allow_insecure_ws.unwrap_or(false),
+            };
+        let client_tls = ClientTls {
+            fingerprint,
+            allow_insecure_ws,
+        };
+        crate::tls::check_url(&url, &client_tls)?;
 
         let state_dir = flags
             .state_dir
@@ -421,7 +477,17 @@ impl Settings {
             if max_entries == 0 {
                 bail!("presence_max_entries must be at least 1");
             }
+            let tls = match (
+                flags.tls_cert.clone().or(g.tls_cert.clone()),
+                flags.tls_key.clone().or(g.tls_key.clone()),
+            ) {
+                (Some(cert), Some(key)) => Some(ServerTlsFiles { cert, key }),
+                (None, None) => None,
+                (Some(_), None) => bail!("tls_cert is set but tls_key is not: the gateway needs both (--tls-key, [gateway] tls_key)"),
+                (None, Some(_)) => bail!("tls_key is set but tls_cert is not: the gateway needs both (--tls-cert, [gateway] tls_cert)"),
+            };
             Some(GatewaySettings {
+                tls,
                 listen,
                 auth,
                 limits: PresenceLimits {
@@ -480,6 +546,7 @@ impl Settings {
         Ok(Settings {
             config_file: config_path,
             url,
+            client_tls,
             state_dir,
             token,
             display_name,
@@ -498,24 +565,6 @@ impl Settings {
             gateway,
         })
     }
-}
-
-/// Checks a gateway URL: `ws://host[:port][/path]`.
-pub fn validate_url(url: &str) -> Result<()> {
-    let uri: tokio_tungstenite::tungstenite::http::Uri = url
-        .parse()
-        .map_err(|e| anyhow!("invalid gateway URL {url:?}: {e}"))?;
-    match uri.scheme_str() {
-        Some("ws") => {}
-        Some("wss") => bail!(
-            "invalid gateway URL {url:?}: wss:// (TLS) is not supported yet; use ws:// on a trusted network or through a TLS tunnel"
-        ),
-        _ => bail!("invalid gateway URL {url:?}: expected ws://HOST:PORT"),
-    }
-    if uri.host().is_none_or(str::is_empty) {
-        bail!("invalid gateway URL {url:?}: missing host");
-    }
-    Ok(())
 }
 
 /// `$STATE_DIRECTORY` (systemd), else `/var/lib/clawnode` as root, else
@@ -589,7 +638,7 @@ mod tests {
     fn flags_beat_env_beat_file() {
         let tmp = tempfile::tempdir().unwrap();
         let cfg = tmp.path().join("c.toml");
-        std::fs::write(&cfg, "url = \"ws://file:1\"\nstate_dir = \"/file\"\n").unwrap();
+        std::fs::write(&cfg, "url = \"ws://file.local:1\"\nstate_dir = \"/file\"\n").unwrap();
         let flags = Flags {
             config: Some(cfg.clone()),
             ..Flags::default()
@@ -597,32 +646,32 @@ mod tests {
         let s = resolve(flags.clone(), &[]).unwrap();
         assert_eq!(
             (s.url.as_str(), s.state_dir.as_path()),
-            ("ws://file:1", Path::new("/file"))
+            ("ws://file.local:1", Path::new("/file"))
         );
         let s = resolve(
             flags.clone(),
             &[
-                ("CLAWNODE_URL", "ws://env:1"),
+                ("CLAWNODE_URL", "ws://env.local:1"),
                 ("CLAWNODE_STATE_DIR", "/env"),
             ],
         )
         .unwrap();
         assert_eq!(
             (s.url.as_str(), s.state_dir.as_path()),
-            ("ws://env:1", Path::new("/env"))
+            ("ws://env.local:1", Path::new("/env"))
         );
         let s = resolve(
             Flags {
-                url: Some("ws://flag:1".into()),
+                url: Some("ws://flag.local:1".into()),
                 state_dir: Some("/flag".into()),
                 ..flags
             },
-            &[("CLAWNODE_URL", "ws://env:1")],
+            &[("CLAWNODE_URL", "ws://env.local:1")],
         )
         .unwrap();
         assert_eq!(
             (s.url.as_str(), s.state_dir.as_path()),
-            ("ws://flag:1", Path::new("/flag"))
+            ("ws://flag.local:1", Path::new("/flag"))
         );
     }
 
@@ -709,11 +758,31 @@ mod tests {
             ..Flags::default()
         })
         .contains("invalid gateway URL"));
+        assert!(resolve(
+            Flags {
+                url: Some("wss://x".into()),
+                ..Flags::default()
+            },
+            &h
+        )
+        .is_ok());
         assert!(err(Flags {
-            url: Some("wss://x".into()),
+            url: Some("ws://gateway.example.com:1".into()),
             ..Flags::default()
         })
-        .contains("TLS"));
+        .contains("refusing plaintext ws://"));
+        assert!(err(Flags {
+            url: Some("wss://x".into()),
+            tls_fingerprint: Some("sha256:12".into()),
+            ..Flags::default()
+        })
+        .contains("invalid --tls-fingerprint \"sha256:12\""));
+        assert!(err(Flags {
+            gateway: true,
+            tls_cert: Some("/c.pem".into()),
+            ..Flags::default()
+        })
+        .contains("tls_key is not"));
         let gw = |listen: &str, auth| Flags {
             gateway: true,
             listen: Some(listen.into()),
@@ -816,9 +885,12 @@ mod tests {
         env.default_config = Some(cfg.clone());
         let s = Settings::resolve(&Flags::default(), &env).unwrap();
         assert_eq!((s.config_file, s.url.as_str()), (None, DEFAULT_URL));
-        std::fs::write(&cfg, "url = \"ws://gw:1\"\n").unwrap();
+        std::fs::write(&cfg, "url = \"ws://gw.local:1\"\n").unwrap();
         let s = Settings::resolve(&Flags::default(), &env).unwrap();
-        assert_eq!((s.config_file, s.url.as_str()), (Some(cfg), "ws://gw:1"));
+        assert_eq!(
+            (s.config_file, s.url.as_str()),
+            (Some(cfg), "ws://gw.local:1")
+        );
     }
 
     #[test]
@@ -867,6 +939,14 @@ mod tests {
             Some(admission.per_ip)
         );
         assert_eq!(file.gateway.enabled, Some(false));
+        assert_eq!(file.allow_insecure_ws, Some(false));
+        // The examples are valid values.
+        assert!(file
+            .tls_fingerprint
+            .as_deref()
+            .and_then(Fingerprint::parse)
+            .is_some());
+        assert!(file.gateway.tls_cert.is_some() && file.gateway.tls_key.is_some());
     }
 
     #[test]

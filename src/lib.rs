@@ -18,6 +18,7 @@ pub mod protocol;
 pub mod service;
 pub mod shutdown;
 pub mod state_file;
+pub mod tls;
 
 /// This build's version, reported to gateways and in presence rows.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

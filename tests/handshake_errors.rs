@@ -61,6 +61,7 @@ fn node_params(
 ) -> clawnode::protocol::ConnectParams {
     let config = clawnode::agent::AgentConfig {
         url: String::new(),
+        tls: Default::default(),
         token: clawnode::config::TokenSource::Env {
             var: "X",
             token: token.clone(),

@@ -114,7 +114,13 @@ fn a_silent_partition_is_detected_by_both_sides_and_healed() {
 
     let agent_state = tempfile::tempdir().unwrap();
     let url = format!("ws://{}:{port}", ns.ns_addr);
-    let agent = spawn_agent(&url, &token_file, agent_state.path(), &[]);
+    // TEST-NET-2 is not a private range: plaintext must be allowed explicitly.
+    let agent = spawn_agent(
+        &url,
+        &token_file,
+        agent_state.path(),
+        &["--allow-insecure-ws"],
+    );
     agent.wait_for_log("connected", Duration::from_secs(20));
     let id = std::fs::read_to_string(agent_state.path().join("instance-id"))
         .unwrap()

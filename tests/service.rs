@@ -441,7 +441,7 @@ fn check_config_prints_the_effective_configuration_without_the_token() {
     std::fs::write(
         &cfg,
         format!(
-            "url = \"ws://gw.example.internal:18789\"\ntoken_file = \"{}\"\nbeacon_interval_secs = 15\n",
+            "url = \"wss://gw.example.internal:18789\"\ntoken_file = \"{}\"\nbeacon_interval_secs = 15\n",
             token.display()
         ),
     )
@@ -449,7 +449,7 @@ fn check_config_prints_the_effective_configuration_without_the_token() {
     let (code, out, err) = common::run_cli(&["check-config", "--config", cfg.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
     assert!(
-        out.contains("url = \"ws://gw.example.internal:18789\""),
+        out.contains("url = \"wss://gw.example.internal:18789\""),
         "{out}"
     );
     assert!(out.contains("beacon_interval_secs = 15"), "{out}");

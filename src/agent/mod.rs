@@ -29,6 +29,8 @@ pub const STABLE_AFTER: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
     pub url: String,
+    /// Certificate pin and plaintext policy for `url`.
+    pub tls: crate::tls::ClientTls,
     pub token: TokenSource,
     pub display_name: Option<String>,
     pub beacon_interval: Duration,
@@ -110,6 +112,13 @@ pub fn is_loopback_url(url: &str) -> bool {
     }
 }
 
+/// OpenClaw retries once with a stored device token only on trusted
+/// endpoints: loopback, or `wss://` with a pinned certificate.
+fn trusts_stored_device_token(config: &AgentConfig) -> bool {
+    is_loopback_url(&config.url)
+        || (config.url.starts_with("wss://") && config.tls.fingerprint.is_some())
+}
+
 /// Runs the agent until `shutdown`. `notifier` hears readiness (first
 /// hello-ok), status lines and watchdog pings from this loop.
 pub async fn run(
@@ -170,7 +179,7 @@ pub async fn run(
                         if e.detail_code() == Some(ErrorDetailCode::AuthTokenMismatch)
                             && !retrying_with_device_token
                             && stored.is_some()
-                            && is_loopback_url(&config.url) =>
+                            && trusts_stored_device_token(&config) =>
                     {
                         retrying_with_device_token = true;
                         info!(error = %e, "shared token refused; retrying once with the stored device token");

@@ -202,10 +202,23 @@ pub async fn run(
         after_hello: false,
     };
     let url = &inputs.config.url;
+    // Rebuilt every attempt, so new system CAs are picked up.
+    let connector = match crate::tls::client_connector(url, &inputs.config.tls) {
+        Ok(c) => c,
+        Err(e) => return lost(format!("{e:#}")),
+    };
+    let connect = tokio_tungstenite::connect_async_tls_with_config(
+        url.as_str(),
+        None,
+        false,
+        Some(connector),
+    );
     let ws = tokio::select! {
-        r = timeout(HANDSHAKE_TIMEOUT, tokio_tungstenite::connect_async(url.as_str())) => match r {
+        r = timeout(HANDSHAKE_TIMEOUT, connect) => match r {
             Ok(Ok((ws, _))) => ws,
-            Ok(Err(e)) => return lost(describe_ws_error(&e)),
+            Ok(Err(e)) => {
+                return lost(crate::tls::describe_connect_error(&e).unwrap_or_else(|| describe_ws_error(&e)));
+            }
             Err(_) => return lost("connect timed out".into()),
         },
         _ = shutdown.wait() => return SessionEnd::Shutdown,

@@ -10,7 +10,19 @@ use crate::config::{Env, Settings, TokenSource};
 pub fn run(args: RunArgs) -> Result<()> {
     let settings = Settings::resolve(&args.flags(), &Env::from_process())?;
     let token_note = check_token(&settings)?;
-    print!("{}", render(&settings, &token_note));
+    // Loads the gateway's certificate and key as `run` would.
+    let tls = match settings.gateway.as_ref().and_then(|g| g.tls.as_ref()) {
+        Some(files) => Some(crate::tls::ServerTls::load(files)?),
+        None => None,
+    };
+    let mut text = render(&settings, &token_note);
+    if let Some(tls) = tls {
+        text.push_str(&format!(
+            "# TLS certificate fingerprint (pin it on agents with --tls-fingerprint): {}\n",
+            tls.fingerprint
+        ));
+    }
+    print!("{text}");
     Ok(())
 }
 
@@ -56,6 +68,16 @@ pub fn render(s: &Settings, token_note: &str) -> String {
     ));
     line(format!("# {token_note}"));
     line(format!("url = {}", quote(&s.url)));
+    match &s.client_tls.fingerprint {
+        Some(f) => line(format!("tls_fingerprint = {}", quote(&f.to_string()))),
+        None => {
+            line("# tls_fingerprint: none (wss:// is verified against the system roots)".into())
+        }
+    }
+    line(format!(
+        "allow_insecure_ws = {}",
+        s.client_tls.allow_insecure_ws
+    ));
     match &s.token {
         TokenSource::File(p) | TokenSource::StateDirDefault(p) => {
             line(format!("token_file = {}", quote(&p.to_string_lossy())))
@@ -111,6 +133,16 @@ pub fn render(s: &Settings, token_note: &str) -> String {
             "max_pending_handshakes_per_ip = {}",
             g.admission.per_ip
         ));
+        match &g.tls {
+            Some(files) => {
+                line(format!(
+                    "tls_cert = {}",
+                    quote(&files.cert.to_string_lossy())
+                ));
+                line(format!("tls_key = {}", quote(&files.key.to_string_lossy())));
+            }
+            None => line("# tls_cert, tls_key: none (plaintext ws://)".into()),
+        }
     }
     out
 }

@@ -21,20 +21,23 @@ pub async fn run(args: ForgetArgs) -> Result<()> {
             state_dir: args.common.state_dir.clone(),
             url: args.url.clone(),
             token_file: args.token_file.clone(),
+            tls_fingerprint: args.client_tls.tls_fingerprint.clone(),
+            allow_insecure_ws: args.client_tls.allow_insecure_ws,
             ..Flags::default()
         },
         &Env::from_process(),
     )?;
-    let url = match &settings.gateway {
+    let (url, tls) = match &settings.gateway {
         Some(gw) if args.url.is_none() && std::env::var_os("CLAWNODE_URL").is_none() => {
-            gw.local_url()
+            (gw.local_url(), gw.local_client_tls()?)
         }
-        _ => settings.url.clone(),
+        _ => (settings.url.clone(), settings.client_tls.clone()),
     };
     let token = settings.token.read()?;
     let pins_file = settings.state_dir.join(pins::PINS_FILE);
     let answer = crate::client::call_with_scopes(
         &url,
+        &tls,
         token.as_ref(),
         &[scope::OPERATOR_ADMIN],
         method::INSTANCE_FORGET,
@@ -75,10 +78,5 @@ fn is_unreachable(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         c.downcast_ref::<std::io::Error>()
             .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
-            || c.downcast_ref::<tokio_tungstenite::tungstenite::Error>()
-                .is_some_and(|ws| {
-                    matches!(ws, tokio_tungstenite::tungstenite::Error::Io(io)
-                        if io.kind() == std::io::ErrorKind::ConnectionRefused)
-                })
     })
 }

@@ -42,6 +42,18 @@ pub enum Command {
     Forget(ForgetArgs),
 }
 
+/// How a client reaches the gateway over TLS (agent and `presence`).
+#[derive(Debug, Args, Clone, Default)]
+pub struct ClientTlsArgs {
+    /// Pin the gateway's TLS certificate: only a certificate with this
+    /// SHA-256 fingerprint is accepted (no CA or host name check).
+    #[arg(long, value_name = "sha256:HEX")]
+    pub tls_fingerprint: Option<String>,
+    /// Allow plaintext ws:// to a host that is not loopback or private.
+    #[arg(long)]
+    pub allow_insecure_ws: bool,
+}
+
 /// Options shared by every command that reads the configuration.
 #[derive(Debug, Args, Clone, Default)]
 pub struct CommonArgs {
@@ -69,6 +81,14 @@ pub struct RunArgs {
     /// Gateway URL the agent connects to.
     #[arg(long, value_name = "URL")]
     pub url: Option<String>,
+    #[command(flatten)]
+    pub client_tls: ClientTlsArgs,
+    /// Gateway TLS certificate chain (PEM); serve wss:// with --tls-key.
+    #[arg(long, value_name = "PATH")]
+    pub tls_cert: Option<PathBuf>,
+    /// Gateway TLS private key (PEM).
+    #[arg(long, value_name = "PATH")]
+    pub tls_key: Option<PathBuf>,
     /// File holding the gateway token (never pass a token on the command line).
     #[arg(long, value_name = "PATH")]
     pub token_file: Option<PathBuf>,
@@ -93,6 +113,8 @@ pub struct PresenceArgs {
     /// Gateway URL.
     #[arg(long, value_name = "URL")]
     pub url: Option<String>,
+    #[command(flatten)]
+    pub client_tls: ClientTlsArgs,
     /// File holding the gateway token.
     #[arg(long, value_name = "PATH")]
     pub token_file: Option<PathBuf>,
@@ -114,6 +136,8 @@ pub struct ForgetArgs {
     /// File holding the gateway token.
     #[arg(long, value_name = "PATH")]
     pub token_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub client_tls: ClientTlsArgs,
 }
 
 #[derive(Debug, Args)]
@@ -139,6 +163,10 @@ impl RunArgs {
             auth: self.auth,
             presence_ttl_secs: self.presence_ttl_secs,
             presence_max_entries: self.presence_max_entries,
+            tls_fingerprint: self.client_tls.tls_fingerprint.clone(),
+            allow_insecure_ws: self.client_tls.allow_insecure_ws,
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
         }
     }
 }

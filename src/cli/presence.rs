@@ -16,6 +16,8 @@ pub async fn run(args: PresenceArgs) -> Result<()> {
             state_dir: args.common.state_dir.clone(),
             url: args.url.clone(),
             token_file: args.token_file.clone(),
+            tls_fingerprint: args.client_tls.tls_fingerprint.clone(),
+            allow_insecure_ws: args.client_tls.allow_insecure_ws,
             ..Flags::default()
         },
         &Env::from_process(),
@@ -23,14 +25,21 @@ pub async fn run(args: PresenceArgs) -> Result<()> {
     let token = settings.token.read()?;
     // On the gateway host (config `[gateway] enabled = true`), ask the
     // local gateway unless a URL was given.
-    let url = match &settings.gateway {
+    // With TLS it pins the gateway's own certificate.
+    let (url, tls) = match &settings.gateway {
         Some(gw) if args.url.is_none() && std::env::var_os("CLAWNODE_URL").is_none() => {
-            gw.local_url()
+            (gw.local_url(), gw.local_client_tls()?)
         }
-        _ => settings.url.clone(),
+        _ => (settings.url.clone(), settings.client_tls.clone()),
     };
-    let payload =
-        crate::client::call(&url, token.as_ref(), method::SYSTEM_PRESENCE, Value::Null).await?;
+    let payload = crate::client::call(
+        &url,
+        &tls,
+        token.as_ref(),
+        method::SYSTEM_PRESENCE,
+        Value::Null,
+    )
+    .await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&payload)?);
         return Ok(());

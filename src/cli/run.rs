@@ -17,16 +17,24 @@ use crate::protocol::{mode, PresenceEntry};
 use crate::service::ServiceNotifier;
 use crate::shutdown::{self, Shutdown};
 use crate::state_file;
+use crate::tls::ServerTls;
 
 pub async fn run(args: RunArgs) -> Result<()> {
     let settings = Settings::resolve(&args.flags(), &Env::from_process())?;
     // Fail fast on bad input before logging anything, so it is one line:
-    // a port in use, an unreadable token file.
+    // a bad TLS certificate or key, a port in use, an unreadable token file.
     let gateway_parts = match &settings.gateway {
-        Some(gw) => Some((
-            gateway::bind(gw.listen).await?,
-            gateway_token(&settings, gw)?,
-        )),
+        Some(gw) => {
+            let tls = gw.tls.as_ref().map(ServerTls::load).transpose()?;
+            let listener = gateway::bind(gw.listen).await?;
+            let (token, token_note) = gateway_token(&settings, gw)?;
+            Some(GatewayParts {
+                listener,
+                token,
+                token_note,
+                tls,
+            })
+        }
         None => {
             settings.token.read()?;
             None
@@ -83,8 +91,15 @@ pub async fn run(args: RunArgs) -> Result<()> {
     result
 }
 
-/// The listener and token of a gateway host, bound before logging starts.
-type GatewayParts = (tokio::net::TcpListener, (Option<Secret>, String));
+/// What a gateway host loads before logging starts (so a bad file or a
+/// port in use is one line): the bound listener, the token with a note on
+/// where it came from, and the TLS identity.
+struct GatewayParts {
+    listener: tokio::net::TcpListener,
+    token: Option<Secret>,
+    token_note: String,
+    tls: Option<ServerTls>,
+}
 
 async fn run_role(
     settings: &Settings,
@@ -94,13 +109,14 @@ async fn run_role(
     stop: Shutdown,
 ) -> Result<()> {
     match (&settings.gateway, gateway_parts) {
-        (Some(gw), Some((listener, (token, note)))) => {
-            info!("{note}");
-            run_gateway(settings, gw, listener, token, &identity, notifier, stop).await
+        (Some(gw), Some(parts)) => {
+            info!("{}", parts.token_note);
+            run_gateway(settings, gw, parts, &identity, notifier, stop).await
         }
         _ => {
             let config = AgentConfig {
                 url: settings.url.clone(),
+                tls: settings.client_tls.clone(),
                 token: settings.token.clone(),
                 display_name: settings.display_name.clone(),
                 beacon_interval: settings.beacon_interval,
@@ -217,8 +233,7 @@ pub fn self_entry(
 async fn run_gateway(
     settings: &Settings,
     gw: &GatewaySettings,
-    listener: tokio::net::TcpListener,
-    token: Option<Secret>,
+    parts: GatewayParts,
     identity: &DeviceIdentity,
     notifier: ServiceNotifier,
     mut stop: Shutdown,
@@ -233,6 +248,12 @@ async fn run_gateway(
         Ok(limit) => info!(open_file_limit = limit, "open-file limit"),
         Err(e) => warn!(error = %e, "cannot read the open-file limit"),
     }
+    let GatewayParts {
+        listener,
+        token,
+        tls,
+        ..
+    } = parts;
     let mut config = GatewayConfig::new(gw.listen, token, self_entry(settings, identity, &facts));
     config.limits = gw.limits;
     config.tick_interval = gw.tick_interval;
@@ -240,11 +261,17 @@ async fn run_gateway(
     config.max_connections = gw.max_connections;
     config.admission = gw.admission;
     config.pins_file = Some(settings.state_dir.join(gateway::pins::PINS_FILE));
+    let tls_note = match &tls {
+        Some(t) => format!("wss (certificate {})", t.fingerprint),
+        None => "none (ws://)".to_string(),
+    };
+    config.tls = tls;
     let gateway = Gateway::new(listener, config)?.with_notifier(notifier.clone());
     gateway.pin_self(identity.instance_id(), identity.device_id());
     info!(
         listen = %gateway.local_addr()?,
         auth = gateway::describe_auth(gw.auth),
+        tls = %tls_note,
         instance_id = identity.instance_id(),
         ttl_secs = gw.limits.ttl_ms / 1000,
         max_entries = gw.limits.max_entries,

@@ -33,9 +33,10 @@ use crate::protocol::{
     event, method, ConnectChallenge, ConnectParams, ErrorCode, ErrorDetailCode, ErrorShape, Frame,
     HelloOk, Role, MIN_NODE_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
+use crate::tls::ServerStream;
 
-type Sink = SplitSink<WebSocketStream<TcpStream>, Message>;
-type Source = SplitStream<WebSocketStream<TcpStream>>;
+type Sink = SplitSink<WebSocketStream<ServerStream>, Message>;
+type Source = SplitStream<WebSocketStream<ServerStream>>;
 
 /// A write that takes longer than this means the peer stopped reading.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -101,6 +102,18 @@ async fn serve_connection(
 ) {
     let config = &shared.config;
     let deadline = Instant::now() + config.handshake_timeout;
+    // TLS (when configured) is part of the handshake and its deadline.
+    let stream = match timeout_at(deadline, crate::tls::accept(stream, config.tls.as_ref())).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            debug!(error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            debug!("TLS handshake timed out");
+            return;
+        }
+    };
     let ws_config = WebSocketConfig::default()
         .max_message_size(Some(config.max_payload))
         .max_frame_size(Some(config.max_payload));

@@ -53,6 +53,8 @@ pub struct GatewayConfig {
     pub admission: admission::AdmissionLimits,
     /// The gateway's own presence row (rule 1).
     pub self_entry: PresenceEntry,
+    /// Serve `wss://`: the TLS handshake runs inside `handshake_timeout`.
+    pub tls: Option<crate::tls::ServerTls>,
 }
 
 impl GatewayConfig {
@@ -70,6 +72,7 @@ impl GatewayConfig {
             admission: admission::AdmissionLimits::default(),
             pins_file: None,
             self_entry,
+            tls: None,
         }
     }
 }

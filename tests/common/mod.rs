@@ -142,15 +142,93 @@ impl Drop for Proc {
     }
 }
 
+/// A self-signed certificate (and its key) for `localhost` and 127.0.0.1,
+/// written as PEM files, made with rcgen.
+pub struct TestCert {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// `sha256:<hex>` of the certificate's DER, as agents pin it.
+    pub fingerprint: String,
+}
+
+impl TestCert {
+    pub fn self_signed(dir: &Path, name: &str) -> TestCert {
+        let rcgen::CertifiedKey { cert, signing_key } = rcgen::generate_simple_self_signed(vec![
+            "localhost".to_string(),
+            "127.0.0.1".to_string(),
+        ])
+        .expect("generate certificate");
+        Self::write(dir, name, &cert, &signing_key)
+    }
+
+    /// A CA (returned as PEM) and a server certificate for `localhost` and
+    /// 127.0.0.1 that it issued.
+    pub fn ca_signed(dir: &Path, name: &str) -> (TestCert, String) {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+        let ca_key = KeyPair::generate().expect("CA key");
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "clawnode test CA");
+        let ca_cert = ca_params.self_signed(&ca_key).expect("CA cert");
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let key = KeyPair::generate().expect("server key");
+        let params = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .expect("server params");
+        let cert = params.signed_by(&key, &issuer).expect("server cert");
+        (Self::write(dir, name, &cert, &key), ca_cert.pem())
+    }
+
+    fn write(dir: &Path, name: &str, cert: &rcgen::Certificate, key: &rcgen::KeyPair) -> TestCert {
+        use sha2::Digest;
+        let cert_path = dir.join(format!("{name}.cert.pem"));
+        let key_path = dir.join(format!("{name}.key.pem"));
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        let digest = sha2::Sha256::digest(cert.der());
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        TestCert {
+            cert: cert_path,
+            key: key_path,
+            fingerprint: format!("sha256:{hex}"),
+        }
+    }
+}
+
 /// A gateway on an ephemeral loopback port with its own state dir.
 pub struct TestGateway {
     pub proc: Proc,
     pub addr: SocketAddr,
     pub state_dir: PathBuf,
+    /// The certificate it serves `wss://` with, if any.
+    pub tls: Option<TestCert>,
     _tmp: Option<tempfile::TempDir>,
 }
 
 impl TestGateway {
+    /// A gateway serving `wss://` with a fresh self-signed certificate.
+    pub fn start_tls(extra: &[&str]) -> TestGateway {
+        let tmp = tempfile::tempdir().unwrap();
+        let cert = TestCert::self_signed(tmp.path(), "gateway");
+        let mut gw = Self::start_at_with_cert(tmp.path(), cert, extra);
+        gw._tmp = Some(tmp);
+        gw
+    }
+
+    /// A gateway serving `wss://` with `cert`, on a state dir the caller owns.
+    pub fn start_at_with_cert(state_dir: &Path, cert: TestCert, extra: &[&str]) -> TestGateway {
+        let (c, k) = (
+            cert.cert.to_str().unwrap().to_string(),
+            cert.key.to_str().unwrap().to_string(),
+        );
+        let mut args = vec!["--tls-cert", &c, "--tls-key", &k];
+        args.extend_from_slice(extra);
+        let mut gw = Self::start_at_with_env(state_dir, &args, &[]);
+        gw.tls = Some(cert);
+        gw
+    }
+
     /// A gateway with a fresh temporary state dir.
     pub fn start(extra: &[&str]) -> TestGateway {
         let tmp = tempfile::tempdir().unwrap();
@@ -190,12 +268,27 @@ impl TestGateway {
             proc,
             addr,
             state_dir: state_dir.to_path_buf(),
+            tls: None,
             _tmp: None,
         }
     }
 
     pub fn url(&self) -> String {
-        format!("ws://{}", self.addr)
+        match self.tls {
+            Some(_) => format!("wss://{}", self.addr),
+            None => format!("ws://{}", self.addr),
+        }
+    }
+
+    /// How our client reaches this gateway: pinned to its certificate.
+    pub fn client_tls(&self) -> clawnode::tls::ClientTls {
+        clawnode::tls::ClientTls {
+            fingerprint: self
+                .tls
+                .as_ref()
+                .map(|c| clawnode::tls::Fingerprint::parse(&c.fingerprint).unwrap()),
+            allow_insecure_ws: false,
+        }
     }
 
     pub fn token_file(&self) -> PathBuf {
@@ -211,7 +304,8 @@ impl TestGateway {
         spawn_agent(&self.url(), &self.token_file(), state, extra)
     }
 
-    /// Runs `clawnode presence` against this gateway.
+    /// Runs `clawnode presence` against this gateway (pinned to its
+    /// certificate when it serves TLS).
     pub fn presence_cli(&self, extra: &[&str]) -> (i32, String, String) {
         let url = self.url();
         let tf = self.token_file();
@@ -222,6 +316,9 @@ impl TestGateway {
             "--token-file",
             tf.to_str().unwrap(),
         ];
+        if let Some(cert) = &self.tls {
+            args.extend(["--tls-fingerprint", &cert.fingerprint]);
+        }
         args.extend_from_slice(extra);
         run_cli(&args)
     }
@@ -229,6 +326,7 @@ impl TestGateway {
     pub async fn presence(&self) -> Vec<PresenceEntry> {
         let v = clawnode::client::call(
             &self.url(),
+            &self.client_tls(),
             Some(&self.token()),
             "system-presence",
             Value::Null,
@@ -468,6 +566,10 @@ fn scrub_env(cmd: &mut Command) {
         "CLAWNODE_STATE_DIR",
         "CLAWNODE_CONFIG",
         "CLAWNODE_LOG_FORMAT",
+        "CLAWNODE_TLS_FINGERPRINT",
+        "CLAWNODE_ALLOW_INSECURE_WS",
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
         "STATE_DIRECTORY",
         "NOTIFY_SOCKET",
         "WATCHDOG_USEC",

@@ -24,6 +24,7 @@ fn block_on<F: Future>(f: F) -> F::Output {
 fn ours(url: &str, token: &Secret, method: &str) -> Value {
     block_on(clawnode::client::call(
         url,
+        &Default::default(),
         Some(token),
         method,
         Value::Null,
