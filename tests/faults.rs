@@ -173,10 +173,12 @@ async fn a_long_outage_backs_off_to_the_cap_and_recovers_within_one_interval() {
     );
 
     assert!(delays.iter().all(|d| *d <= 30.0), "{delays:?}");
-    // Full jitter: each delay is uniform in [0.1 s, cap]. The cap reaches
-    // 30 s by the sixth attempt; over the outage the mean delay is ~15 s,
-    // so the attempts are about outage/15 plus the short early ones.
-    let bound = 8 + (outage.as_secs() / 5) as usize;
+    // Equal jitter: attempt n waits in [c/2, c], c = min(30 s, 2^n s). From
+    // the sixth attempt on the agent waits 15-30 s: 30 s ± jitter.
+    for (n, d) in delays.iter().enumerate().skip(5) {
+        assert!(*d >= 15.0, "attempt {n} waited only {d}s: {delays:?}");
+    }
+    let bound = 6 + (outage.as_secs() / 15) as usize;
     assert!(
         delays.len() <= bound,
         "{} attempts in {outage:?} (bound {bound}): {delays:?}",

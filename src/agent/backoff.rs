@@ -1,12 +1,17 @@
-//! Reconnect delays: exponential with full jitter (AWS architecture blog,
+//! Reconnect delays: exponential with "equal jitter" (AWS architecture blog,
 //! "Exponential Backoff And Jitter"), written by hand in a few lines rather
 //! than pulling in a crate. The random source is injected for tests.
+//!
+//! Equal rather than full jitter: at the 30 s cap an agent waits 15–30 s,
+//! never a pointless 0.1 s against a gateway that has been gone for minutes,
+//! while a fleet cut off at once still spreads its returns over each step's
+//! upper half.
 
 use std::time::Duration;
 
-/// Exponential backoff with full jitter: attempt `n` waits a uniformly random
-/// time in `[floor, min(max, base * 2^n)]`. The small floor keeps an unlucky
-/// draw of ~0 from turning into a tight reconnect loop.
+/// Exponential backoff with equal jitter: attempt `n` waits a uniformly
+/// random time in `[c/2, c]` where `c = min(max, base * 2^n)`; never less
+/// than a small floor.
 pub struct Backoff {
     base: Duration,
     max: Duration,
@@ -51,7 +56,7 @@ impl Backoff {
         let ceiling = self.ceiling();
         self.attempt = self.attempt.saturating_add(1);
         let r = (self.random)().clamp(0.0, 1.0);
-        ceiling.mul_f64(r).max(self.floor)
+        ceiling.mul_f64(0.5 + r / 2.0).max(self.floor)
     }
 
     /// The maximum delay, for failures that retrying sooner cannot fix.
@@ -86,11 +91,14 @@ mod tests {
     }
 
     #[test]
-    fn full_jitter_spans_the_range_with_a_floor() {
+    fn equal_jitter_spans_the_upper_half() {
         let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(30), || 0.0);
-        assert_eq!(b.next_delay(), Duration::from_millis(100));
+        assert_eq!(secs(&mut b, 7), vec![0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 15.0]);
         let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(30), || 0.5);
-        assert_eq!(secs(&mut b, 3), vec![0.5, 1.0, 2.0]);
+        assert_eq!(secs(&mut b, 3), vec![0.75, 1.5, 3.0]);
+        // The floor holds for tiny bases.
+        let mut b = Backoff::new(Duration::from_millis(10), Duration::from_secs(1), || 0.0);
+        assert_eq!(b.next_delay(), Duration::from_millis(10));
     }
 
     #[test]
