@@ -291,10 +291,7 @@ impl FakeGateway {
     /// Starts an agent against it, with `config` as its config file.
     fn agent(&self, dir: &Path, config: &str) -> Proc {
         let tf = dir.join("token");
-        std::fs::write(&tf, "tok").unwrap();
-        // As a token file should be (a readable one is warned about).
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(&tf, std::fs::Permissions::from_mode(0o600)).unwrap();
+        write_token_file(&tf, "tok");
         let cfg = dir.join("clawnode.toml");
         std::fs::write(&cfg, config).unwrap();
         spawn_agent(

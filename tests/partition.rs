@@ -151,7 +151,7 @@ fn a_silent_partition_is_detected_by_both_sides_and_healed() {
     // The gateway: the half-open connection is reaped, the row kept as a
     // disconnect until its TTL.
     let gateway_reaped = wait_until("the gateway reaping", limit, || {
-        gw.count_log("peer silent for two ticks") > 0
+        gw.count_log("peer unreachable") > 0
     });
     let reason = row_reason(&presence_in(&ns, port, tf), &id);
     assert_eq!(reason.as_deref(), Some("disconnect"));

@@ -536,18 +536,16 @@ async fn session(
 ) {
     let mut seq: u64 = 0;
     // A peer that vanished without a FIN (power loss, partition) is found by
-    // silence: every tick we ping; any frame from the peer (the pong
-    // included) proves it alive; two ticks of nothing and it is dropped.
+    // the kernel: we ping every tick, and the listener set TCP_USER_TIMEOUT
+    // to two ticks, so data left unacknowledged that long fails the socket
+    // (ETIMEDOUT). A live client that is merely busy still acknowledges at
+    // the TCP level and is not dropped (a full queue is handled apart).
     let tick = shared.config.tick_interval;
     let mut liveness = tokio::time::interval_at(Instant::now() + tick, tick);
     liveness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_heard = Instant::now();
     loop {
         tokio::select! {
             msg = source.next() => {
-                if let Some(Ok(_)) = &msg {
-                    last_heard = Instant::now();
-                }
                 match msg {
                     Some(Ok(Message::Text(text))) => {
                         let Some(reply) = methods::handle_text(shared, ctx, &text) else { continue };
@@ -568,6 +566,10 @@ async fn session(
                         close(sink, CloseCode::Size, "frame too large").await;
                         return;
                     }
+                    Some(Err(WsError::Io(e))) if e.kind() == std::io::ErrorKind::TimedOut => {
+                        info!("peer unreachable: pings unacknowledged for two ticks; dropping the connection");
+                        return;
+                    }
                     Some(Err(e)) => {
                         debug!(error = %e, "read failed");
                         return;
@@ -581,12 +583,6 @@ async fn session(
                 }
             }
             _ = liveness.tick() => {
-                let silent = last_heard.elapsed();
-                if silent >= tick * 2 {
-                    info!(silent_ms = silent.as_millis() as u64, "peer silent for two ticks; dropping the connection");
-                    close(sink, CloseCode::Away, "no traffic from the peer (connection presumed dead)").await;
-                    return;
-                }
                 if send_message(sink, Message::Ping(Default::default())).await.is_err() {
                     return;
                 }

@@ -69,6 +69,11 @@ pub async fn serve(
                     match admitted {
                         Ok((permit, ticket)) => {
                             let _ = stream.set_nodelay(true);
+                            // A peer gone without a FIN (power loss, partition)
+                            // stops acknowledging the pings the handler sends
+                            // every tick: the kernel then fails the socket.
+                            let _ = socket2::SockRef::from(&stream)
+                                .set_tcp_user_timeout(Some(shared.config.tick_interval * 2));
                             handlers.spawn(handler::run(stream, peer, shared.clone(), stop_rx.clone(), permit, ticket));
                         }
                         Err(why) => {

@@ -118,6 +118,17 @@ mod tests {
     use super::*;
     use crate::protocol::test_vectors::wire;
 
+    /// Found by the `frame` fuzz target on OpenClaw's own hello-ok: without
+    /// correctly rounded float parsing, relaying a frame changed the last
+    /// digit of `intervalMs`.
+    #[test]
+    fn floats_survive_a_round_trip_exactly() {
+        let text = r#"{"type":"event","event":"x","payload":{"intervalMs":1014.8658505999989}}"#;
+        let frame = Frame::parse(text).unwrap();
+        assert_eq!(frame.to_text(), text);
+        assert_eq!(Frame::parse(&frame.to_text()).unwrap(), frame);
+    }
+
     #[test]
     fn parses_every_captured_frame() {
         for name in [

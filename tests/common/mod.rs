@@ -359,6 +359,14 @@ impl TestGateway {
     }
 }
 
+/// Writes a token file as it should be on a real host: mode 0600 (a
+/// readable one is warned about).
+pub fn write_token_file(path: &Path, token: &str) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::write(path, format!("{token}\n")).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
 /// Starts `clawnode run` as an agent.
 pub fn spawn_agent(url: &str, token_file: &Path, state: &Path, extra: &[&str]) -> Proc {
     let mut args = vec![

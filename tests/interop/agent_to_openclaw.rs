@@ -10,8 +10,15 @@ use crate::common::*;
 /// Our agent against `url`, with `token` in a file and its own state dir.
 fn start_agent(url: &str, token: &str, dir: &std::path::Path, name: &str) -> Proc {
     let tf = dir.join("token");
-    std::fs::write(&tf, token).unwrap();
-    spawn_agent(url, &tf, &dir.join("state"), &["--display-name", name])
+    write_token_file(&tf, token);
+    // The namespace's veth has a TEST-NET-2 address, which is not private:
+    // plaintext ws:// to it must be allowed explicitly (harmless on loopback).
+    spawn_agent(
+        url,
+        &tf,
+        &dir.join("state"),
+        &["--display-name", name, "--allow-insecure-ws"],
+    )
 }
 
 fn nodes(gw: &OpenClawGateway) -> Vec<Value> {

@@ -805,7 +805,7 @@ async fn agent_frames_conform() {
 
     let dir = tempfile::tempdir().unwrap();
     let tf = dir.path().join("token");
-    std::fs::write(&tf, "tok").unwrap();
+    write_token_file(&tf, "tok");
     let agent = spawn_agent(
         &url,
         &tf,
