@@ -306,18 +306,19 @@ mod tests {
         let e = ErrorShape::invalid_request("protocol mismatch")
             .with_detail(ErrorDetailCode::ProtocolMismatch);
         let mut b = fixed();
-        // Jittered exponential steps, never below one second for a rejection.
+        // Jittered exponential steps (3/4 of 1, 2, 4 s with this random
+        // source), never below one second for a rejection.
         assert_eq!(
             retry_after_rejection(&e, &mut b, &mut SessionMemory::default(), "d").delay,
             Duration::from_secs(1)
         );
         assert_eq!(
             retry_after_rejection(&e, &mut b, &mut SessionMemory::default(), "d").delay,
-            Duration::from_secs(1)
+            Duration::from_millis(1500)
         );
         assert_eq!(
             retry_after_rejection(&e, &mut b, &mut SessionMemory::default(), "d").delay,
-            Duration::from_secs(2)
+            Duration::from_secs(3)
         );
     }
 }

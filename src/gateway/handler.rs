@@ -560,7 +560,13 @@ async fn session(
                         return;
                     }
                     None => return,
-                    Some(Ok(_)) => {} // ping/pong/binary
+                    Some(Ok(Message::Binary(_))) => {
+                        let error = ErrorShape::invalid_request("invalid request frame: binary frames are not supported; send JSON text");
+                        if send_text(sink, Frame::err("invalid", error).to_text()).await.is_err() {
+                            return;
+                        }
+                    }
+                    Some(Ok(_)) => {} // ping/pong
                     Some(Err(WsError::Capacity(e))) => {
                         warn!(error = %e, "frame too large");
                         close(sink, CloseCode::Size, "frame too large").await;

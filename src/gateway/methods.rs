@@ -89,17 +89,18 @@ fn parse_params<T: DeserializeOwned>(req: &Request) -> Result<T, ErrorShape> {
         .map_err(|e| ErrorShape::invalid_request(format!("invalid {} params: {e}", req.method)))
 }
 
-/// Answers one text message from a connected client. Returns `None` for
-/// frames that need no answer (events, responses, unparseable text). Every
-/// answer is logged at debug level (`request answered` / `request refused`
-/// with the method), which is how unknown methods a peer calls show up.
+/// Answers one text message from a connected client. Anything that is not
+/// a valid request gets `INVALID_REQUEST`, tied to the frame's `id` when it
+/// has a string one, else to `"invalid"` (as OpenClaw answers). Every answer
+/// is logged at debug level (`request answered` / `request refused` with the
+/// method), which is how unknown methods a peer calls show up.
 pub fn handle_text(shared: &Shared, ctx: &ConnContext, text: &str) -> Option<Frame> {
-    let req = match Frame::parse(text) {
-        Ok(Frame::Req(req)) => req,
-        Ok(_) => return None,
-        Err(e) => {
-            tracing::debug!(error = %e, "ignoring unparseable frame");
-            return None;
+    let req = match parse_request(text) {
+        Ok(req) => req,
+        Err((id, why)) => {
+            tracing::debug!(error = ?why, "invalid request frame");
+            let error = ErrorShape::invalid_request(format!("invalid request frame: {why}"));
+            return Some(Frame::err(id, error));
         }
     };
     let result = handle(shared, ctx, &req);
@@ -117,6 +118,28 @@ pub fn handle_text(shared: &Shared, ctx: &ConnContext, text: &str) -> Option<Fra
         Ok(payload) => Frame::ok(&req.id, payload),
         Err(error) => Frame::err(&req.id, error),
     })
+}
+
+/// A request, or the id to answer a frame that is not one and why not.
+fn parse_request(text: &str) -> Result<Request, (String, String)> {
+    let invalid = |id: String, why: String| Err((id, why));
+    let value: Value = match serde_json::from_str(text) {
+        Ok(v) => v,
+        Err(e) => return invalid("invalid".into(), format!("invalid JSON: {e}")),
+    };
+    let id = match value.get("id") {
+        Some(Value::String(id)) if !id.is_empty() => id.clone(),
+        _ => "invalid".to_string(),
+    };
+    match serde_json::from_value::<Frame>(value) {
+        Ok(Frame::Req(req)) if req.id.is_empty() => invalid(id, "id must not be empty".into()),
+        Ok(Frame::Req(req)) if req.method.is_empty() => {
+            invalid(id, "method must not be empty".into())
+        }
+        Ok(Frame::Req(req)) => Ok(req),
+        Ok(_) => invalid(id, "clients send only type \"req\" frames".into()),
+        Err(e) => invalid(id, e.to_string()),
+    }
 }
 
 /// Dispatches a request by method name.

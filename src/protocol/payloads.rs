@@ -109,6 +109,11 @@ pub(crate) fn check_field(name: &str, value: Option<&str>) -> Result<(), String>
             "{name} is {} bytes; at most {MAX_FIELD_BYTES} are allowed",
             v.len()
         )),
+        // These fields are shown in tables and logs: a control character
+        // (NUL, ESC, newline) could forge lines or drive a terminal.
+        Some(v) if v.chars().any(char::is_control) => {
+            Err(format!("{name} must not contain control characters"))
+        }
         _ => Ok(()),
     }
 }
