@@ -6,7 +6,6 @@ use anyhow::{bail, Result};
 use serde_json::{json, Value};
 
 use super::ForgetArgs;
-use crate::config::{Env, Flags, Settings};
 use crate::gateway::pins::{self, Pin};
 use crate::protocol::{method, scope};
 
@@ -15,24 +14,8 @@ pub async fn run(args: ForgetArgs) -> Result<()> {
     if id.is_empty() {
         bail!("the instance id is empty");
     }
-    let settings = Settings::resolve(
-        &Flags {
-            config: args.common.config.clone(),
-            state_dir: args.common.state_dir.clone(),
-            url: args.url.clone(),
-            token_file: args.token_file.clone(),
-            tls_fingerprint: args.client_tls.tls_fingerprint.clone(),
-            allow_insecure_ws: args.client_tls.allow_insecure_ws,
-            ..Flags::default()
-        },
-        &Env::from_process(),
-    )?;
-    let (url, tls) = match &settings.gateway {
-        Some(gw) if args.url.is_none() && std::env::var_os("CLAWNODE_URL").is_none() => {
-            (gw.local_url(), gw.local_client_tls()?)
-        }
-        _ => (settings.url.clone(), settings.client_tls.clone()),
-    };
+    let (settings, url, tls) =
+        super::operator_target(&args.common, &args.url, &args.token_file, &args.client_tls)?;
     let token = settings.token.read()?;
     let pins_file = settings.state_dir.join(pins::PINS_FILE);
     let answer = crate::client::call_with_scopes(

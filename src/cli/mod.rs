@@ -54,6 +54,37 @@ pub struct ClientTlsArgs {
     pub allow_insecure_ws: bool,
 }
 
+/// Settings and the gateway an operator command (`presence`, `forget`)
+/// talks to: on the gateway host (config `[gateway] enabled = true`) the
+/// local gateway, pinning its own certificate when it serves TLS, unless a
+/// URL was given; elsewhere the configured URL.
+pub fn operator_target(
+    common: &CommonArgs,
+    url: &Option<String>,
+    token_file: &Option<PathBuf>,
+    client_tls: &ClientTlsArgs,
+) -> anyhow::Result<(crate::config::Settings, String, crate::tls::ClientTls)> {
+    let settings = crate::config::Settings::resolve(
+        &Flags {
+            config: common.config.clone(),
+            state_dir: common.state_dir.clone(),
+            url: url.clone(),
+            token_file: token_file.clone(),
+            tls_fingerprint: client_tls.tls_fingerprint.clone(),
+            allow_insecure_ws: client_tls.allow_insecure_ws,
+            ..Flags::default()
+        },
+        &crate::config::Env::from_process(),
+    )?;
+    let (url, tls) = match &settings.gateway {
+        Some(gw) if url.is_none() && std::env::var_os("CLAWNODE_URL").is_none() => {
+            (gw.local_url(), gw.local_client_tls()?)
+        }
+        _ => (settings.url.clone(), settings.client_tls.clone()),
+    };
+    Ok((settings, url, tls))
+}
+
 /// Options shared by every command that reads the configuration.
 #[derive(Debug, Args, Clone, Default)]
 pub struct CommonArgs {

@@ -5,33 +5,13 @@ use anyhow::{Context as _, Result};
 use serde_json::Value;
 
 use super::PresenceArgs;
-use crate::config::{Env, Flags, Settings};
 use crate::presence::PresenceStatus;
 use crate::protocol::{method, PresenceEntry};
 
 pub async fn run(args: PresenceArgs) -> Result<()> {
-    let settings = Settings::resolve(
-        &Flags {
-            config: args.common.config.clone(),
-            state_dir: args.common.state_dir.clone(),
-            url: args.url.clone(),
-            token_file: args.token_file.clone(),
-            tls_fingerprint: args.client_tls.tls_fingerprint.clone(),
-            allow_insecure_ws: args.client_tls.allow_insecure_ws,
-            ..Flags::default()
-        },
-        &Env::from_process(),
-    )?;
+    let (settings, url, tls) =
+        super::operator_target(&args.common, &args.url, &args.token_file, &args.client_tls)?;
     let token = settings.token.read()?;
-    // On the gateway host (config `[gateway] enabled = true`), ask the
-    // local gateway unless a URL was given.
-    // With TLS it pins the gateway's own certificate.
-    let (url, tls) = match &settings.gateway {
-        Some(gw) if args.url.is_none() && std::env::var_os("CLAWNODE_URL").is_none() => {
-            (gw.local_url(), gw.local_client_tls()?)
-        }
-        _ => (settings.url.clone(), settings.client_tls.clone()),
-    };
     let payload = crate::client::call(
         &url,
         &tls,
