@@ -336,13 +336,24 @@ impl TestGateway {
         serde_json::from_value(v).expect("presence list")
     }
 
-    /// Polls presence until `pred` holds.
+    /// Polls presence until `pred` holds (for up to 20 s).
     pub async fn wait_presence(
         &self,
         what: &str,
         pred: impl Fn(&[PresenceEntry]) -> bool,
     ) -> Vec<PresenceEntry> {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        self.wait_presence_within(what, Duration::from_secs(20), pred)
+            .await
+    }
+
+    /// Polls presence until `pred` holds, for up to `within`.
+    pub async fn wait_presence_within(
+        &self,
+        what: &str,
+        within: Duration,
+        pred: impl Fn(&[PresenceEntry]) -> bool,
+    ) -> Vec<PresenceEntry> {
+        let deadline = Instant::now() + within;
         loop {
             let list = self.presence().await;
             if pred(&list) {
