@@ -166,6 +166,32 @@ mod tests {
         assert!(matches!(Frame::parse("[1,2]"), Err(FrameError::Shape(_))));
     }
 
+    /// Found by `cargo fuzz run frame`: a 93-digit integer parsed to an f64
+    /// one ULP off, so the frame we sent back was not the frame we read.
+    #[test]
+    fn long_numbers_survive_a_round_trip() {
+        let digits = format!("1{}795377528473", "9".repeat(80));
+        assert_eq!(digits.len(), 93);
+        for number in [
+            digits.as_str(),
+            "1.9999999999999998e+92",
+            "2e92",
+            "0.30000000000000004",
+            "-4.9406564584124654e-324",
+            "1.7976931348623157e308",
+        ] {
+            let text = format!(r#"{{"type":"event","event":"tick","payload":{{"ts":{number}}}}}"#);
+            let frame = Frame::parse(&text).unwrap();
+            let again = Frame::parse(&frame.to_text()).unwrap();
+            assert_eq!(again, frame, "{number}");
+            let Frame::Event(e) = frame else {
+                panic!("not an event")
+            };
+            let expected: f64 = number.parse().unwrap();
+            assert_eq!(e.payload["ts"].as_f64(), Some(expected), "{number}");
+        }
+    }
+
     #[test]
     fn response_round_trip_omits_absent_fields() {
         let f = Frame::ok("7", serde_json::json!({"a": 1}));
