@@ -248,7 +248,7 @@ async fn handshake(
             "invalid handshake: first request must be connect",
         )));
     }
-    let params: ConnectParams = serde_json::from_value(req.params.clone()).map_err(|e| {
+    let params = ConnectParams::from_value(req.params.clone()).map_err(|e| {
         policy_reply(ErrorShape::invalid_request(format!(
             "invalid connect params: {e}"
         )))

@@ -79,13 +79,16 @@ fn forbidden(message: impl Into<String>) -> ErrorShape {
 }
 
 fn parse_params<T: DeserializeOwned>(req: &Request) -> Result<T, ErrorShape> {
-    let params = if req.params.is_null() {
-        json!({})
-    } else {
-        req.params.clone()
+    let invalid = |e: &dyn std::fmt::Display| {
+        ErrorShape::invalid_request(format!("invalid {} params: {e}", req.method))
     };
-    serde_json::from_value(params)
-        .map_err(|e| ErrorShape::invalid_request(format!("invalid {} params: {e}", req.method)))
+    let params = match &req.params {
+        Value::Null => json!({}),
+        // serde would also read a struct from an array (fields by position).
+        Value::Object(_) => req.params.clone(),
+        _ => return Err(invalid(&"params must be an object")),
+    };
+    serde_json::from_value(params).map_err(|e| invalid(&e))
 }
 
 /// Answers one text message from a connected client. Returns `None` for
@@ -438,6 +441,9 @@ mod tests {
             ("node.skills.update", json!({ "skills": "x" })),
             ("node.pluginTools.update", json!({})),
             ("node.pluginTools.update", json!([1])),
+            // serde alone reads a struct from an array: `{tools: []}`.
+            ("node.pluginTools.update", json!([[]])),
+            ("node.skills.update", json!([[{ "name": "s" }]])),
             ("node.runnerInventory.update", Value::Null),
             ("node.runnerInventory.update", json!({})),
             (

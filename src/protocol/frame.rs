@@ -61,6 +61,12 @@ impl Frame {
     /// is not a frame, so the peer gets an error it can act on.
     pub fn parse(text: &str) -> Result<Frame, FrameError> {
         let value: Value = serde_json::from_str(text).map_err(FrameError::Json)?;
+        // serde would also read a frame from an array (fields by position).
+        if !value.is_object() {
+            return Err(FrameError::Shape(serde::de::Error::custom(
+                "a frame is a JSON object",
+            )));
+        }
         serde_json::from_value(value).map_err(FrameError::Shape)
     }
 
@@ -164,6 +170,11 @@ mod tests {
             Err(FrameError::Shape(_))
         ));
         assert!(matches!(Frame::parse("[1,2]"), Err(FrameError::Shape(_))));
+        // Found by tests/malformed.rs: serde read this array as a request.
+        assert!(matches!(
+            Frame::parse(r#"["req","a1","connect",{}]"#),
+            Err(FrameError::Shape(_))
+        ));
     }
 
     /// Found by `cargo fuzz run frame`: a 93-digit integer parsed to an f64
