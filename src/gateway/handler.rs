@@ -240,7 +240,18 @@ async fn handshake(
     }
     let req = match Frame::parse(&text) {
         Ok(Frame::Req(req)) => req,
-        _ => return Err(Rejection::close(CloseCode::Policy, "invalid request frame")),
+        // A request we cannot read but can tie to its id is answered.
+        Err(e) => {
+            return Err(match Frame::request_id(&text) {
+                Some(id) => Rejection::reply(
+                    &id,
+                    ErrorShape::invalid_request(format!("invalid request frame: {e}")),
+                    CloseCode::Policy,
+                ),
+                None => Rejection::close(CloseCode::Policy, "invalid request frame"),
+            })
+        }
+        Ok(_) => return Err(Rejection::close(CloseCode::Policy, "invalid request frame")),
     };
     let policy_reply = |e: ErrorShape| Rejection::reply(&req.id, e, CloseCode::Policy);
     if req.method != method::CONNECT {

@@ -99,9 +99,18 @@ pub fn handle_text(shared: &Shared, ctx: &ConnContext, text: &str) -> Option<Fra
     let req = match Frame::parse(text) {
         Ok(Frame::Req(req)) => req,
         Ok(_) => return None,
+        // A request we cannot read but can tie to its id is answered, so
+        // the caller does not wait for an answer that never comes.
         Err(e) => {
-            tracing::debug!(error = %e, "ignoring unparseable frame");
-            return None;
+            let Some(id) = Frame::request_id(text) else {
+                tracing::debug!(error = %e, "ignoring unparseable frame");
+                return None;
+            };
+            tracing::debug!(error = %e, "invalid request frame");
+            return Some(Frame::err(
+                id,
+                ErrorShape::invalid_request(format!("invalid request frame: {e}")),
+            ));
         }
     };
     let result = handle(shared, ctx, &req);
@@ -496,6 +505,38 @@ mod tests {
             let e = call(&node, m, json!({})).unwrap_err();
             assert_eq!(e.code, ErrorCode::InvalidRequest);
             assert_eq!(e.message, format!("unknown method: {m}"));
+        }
+    }
+
+    #[test]
+    fn invalid_requests_with_an_id_are_answered() {
+        let node = ctx(Role::Node, &[]);
+        for (text, id) in [
+            (r#"{"type":"req","id":"m1","method":7}"#, "m1"),
+            (r#"{"type":"req","id":"m2"}"#, "m2"),
+            (
+                r#"{"type":"req","id":"m3","method":"health","params":1e400}"#,
+                "m3",
+            ),
+            (
+                r#"{"id":"m4","method":"health","params":{"x":"\udc00"}}"#,
+                "m4",
+            ),
+        ] {
+            match handle_text(&shared(), &node, text) {
+                Some(Frame::Res(r)) => {
+                    assert_eq!(r.id, id, "{text}");
+                    assert!(!r.ok, "{text}");
+                    let e = r.error.expect("error");
+                    assert_eq!(e.code, ErrorCode::InvalidRequest, "{text}");
+                    assert!(e.message.starts_with("invalid request frame: "), "{text}");
+                }
+                other => panic!("{text}: unexpected answer: {other:?}"),
+            }
+        }
+        // Without an id there is nothing to answer.
+        for text in ["{nope", r#"{"type":"req","id":5,"method":"health"}"#, "[]"] {
+            assert!(handle_text(&shared(), &node, text).is_none(), "{text}");
         }
     }
 

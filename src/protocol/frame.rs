@@ -70,6 +70,30 @@ impl Frame {
         serde_json::from_value(value).map_err(FrameError::Shape)
     }
 
+    /// The `id` of a text that is meant as a request but is not a valid
+    /// frame (a field of the wrong type, a number out of range, a lone
+    /// surrogate escape), so the error can be tied to it: the text must be
+    /// a JSON object whose `id` is a string and whose `type`, if present,
+    /// is `"req"`. Every other value is skipped unread, so it is found even
+    /// where [`Frame::parse`] fails.
+    pub fn request_id(text: &str) -> Option<String> {
+        #[derive(Deserialize)]
+        struct Envelope {
+            #[serde(rename = "type", default)]
+            kind: Option<String>,
+            id: String,
+        }
+        // serde also reads a struct from an array: only objects count.
+        if !text.trim_start().starts_with('{') {
+            return None;
+        }
+        let envelope: Envelope = serde_json::from_str(text).ok()?;
+        match envelope.kind.as_deref() {
+            None | Some("req") => Some(envelope.id),
+            Some(_) => None,
+        }
+    }
+
     /// Serializes to the JSON text sent on the wire.
     pub fn to_text(&self) -> String {
         // A Frame is built from plain data (strings, numbers, JSON values);
@@ -175,6 +199,30 @@ mod tests {
             Frame::parse(r#"["req","a1","connect",{}]"#),
             Err(FrameError::Shape(_))
         ));
+    }
+
+    #[test]
+    fn request_ids_are_found_in_invalid_requests() {
+        for (text, id) in [
+            (r#"{"type":"req","id":"a","method":7}"#, Some("a")),
+            (r#"{"id":"b","method":"connect"}"#, Some("b")),
+            (
+                r#"{"type":"req","id":"c","params":{"minProtocol":1e400}}"#,
+                Some("c"),
+            ),
+            (r#"{"type":"req","id":"d","method":"x\ud800"}"#, Some("d")),
+            (r#"{"type":"req","id":"e","params":[[[[]]]]}"#, Some("e")),
+            (r#"{"type":"req","id":5,"method":"connect"}"#, None),
+            (r#"{"type":"event","id":"f"}"#, None),
+            (r#"{"type":7,"id":"g"}"#, None),
+            (r#"{"type":"req","method":"connect"}"#, None),
+            (r#"["req","h"]"#, None),
+            ("{nope", None),
+        ] {
+            assert_eq!(Frame::request_id(text).as_deref(), id, "{text}");
+        }
+        // What does not parse as a frame does not parse as JSON here either.
+        assert!(Frame::parse(r#"{"type":"req","id":"c","method":"m","params":1e400}"#).is_err());
     }
 
     /// Found by `cargo fuzz run frame`: a 93-digit integer parsed to an f64
