@@ -11,7 +11,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(value) = serde_json::from_slice::<serde_json::Value>(data) else {
         return;
     };
-    let Ok(params) = serde_json::from_value::<ConnectParams>(value) else {
+    let Ok(params) = ConnectParams::from_value(value) else {
         return;
     };
     if params.client.validate().is_err() {

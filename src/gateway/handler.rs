@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit};
 use tokio::time::{timeout, timeout_at, Instant};
+use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
@@ -241,10 +242,11 @@ async fn handshake(
                 return Err(Rejection::close(CloseCode::Normal, "closed before connect"))
             }
             Some(Ok(_)) => continue, // ping/pong
-            Some(Err(WsError::Capacity(_))) => {
-                return Err(Rejection::close(CloseCode::Size, "frame too large"))
+            Some(Err(e)) => {
+                let (code, reason) =
+                    read_error_close(&e).unwrap_or_else(|| (CloseCode::Protocol, e.to_string()));
+                return Err(Rejection::close(code, reason));
             }
-            Some(Err(e)) => return Err(Rejection::close(CloseCode::Protocol, e.to_string())),
         }
     };
     if text.len() > config.max_preauth_payload {
@@ -259,7 +261,18 @@ async fn handshake(
     }
     let req = match Frame::parse(&text) {
         Ok(Frame::Req(req)) => req,
-        _ => return Err(Rejection::close(CloseCode::Policy, "invalid request frame")),
+        // A request we cannot read but can tie to its id is answered.
+        Err(e) => {
+            return Err(match Frame::request_id(&text) {
+                Some(id) => Rejection::reply(
+                    &id,
+                    ErrorShape::invalid_request(format!("invalid request frame: {e}")),
+                    CloseCode::Policy,
+                ),
+                None => Rejection::close(CloseCode::Policy, "invalid request frame"),
+            })
+        }
+        Ok(_) => return Err(Rejection::close(CloseCode::Policy, "invalid request frame")),
     };
     let policy_reply = |e: ErrorShape| Rejection::reply(&req.id, e, CloseCode::Policy);
     if req.method != method::CONNECT {
@@ -267,7 +280,7 @@ async fn handshake(
             "invalid handshake: first request must be connect",
         )));
     }
-    let params: ConnectParams = serde_json::from_value(req.params.clone()).map_err(|e| {
+    let params = ConnectParams::from_value(req.params.clone()).map_err(|e| {
         policy_reply(ErrorShape::invalid_request(format!(
             "invalid connect params: {e}"
         )))
@@ -567,17 +580,20 @@ async fn session(
                         }
                     }
                     Some(Ok(_)) => {} // ping/pong
-                    Some(Err(WsError::Capacity(e))) => {
-                        warn!(error = %e, "frame too large");
-                        close(sink, CloseCode::Size, "frame too large").await;
-                        return;
-                    }
                     Some(Err(WsError::Io(e))) if e.kind() == std::io::ErrorKind::TimedOut => {
                         info!("peer unreachable: pings unacknowledged for two ticks; dropping the connection");
                         return;
                     }
                     Some(Err(e)) => {
-                        debug!(error = %e, "read failed");
+                        // A peer that broke the protocol is told why (RFC 6455
+                        // 7.1.7); one that is gone is not.
+                        match read_error_close(&e) {
+                            Some((code, reason)) => {
+                                warn!(error = %e, "closing: {reason}");
+                                close(sink, code, &reason).await;
+                            }
+                            None => debug!(error = %e, "read failed"),
+                        }
                         return;
                     }
                 }
@@ -609,6 +625,18 @@ async fn session(
                 return;
             }
         }
+    }
+}
+
+/// The close frame for a read error the peer caused (an oversized frame,
+/// invalid UTF-8, a protocol violation); `None` when the connection is gone.
+fn read_error_close(e: &WsError) -> Option<(CloseCode, String)> {
+    match e {
+        WsError::Capacity(_) => Some((CloseCode::Size, "frame too large".into())),
+        WsError::Utf8(_) => Some((CloseCode::Invalid, "invalid UTF-8 in a text frame".into())),
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => None,
+        WsError::Protocol(p) => Some((CloseCode::Protocol, p.to_string())),
+        _ => None,
     }
 }
 

@@ -80,13 +80,16 @@ fn forbidden(message: impl Into<String>) -> ErrorShape {
 }
 
 fn parse_params<T: DeserializeOwned>(req: &Request) -> Result<T, ErrorShape> {
-    let params = if req.params.is_null() {
-        json!({})
-    } else {
-        req.params.clone()
+    let invalid = |e: &dyn std::fmt::Display| {
+        ErrorShape::invalid_request(format!("invalid {} params: {e}", req.method))
     };
-    serde_json::from_value(params)
-        .map_err(|e| ErrorShape::invalid_request(format!("invalid {} params: {e}", req.method)))
+    let params = match &req.params {
+        Value::Null => json!({}),
+        // serde would also read a struct from an array (fields by position).
+        Value::Object(_) => req.params.clone(),
+        _ => return Err(invalid(&"params must be an object")),
+    };
+    serde_json::from_value(params).map_err(|e| invalid(&e))
 }
 
 /// Answers one text message from a connected client. Anything that is not
@@ -125,8 +128,17 @@ fn parse_request(text: &str) -> Result<Request, (String, String)> {
     let invalid = |id: String, why: String| Err((id, why));
     let value: Value = match serde_json::from_str(text) {
         Ok(v) => v,
-        Err(e) => return invalid("invalid".into(), format!("invalid JSON: {e}")),
+        // The id may still be found in text that is JSON but not a value we
+        // can hold (a lone surrogate escape, a number out of range).
+        Err(e) => {
+            let id = Frame::request_id(text).unwrap_or_else(|| "invalid".into());
+            return invalid(id, format!("invalid JSON: {e}"));
+        }
     };
+    // serde would also read a frame from an array (fields by position).
+    if !value.is_object() {
+        return invalid("invalid".into(), "a frame is a JSON object".into());
+    }
     let id = match value.get("id") {
         Some(Value::String(id)) if !id.is_empty() => id.clone(),
         _ => "invalid".to_string(),
@@ -502,6 +514,9 @@ mod tests {
             ("node.skills.update", json!({ "skills": "x" })),
             ("node.pluginTools.update", json!({})),
             ("node.pluginTools.update", json!([1])),
+            // serde alone reads a struct from an array: `{tools: []}`.
+            ("node.pluginTools.update", json!([[]])),
+            ("node.skills.update", json!([[{ "name": "s" }]])),
             ("node.runnerInventory.update", Value::Null),
             ("node.runnerInventory.update", json!({})),
             (
@@ -554,6 +569,50 @@ mod tests {
             let e = call(&node, m, json!({})).unwrap_err();
             assert_eq!(e.code, ErrorCode::InvalidRequest);
             assert_eq!(e.message, format!("unknown method: {m}"));
+        }
+    }
+
+    #[test]
+    fn invalid_requests_with_an_id_are_answered() {
+        let node = ctx(Role::Node, &[]);
+        for (text, id) in [
+            (r#"{"type":"req","id":"m1","method":7}"#, "m1"),
+            (r#"{"type":"req","id":"m2"}"#, "m2"),
+            (
+                r#"{"type":"req","id":"m3","method":"health","params":1e400}"#,
+                "m3",
+            ),
+            (
+                r#"{"id":"m4","method":"health","params":{"x":"\udc00"}}"#,
+                "m4",
+            ),
+        ] {
+            match handle_text(&shared(), &node, text) {
+                Some(Frame::Res(r)) => {
+                    assert_eq!(r.id, id, "{text}");
+                    assert!(!r.ok, "{text}");
+                    let e = r.error.expect("error");
+                    assert_eq!(e.code, ErrorCode::InvalidRequest, "{text}");
+                    assert!(e.message.starts_with("invalid request frame: "), "{text}");
+                }
+                other => panic!("{text}: unexpected answer: {other:?}"),
+            }
+        }
+        // Without an id to tie it to, the answer goes to "invalid" (as
+        // OpenClaw answers); an array is never read as a frame.
+        for text in [
+            "{nope",
+            r#"{"type":"req","id":5,"method":"health"}"#,
+            "[]",
+            r#"["req","a1","health",{}]"#,
+        ] {
+            match handle_text(&shared(), &node, text) {
+                Some(Frame::Res(r)) => {
+                    assert_eq!(r.id, "invalid", "{text}");
+                    assert!(!r.ok, "{text}");
+                }
+                other => panic!("{text}: unexpected answer: {other:?}"),
+            }
         }
     }
 

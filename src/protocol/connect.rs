@@ -145,6 +145,28 @@ impl ConnectParams {
         }
     }
 
+    /// Reads `connect.params` as the gateway does. serde would also read a
+    /// struct from a JSON array (fields by position), so the objects of the
+    /// protocol (`params`, `client`, `auth`, `device`) are checked first.
+    pub fn from_value(params: Value) -> Result<ConnectParams, String> {
+        let nested = ["client", "auth", "device"].map(|k| (k, params.get(k)));
+        if !params.is_object() {
+            return Err("params must be an object".into());
+        }
+        for (name, value) in nested {
+            if let Some(v) = value.filter(|v| !v.is_object() && !v.is_null()) {
+                let kind = match v {
+                    Value::Array(_) => "an array",
+                    Value::String(_) => "a string",
+                    Value::Number(_) => "a number",
+                    _ => "a boolean",
+                };
+                return Err(format!("{name} must be an object, not {kind}"));
+            }
+        }
+        serde_json::from_value(params).map_err(|e| e.to_string())
+    }
+
     /// The role asked for; OpenClaw treats a missing role as operator.
     pub fn role(&self) -> Role {
         self.role.unwrap_or(Role::Operator)
@@ -324,6 +346,47 @@ mod tests {
         c.display_name = None;
         c.mode = " ".into();
         assert!(c.validate().unwrap_err().contains("client.mode"));
+    }
+
+    /// Found by tests/malformed.rs: `auth: []` was read as an empty auth
+    /// object (serde reads structs from arrays), then refused as "token
+    /// missing" instead of as a malformed request.
+    #[test]
+    fn protocol_objects_must_be_objects() {
+        let Frame::Req(req) = Frame::parse(&wire("06-cli.connect.req.json")).unwrap() else {
+            panic!("not a request")
+        };
+        assert!(ConnectParams::from_value(req.params.clone()).is_ok());
+        for (key, value) in [
+            ("auth", serde_json::json!([])),
+            ("auth", serde_json::json!(["t"])),
+            (
+                "client",
+                serde_json::json!(["cli", null, "1", "linux", null, null, "cli"]),
+            ),
+            ("device", serde_json::json!(["id", "k", "s", 1, "n"])),
+            ("device", serde_json::json!("x")),
+        ] {
+            let mut p = req.params.clone();
+            p[key] = value.clone();
+            // serde alone takes the arrays.
+            if value.is_array() {
+                assert!(
+                    serde_json::from_value::<ConnectParams>(p.clone()).is_ok(),
+                    "{key}"
+                );
+            }
+            let e = ConnectParams::from_value(p).unwrap_err();
+            assert!(e.starts_with(&format!("{key} must be an object")), "{e}");
+        }
+        let mut p = req.params.clone();
+        p["auth"] = Value::Null;
+        assert_eq!(ConnectParams::from_value(p).unwrap().auth, None);
+        let as_array = serde_json::json!([4, 4, req.params["client"].clone()]);
+        assert_eq!(
+            ConnectParams::from_value(as_array).unwrap_err(),
+            "params must be an object"
+        );
     }
 
     #[test]

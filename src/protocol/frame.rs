@@ -61,7 +61,37 @@ impl Frame {
     /// is not a frame, so the peer gets an error it can act on.
     pub fn parse(text: &str) -> Result<Frame, FrameError> {
         let value: Value = serde_json::from_str(text).map_err(FrameError::Json)?;
+        // serde would also read a frame from an array (fields by position).
+        if !value.is_object() {
+            return Err(FrameError::Shape(serde::de::Error::custom(
+                "a frame is a JSON object",
+            )));
+        }
         serde_json::from_value(value).map_err(FrameError::Shape)
+    }
+
+    /// The `id` of a text that is meant as a request but is not a valid
+    /// frame (a field of the wrong type, a number out of range, a lone
+    /// surrogate escape), so the error can be tied to it: the text must be
+    /// a JSON object whose `id` is a string and whose `type`, if present,
+    /// is `"req"`. Every other value is skipped unread, so it is found even
+    /// where [`Frame::parse`] fails.
+    pub fn request_id(text: &str) -> Option<String> {
+        #[derive(Deserialize)]
+        struct Envelope {
+            #[serde(rename = "type", default)]
+            kind: Option<String>,
+            id: String,
+        }
+        // serde also reads a struct from an array: only objects count.
+        if !text.trim_start().starts_with('{') {
+            return None;
+        }
+        let envelope: Envelope = serde_json::from_str(text).ok()?;
+        match envelope.kind.as_deref() {
+            None | Some("req") => Some(envelope.id),
+            Some(_) => None,
+        }
     }
 
     /// Serializes to the JSON text sent on the wire.
@@ -175,6 +205,61 @@ mod tests {
             Err(FrameError::Shape(_))
         ));
         assert!(matches!(Frame::parse("[1,2]"), Err(FrameError::Shape(_))));
+        // Found by tests/malformed.rs: serde read this array as a request.
+        assert!(matches!(
+            Frame::parse(r#"["req","a1","connect",{}]"#),
+            Err(FrameError::Shape(_))
+        ));
+    }
+
+    #[test]
+    fn request_ids_are_found_in_invalid_requests() {
+        for (text, id) in [
+            (r#"{"type":"req","id":"a","method":7}"#, Some("a")),
+            (r#"{"id":"b","method":"connect"}"#, Some("b")),
+            (
+                r#"{"type":"req","id":"c","params":{"minProtocol":1e400}}"#,
+                Some("c"),
+            ),
+            (r#"{"type":"req","id":"d","method":"x\ud800"}"#, Some("d")),
+            (r#"{"type":"req","id":"e","params":[[[[]]]]}"#, Some("e")),
+            (r#"{"type":"req","id":5,"method":"connect"}"#, None),
+            (r#"{"type":"event","id":"f"}"#, None),
+            (r#"{"type":7,"id":"g"}"#, None),
+            (r#"{"type":"req","method":"connect"}"#, None),
+            (r#"["req","h"]"#, None),
+            ("{nope", None),
+        ] {
+            assert_eq!(Frame::request_id(text).as_deref(), id, "{text}");
+        }
+        // What does not parse as a frame does not parse as JSON here either.
+        assert!(Frame::parse(r#"{"type":"req","id":"c","method":"m","params":1e400}"#).is_err());
+    }
+
+    /// Found by `cargo fuzz run frame`: a 93-digit integer parsed to an f64
+    /// one ULP off, so the frame we sent back was not the frame we read.
+    #[test]
+    fn long_numbers_survive_a_round_trip() {
+        let digits = format!("1{}795377528473", "9".repeat(80));
+        assert_eq!(digits.len(), 93);
+        for number in [
+            digits.as_str(),
+            "1.9999999999999998e+92",
+            "2e92",
+            "0.30000000000000004",
+            "-4.9406564584124654e-324",
+            "1.7976931348623157e308",
+        ] {
+            let text = format!(r#"{{"type":"event","event":"tick","payload":{{"ts":{number}}}}}"#);
+            let frame = Frame::parse(&text).unwrap();
+            let again = Frame::parse(&frame.to_text()).unwrap();
+            assert_eq!(again, frame, "{number}");
+            let Frame::Event(e) = frame else {
+                panic!("not an event")
+            };
+            let expected: f64 = number.parse().unwrap();
+            assert_eq!(e.payload["ts"].as_f64(), Some(expected), "{number}");
+        }
     }
 
     #[test]

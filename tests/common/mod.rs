@@ -5,6 +5,7 @@
 
 pub mod netns;
 pub mod openclaw;
+pub mod raw_ws;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
