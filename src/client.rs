@@ -69,20 +69,24 @@ async fn call_inner(
     method_name: &str,
     params: Value,
 ) -> Result<Value> {
-    let (ws, _) =
-        tokio_tungstenite::connect_async_tls_with_config(url, None, false, Some(connector))
-            .await
-            .map_err(|e| match crate::tls::describe_connect_error(&e) {
-                Some(tls) => anyhow!("cannot connect to gateway {url}: {tls}"),
-                // Keep an I/O error as the source, so callers can tell
-                // "nothing listening" from other failures.
-                None => match e {
-                    tokio_tungstenite::tungstenite::Error::Io(io) => {
-                        anyhow::Error::new(io).context(format!("cannot connect to gateway {url}"))
-                    }
-                    e => anyhow!("cannot connect to gateway {url}: {e}"),
-                },
-            })?;
+    let (ws, _) = tokio_tungstenite::connect_async_tls_with_config(
+        url,
+        Some(crate::protocol::ws_config(None)),
+        false,
+        Some(connector),
+    )
+    .await
+    .map_err(|e| match crate::tls::describe_connect_error(&e) {
+        Some(tls) => anyhow!("cannot connect to gateway {url}: {tls}"),
+        // Keep an I/O error as the source, so callers can tell
+        // "nothing listening" from other failures.
+        None => match e {
+            tokio_tungstenite::tungstenite::Error::Io(io) => {
+                anyhow::Error::new(io).context(format!("cannot connect to gateway {url}"))
+            }
+            e => anyhow!("cannot connect to gateway {url}: {e}"),
+        },
+    })?;
     let (mut sink, mut source) = ws.split();
     let connect = Frame::request(
         "1",

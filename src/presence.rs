@@ -14,6 +14,12 @@
 //!
 //! Who may write which row (authorization) is the gateway's job: the store
 //! trusts the key it is given.
+//!
+//! [`PresenceStore::list_json`] is the list as JSON text, for the
+//! `system-presence` answer, the hello-ok snapshot and `presence` events.
+//! Each row's JSON is made once after it changes and reused until it changes
+//! again, so a list costs a sort and a copy, not a serialization of every
+//! row (docs/PERFORMANCE.md).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -166,6 +172,10 @@ pub struct PresenceStore {
     self_key: PresenceKey,
     self_entry: PresenceEntry,
     rows: HashMap<PresenceKey, PresenceEntry>,
+    /// Each row's JSON, made on first use and dropped whenever the row
+    /// changes (every write to `rows` goes through [`PresenceStore::changed`]
+    /// or removes the row here too).
+    row_json: HashMap<PresenceKey, Box<str>>,
     /// Open connections per key. Kept apart from `rows` because a row can be
     /// evicted (rule 7) while its connections stay open.
     open_connections: HashMap<PresenceKey, usize>,
@@ -187,6 +197,7 @@ impl PresenceStore {
             self_key,
             self_entry,
             rows: HashMap::new(),
+            row_json: HashMap::new(),
             open_connections: HashMap::new(),
         }
     }
@@ -243,6 +254,7 @@ impl PresenceStore {
             ));
         }
         *self.open_connections.entry(key.clone()).or_default() += 1;
+        self.changed(&key);
         self.enforce_cap();
         Some(key)
     }
@@ -264,6 +276,7 @@ impl PresenceStore {
             Some(row) => {
                 row.reason = Some("disconnect".to_string());
                 row.ts = now_ms;
+                self.changed(key);
                 true
             }
             None => false,
@@ -305,6 +318,7 @@ impl PresenceStore {
             row.ip = reportable_ip(remote_ip);
         }
         row.ts = now_ms;
+        self.changed(key);
         self.enforce_cap();
     }
 
@@ -316,6 +330,7 @@ impl PresenceStore {
         for (key, row) in &mut self.rows {
             if self.open_connections.contains_key(key) && row.ts != now_ms {
                 row.ts = now_ms;
+                self.row_json.remove(key);
                 changed = true;
             }
         }
@@ -328,8 +343,14 @@ impl PresenceStore {
         let before = self.rows.len();
         let ttl_ms = self.limits.ttl_ms;
         let open = &self.open_connections;
-        self.rows
-            .retain(|key, row| open.contains_key(key) || now_ms.saturating_sub(row.ts) <= ttl_ms);
+        let row_json = &mut self.row_json;
+        self.rows.retain(|key, row| {
+            let keep = open.contains_key(key) || now_ms.saturating_sub(row.ts) <= ttl_ms;
+            if !keep {
+                row_json.remove(key);
+            }
+            keep
+        });
         before - self.rows.len()
     }
 
@@ -348,6 +369,51 @@ impl PresenceStore {
         rows.push((None, &self.self_entry));
         rows.sort_by(|(ka, a), (kb, b)| b.ts.cmp(&a.ts).then_with(|| ka.cmp(kb)));
         rows.into_iter().map(|(_, row)| row.clone()).collect()
+    }
+
+    /// Rule 9 as JSON text: what `serde_json::to_string(&self.list(now_ms))`
+    /// gives, byte for byte, made from each row's cached JSON. The self entry
+    /// (its `ts` is now) is serialized on every call.
+    pub fn list_json(&mut self, now_ms: u64) -> String {
+        self.prune(now_ms);
+        self.self_entry.ts = now_ms;
+        let PresenceStore {
+            rows,
+            row_json,
+            self_entry,
+            ..
+        } = self;
+        let mut order: Vec<(u64, &PresenceKey)> =
+            rows.iter().map(|(key, row)| (row.ts, key)).collect();
+        order.sort_unstable_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+        let self_json = entry_json(self_entry);
+        let mut out = String::with_capacity(2 + self_json.len() + 320 * order.len());
+        out.push('[');
+        // The self entry goes before the first row not newer than it (ties
+        // go to the self entry, as in `list`).
+        let mut self_pending = true;
+        for (ts, key) in order {
+            if self_pending && ts <= now_ms {
+                out.push_str(&self_json);
+                out.push(',');
+                self_pending = false;
+            }
+            if let Some(json) = row_json.get(key) {
+                out.push_str(json);
+            } else {
+                let json = entry_json(&rows[key]);
+                out.push_str(&json);
+                row_json.insert(key.clone(), json.into_boxed_str());
+            }
+            out.push(',');
+        }
+        if self_pending {
+            out.push_str(&self_json);
+        } else {
+            out.pop();
+        }
+        out.push(']');
+        out
     }
 
     /// The number of rows, the self entry included.
@@ -382,6 +448,20 @@ impl PresenceStore {
         if self.rows.len() <= allowed {
             return;
         }
+        if self.rows.len() == allowed + 1 {
+            // One row over, the usual case: a linear scan, not a sort.
+            let oldest = self
+                .rows
+                .iter()
+                .map(|(key, row)| (row.ts, key))
+                .min()
+                .map(|(_, key)| key.clone());
+            if let Some(key) = oldest {
+                self.rows.remove(&key);
+                self.row_json.remove(&key);
+            }
+            return;
+        }
         let mut by_age: Vec<(u64, PresenceKey)> = self
             .rows
             .iter()
@@ -391,8 +471,20 @@ impl PresenceStore {
         let excess = self.rows.len() - allowed;
         for (_, key) in by_age.into_iter().take(excess) {
             self.rows.remove(&key);
+            self.row_json.remove(&key);
         }
     }
+
+    /// The row at `key` changed: its cached JSON is stale.
+    fn changed(&mut self, key: &PresenceKey) {
+        self.row_json.remove(key);
+    }
+}
+
+/// One row's JSON. A `PresenceEntry` is strings, numbers and string lists,
+/// which always serialize.
+fn entry_json(entry: &PresenceEntry) -> String {
+    serde_json::to_string(entry).unwrap_or_else(|_| "{}".into())
 }
 
 /// The status indicator a consumer shows for a row, from the age of its `ts`.
@@ -1095,5 +1187,57 @@ mod tests {
         assert!(!text.contains("null"), "{text}");
         assert!(!text.contains("lastInputSeconds"), "{text}");
         assert!(!text.contains("scopes"), "{text}");
+    }
+
+    /// `list_json` is the serialized `list`, byte for byte, through a long
+    /// random mix of every operation (so no write path misses dropping a
+    /// row's cached JSON), with a small cap so eviction is exercised.
+    #[test]
+    fn list_json_matches_the_serialized_list_through_random_operations() {
+        let mut s = store_with(PresenceLimits {
+            ttl_ms: 5_000,
+            max_entries: 12,
+        });
+        // A fixed xorshift sequence: repeatable, no extra crate.
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let mut now = T0;
+        let mut open: Vec<PresenceKey> = Vec::new();
+        for step in 0..5_000 {
+            now += next(700);
+            if next(50) == 0 {
+                // The wall clock stepped back: rows are newer than now.
+                now -= 2_000;
+            }
+            let id = format!("Node-{}", next(20));
+            match next(6) {
+                0 => open.push(connect_ui(&mut s, &id, now)),
+                1 if !open.is_empty() => {
+                    let k = open.swap_remove(next(open.len() as u64) as usize);
+                    s.disconnect(&k, now);
+                }
+                2 => {
+                    let mut b = text_beacon(&format!("beacon {step}"));
+                    b.host = Some(format!("h{step}"));
+                    b.last_input_seconds = Some(next(100));
+                    s.beacon(&key(&id), &b, Some(v4(10, 0, 0, 1)), now);
+                }
+                3 => {
+                    s.touch_connected(now);
+                }
+                4 => {
+                    s.prune(now);
+                }
+                _ => {}
+            }
+            let json = s.list_json(now);
+            let expected = serde_json::to_string(&s.list(now)).unwrap();
+            assert_eq!(json, expected, "step {step}");
+        }
     }
 }

@@ -644,8 +644,8 @@ async fn an_operator_that_never_reads_is_dropped_and_memory_stays_bounded() {
         "the slow consumer was never dropped; log:\n{}",
         gw.proc.log_text()
     );
-    // Queued events share one payload per change, and the queue is
-    // bounded: the gateway did not buffer the whole stream for the reader.
+    // Presence events are coalesced per client (the latest list, never a
+    // queue of them): the gateway did not buffer the stream for the reader.
     assert!(
         after < before + 64 * 1024,
         "RSS grew from {before} to {after} KiB"

@@ -209,7 +209,7 @@ pub async fn run(
     };
     let connect = tokio_tungstenite::connect_async_tls_with_config(
         url.as_str(),
-        None,
+        Some(crate::protocol::ws_config(None)),
         false,
         Some(connector),
     );

@@ -1,15 +1,26 @@
-//! Fan-out of server events. A payload is serialized once per change and
-//! shared by every recipient; each handler wraps it with its own `seq`.
-//! Delivery never waits: a connection whose bounded queue is full is dropped
+//! Fan-out of server events.
+//!
+//! `tick` and `shutdown` are queued to every connection: the payload is
+//! serialized once and shared, each handler wraps it with its own `seq`, and
+//! delivery never waits: a connection whose bounded queue is full is dropped
 //! instead of slowing the gateway or the other clients.
+//!
+//! `presence` is not queued. A change bumps the presence version on a watch
+//! channel; each connection that reads presence wakes, takes the list as it
+//! is then (the store's cached row JSON) and sends it, at most one event per
+//! [`PRESENCE_EVENT_MIN_GAP`]. Changes that come faster than a client
+//! reads are coalesced into the latest list, so a burst (a reconnect storm,
+//! a slow reader) costs one list per client, never a queue of stale ones.
 
 use std::sync::Arc;
 
 use tracing::warn;
 
 use super::state::{now_ms, State};
-use crate::protocol::payloads::PresenceEvent;
-use crate::protocol::{event, Role, TickEvent};
+use crate::protocol::{event, TickEvent};
+
+/// The shortest gap between two `presence` events to one client.
+pub const PRESENCE_EVENT_MIN_GAP: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// One queued server event.
 #[derive(Debug, Clone)]
@@ -42,14 +53,10 @@ fn json(v: impl serde::Serialize) -> Arc<str> {
 }
 
 impl State {
-    /// Queues `out` to every connection `filter` selects; drops the ones
-    /// whose queue is full.
-    fn fan_out(&mut self, out: &Outbound, filter: impl Fn(Role) -> bool) {
+    /// Queues `out` to every connection; drops the ones whose queue is full.
+    fn fan_out(&mut self, out: &Outbound) {
         let mut overflowed = Vec::new();
         for (conn_id, handle) in &self.connections {
-            if !filter(handle.role) {
-                continue;
-            }
             if handle.tx.try_send(out.clone()).is_err() {
                 overflowed.push(conn_id.clone());
             }
@@ -62,19 +69,26 @@ impl State {
         }
     }
 
-    /// Sends the full presence list to operator connections.
-    pub fn broadcast_presence(&mut self) {
+    /// The presence list changed: wakes the connections that read it.
+    pub fn presence_changed(&mut self) {
         self.presence_version += 1;
-        let list = self.presence.list(now_ms());
-        let out = Outbound {
+        self.presence_changes.send_replace(self.presence_version);
+    }
+
+    /// The `presence` event payload and `stateVersion` as they are now.
+    pub fn presence_event(&mut self) -> Outbound {
+        let list = self.presence.list_json(now_ms());
+        let mut payload = String::with_capacity(list.len() + 16);
+        payload.push_str(r#"{"presence":"#);
+        payload.push_str(&list);
+        payload.push('}');
+        Outbound {
             event: event::PRESENCE,
-            payload: json(PresenceEvent { presence: list }),
-            state_version: Some(json(serde_json::json!({
-                "presence": self.presence_version,
-                "health": 1,
-            }))),
-        };
-        self.fan_out(&out, |role| role == Role::Operator);
+            payload: payload.into(),
+            state_version: Some(
+                format!(r#"{{"presence":{},"health":1}}"#, self.presence_version).into(),
+            ),
+        }
     }
 
     /// Sends `tick` to every connection.
@@ -84,7 +98,7 @@ impl State {
             payload: json(TickEvent { ts: now_ms() }),
             state_version: None,
         };
-        self.fan_out(&out, |_| true);
+        self.fan_out(&out);
     }
 
     /// Sends `shutdown` to every connection.
@@ -97,7 +111,7 @@ impl State {
             }),
             state_version: None,
         };
-        self.fan_out(&out, |_| true);
+        self.fan_out(&out);
     }
 }
 

@@ -16,13 +16,13 @@ use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit};
 use tokio::time::{timeout, timeout_at, Instant};
 use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, info, warn, Instrument as _};
 
 use super::admission::Ticket;
-use super::broadcast::{event_text, Outbound};
+use super::broadcast::{event_text, Outbound, PRESENCE_EVENT_MIN_GAP};
 use super::methods::{self, ConnContext};
 use super::pins::PinCheck;
 use super::state::{now_ms, ConnHandle, NodeRecord, Shared};
@@ -115,9 +115,7 @@ async fn serve_connection(
             return;
         }
     };
-    let ws_config = WebSocketConfig::default()
-        .max_message_size(Some(config.max_payload))
-        .max_frame_size(Some(config.max_payload));
+    let ws_config = crate::protocol::ws_config(Some(config.max_payload));
     let ws = match timeout_at(
         deadline,
         tokio_tungstenite::accept_async_with_config(stream, Some(ws_config)),
@@ -177,8 +175,10 @@ async fn serve_connection(
     let Accepted {
         ctx,
         hello,
+        presence_json,
         request_id,
         rx,
+        presence_rx,
         kill,
     } = accepted;
     info!(
@@ -189,12 +189,19 @@ async fn serve_connection(
         instance_id = ctx.client.instance_id.as_deref().unwrap_or("-"),
         "connected"
     );
-    let sent = send_text(&mut sink, Frame::ok(&request_id, &hello).to_text()).await;
+    let hello_text = hello.response_text(&request_id, &presence_json);
+    drop(presence_json);
+    let sent = send_text(&mut sink, hello_text).await;
     if ctx.presence_key.is_some() {
-        shared.lock().broadcast_presence();
+        shared.lock().presence_changed();
     }
     if sent.is_ok() {
-        session(&mut sink, &mut source, &shared, &ctx, rx, &kill, &mut stop).await;
+        let queues = Queues {
+            events: rx,
+            presence: presence_rx,
+            kill: &kill,
+        };
+        session(&mut sink, &mut source, &shared, &ctx, queues, &mut stop).await;
     }
 
     // Cleanup: the row stays with reason "disconnect" until the TTL takes it.
@@ -203,7 +210,7 @@ async fn serve_connection(
     state.nodes.remove(&ctx.conn_id);
     if let Some(key) = &ctx.presence_key {
         if state.presence.disconnect(key, now_ms()) {
-            state.broadcast_presence();
+            state.presence_changed();
         }
     }
     drop(state);
@@ -213,10 +220,27 @@ async fn serve_connection(
 /// A successful handshake.
 struct Accepted {
     ctx: ConnContext,
+    /// The hello-ok, its `snapshot.presence` left empty: it is sent with
+    /// `presence_json` spliced in ([`HelloOk::response_text`]).
     hello: HelloOk,
+    /// The presence list as JSON text (`[]` for clients that do not read
+    /// presence, as OpenClaw projects it).
+    presence_json: String,
     request_id: String,
     rx: mpsc::Receiver<Outbound>,
+    /// Presence changes, for clients that read presence.
+    presence_rx: Option<watch::Receiver<u64>>,
     kill: Arc<Notify>,
+}
+
+/// What a connected session is sent through.
+struct Queues<'a> {
+    /// Queued events: `tick`, `shutdown`.
+    events: mpsc::Receiver<Outbound>,
+    /// The presence version (see `broadcast.rs`).
+    presence: Option<watch::Receiver<u64>>,
+    /// Notified when the event queue overflowed.
+    kill: &'a Notify,
 }
 
 /// Reads the first frame and decides. On success the connection is
@@ -441,8 +465,17 @@ async fn handshake(
             kill: kill.clone(),
         },
     );
+    // Subscribed under the same lock as the snapshot is taken: every later
+    // change is seen.
+    let reads_presence = methods::reads_presence(role, &scopes);
+    let presence_rx = reads_presence.then(|| state.presence_changes.subscribe());
+    let presence_json = if reads_presence {
+        state.presence.list_json(now)
+    } else {
+        String::from("[]")
+    };
     let snapshot = Snapshot {
-        presence: state.presence.list(now),
+        presence: Vec::new(),
         health: serde_json::json!({ "ok": true, "ts": now }),
         state_version: StateVersion {
             presence: state.presence_version,
@@ -494,8 +527,10 @@ async fn handshake(
             remote_ip: remote,
         },
         hello,
+        presence_json,
         request_id: req.id,
         rx,
+        presence_rx,
         kill,
     })
 }
@@ -543,11 +578,18 @@ async fn session(
     source: &mut Source,
     shared: &Shared,
     ctx: &ConnContext,
-    mut rx: mpsc::Receiver<Outbound>,
-    kill: &Notify,
+    queues: Queues<'_>,
     stop: &mut watch::Receiver<bool>,
 ) {
+    let Queues {
+        events: mut rx,
+        presence: mut presence_rx,
+        kill,
+    } = queues;
     let mut seq: u64 = 0;
+    // A presence change seen and not yet sent: when it may be sent.
+    let mut presence_due: Option<Instant> = None;
+    let mut last_presence: Option<Instant> = None;
     // A peer that vanished without a FIN (power loss, partition) is found by
     // the kernel: we ping every tick, and the listener set TCP_USER_TIMEOUT
     // to two ticks, so data left unacknowledged that long fails the socket
@@ -561,8 +603,8 @@ async fn session(
             msg = source.next() => {
                 match msg {
                     Some(Ok(Message::Text(text))) => {
-                        let Some(reply) = methods::handle_text(shared, ctx, &text) else { continue };
-                        if send_text(sink, reply.to_text()).await.is_err() {
+                        let reply = methods::handle_text(shared, ctx, &text);
+                        if send_text(sink, reply).await.is_err() {
                             return;
                         }
                     }
@@ -604,6 +646,30 @@ async fn session(
                     return;
                 }
             }
+            changed = presence_changed(&mut presence_rx), if presence_due.is_none() => {
+                if changed {
+                    let now = Instant::now();
+                    presence_due = Some(match last_presence {
+                        Some(last) => now.max(last + PRESENCE_EVENT_MIN_GAP),
+                        None => now,
+                    });
+                } else {
+                    presence_rx = None;
+                }
+            }
+            _ = sleep_until_some(presence_due) => {
+                presence_due = None;
+                last_presence = Some(Instant::now());
+                if let Some(rx) = &mut presence_rx {
+                    rx.borrow_and_update();
+                }
+                // The list as it is now: every change up to here in one event.
+                let out = shared.lock().presence_event();
+                seq += 1;
+                if send_text(sink, event_text(&out, seq)).await.is_err() {
+                    return;
+                }
+            }
             _ = liveness.tick() => {
                 if send_message(sink, Message::Ping(Default::default())).await.is_err() {
                     return;
@@ -625,6 +691,23 @@ async fn session(
                 return;
             }
         }
+    }
+}
+
+/// Waits for a presence change: `true`, or `false` once the sender is gone.
+/// Without a receiver (a client that does not read presence) it never ends.
+async fn presence_changed(rx: &mut Option<watch::Receiver<u64>>) -> bool {
+    match rx {
+        Some(rx) => rx.changed().await.is_ok(),
+        None => std::future::pending().await,
+    }
+}
+
+/// Sleeps until `due`; never ends for `None`.
+async fn sleep_until_some(due: Option<Instant>) {
+    match due {
+        Some(due) => tokio::time::sleep_until(due).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -179,7 +179,7 @@ async fn tick_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
         let now = now_ms();
         state.presence.touch_connected(now);
         if state.presence.prune(now) > 0 {
-            state.broadcast_presence();
+            state.presence_changed();
         }
         state.broadcast_tick();
     }

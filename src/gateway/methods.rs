@@ -11,7 +11,7 @@ use super::state::{now_ms, Shared};
 use crate::presence::PresenceKey;
 use crate::protocol::{
     event, method, scope, ClientInfo, ErrorCode, ErrorShape, Frame, HostStats, NodeEventParams,
-    Request, Role, SystemEventParams,
+    Request, Response, Role, SystemEventParams,
 };
 
 /// Methods this gateway answers (advertised in `hello-ok.features.methods`).
@@ -46,10 +46,14 @@ pub struct ConnContext {
 impl ConnContext {
     /// `operator.admin` implies every scope; `operator.write` implies read.
     fn has_scope(&self, needed: &str) -> bool {
-        let has = |s: &str| self.scopes.iter().any(|x| x == s);
-        has(scope::OPERATOR_ADMIN)
-            || has(needed)
-            || (needed == scope::OPERATOR_READ && has(scope::OPERATOR_WRITE))
+        grants(&self.scopes, needed)
+    }
+
+    /// Whether this client sees the presence list: in its hello-ok snapshot
+    /// and as `presence` events (operators with `operator.read`, as OpenClaw
+    /// projects it; nodes get an empty snapshot and no events).
+    pub fn reads_presence(&self) -> bool {
+        reads_presence(self.role, &self.scopes)
     }
 
     fn require_operator_scope(&self, needed: &str) -> Result<(), ErrorShape> {
@@ -75,6 +79,20 @@ impl ConnContext {
     }
 }
 
+/// Whether `scopes` grant `needed`: `operator.admin` implies every scope,
+/// `operator.write` implies `operator.read`.
+fn grants(scopes: &[String], needed: &str) -> bool {
+    let has = |s: &str| scopes.iter().any(|x| x == s);
+    has(scope::OPERATOR_ADMIN)
+        || has(needed)
+        || (needed == scope::OPERATOR_READ && has(scope::OPERATOR_WRITE))
+}
+
+/// See [`ConnContext::reads_presence`].
+pub fn reads_presence(role: Role, scopes: &[String]) -> bool {
+    role == Role::Operator && grants(scopes, scope::OPERATOR_READ)
+}
+
 fn forbidden(message: impl Into<String>) -> ErrorShape {
     ErrorShape::new(ErrorCode::Forbidden, message)
 }
@@ -97,13 +115,13 @@ fn parse_params<T: DeserializeOwned>(req: &Request) -> Result<T, ErrorShape> {
 /// has a string one, else to `"invalid"` (as OpenClaw answers). Every answer
 /// is logged at debug level (`request answered` / `request refused` with the
 /// method), which is how unknown methods a peer calls show up.
-pub fn handle_text(shared: &Shared, ctx: &ConnContext, text: &str) -> Option<Frame> {
+pub fn handle_text(shared: &Shared, ctx: &ConnContext, text: &str) -> String {
     let req = match parse_request(text) {
         Ok(req) => req,
         Err((id, why)) => {
             tracing::debug!(error = ?why, "invalid request frame");
             let error = ErrorShape::invalid_request(format!("invalid request frame: {why}"));
-            return Some(Frame::err(id, error));
+            return Frame::err(id, error).to_text();
         }
     };
     let result = handle(shared, ctx, &req);
@@ -117,10 +135,44 @@ pub fn handle_text(shared: &Shared, ctx: &ConnContext, text: &str) -> Option<Fra
             "request refused"
         ),
     }
-    Some(match result {
-        Ok(payload) => Frame::ok(&req.id, payload),
-        Err(error) => Frame::err(&req.id, error),
-    })
+    match result {
+        Ok(answer) => answer.response_text(&req.id),
+        Err(error) => Frame::err(&req.id, error).to_text(),
+    }
+}
+
+/// What a method answers with.
+#[derive(Debug)]
+pub enum Answer {
+    /// A payload built as a JSON value.
+    Value(Value),
+    /// A payload that already is JSON text: the presence list, made from
+    /// the store's cached rows without a `Value` in between.
+    Json(String),
+}
+
+impl Answer {
+    /// The success response's text for request `id`.
+    pub fn response_text(self, id: &str) -> String {
+        match self {
+            Answer::Value(payload) => Frame::Res(Response {
+                id: id.to_string(),
+                ok: true,
+                payload: Some(payload),
+                error: None,
+            })
+            .to_text(),
+            Answer::Json(payload) => Frame::ok_text(id, &payload),
+        }
+    }
+
+    /// The payload as a JSON value.
+    pub fn into_value(self) -> Value {
+        match self {
+            Answer::Value(v) => v,
+            Answer::Json(text) => serde_json::from_str(&text).unwrap_or(Value::Null),
+        }
+    }
 }
 
 /// A request, or the id to answer a frame that is not one and why not.
@@ -155,9 +207,16 @@ fn parse_request(text: &str) -> Result<Request, (String, String)> {
 }
 
 /// Dispatches a request by method name.
-pub fn handle(shared: &Shared, ctx: &ConnContext, req: &Request) -> Result<Value, ErrorShape> {
+pub fn handle(shared: &Shared, ctx: &ConnContext, req: &Request) -> Result<Answer, ErrorShape> {
+    if req.method == method::SYSTEM_PRESENCE {
+        return system_presence(shared, ctx).map(Answer::Json);
+    }
+    handle_value(shared, ctx, req).map(Answer::Value)
+}
+
+/// The methods whose payload is built as a JSON value.
+fn handle_value(shared: &Shared, ctx: &ConnContext, req: &Request) -> Result<Value, ErrorShape> {
     match req.method.as_str() {
-        method::SYSTEM_PRESENCE => system_presence(shared, ctx),
         method::SYSTEM_EVENT => system_event(shared, ctx, parse_params(req)?),
         method::NODE_EVENT => {
             ctx.require_node(method::NODE_EVENT)?;
@@ -221,13 +280,12 @@ fn instance_forget(
     Ok(json!({ "instanceId": id, "forgotten": removed.is_some(), "pin": removed }))
 }
 
-/// Rule 9: the list, newest first. Nodes and `operator.read`.
-fn system_presence(shared: &Shared, ctx: &ConnContext) -> Result<Value, ErrorShape> {
+/// Rule 9: the list, newest first, as JSON text. Nodes and `operator.read`.
+fn system_presence(shared: &Shared, ctx: &ConnContext) -> Result<String, ErrorShape> {
     if ctx.role != Role::Node {
         ctx.require_operator_scope(scope::OPERATOR_READ)?;
     }
-    let list = shared.lock().presence.list(now_ms());
-    Ok(serde_json::to_value(list).unwrap_or(Value::Null))
+    Ok(shared.lock().presence.list_json(now_ms()))
 }
 
 /// Rule 3: a beacon. A node may only update its own row; an operator needs
@@ -262,7 +320,7 @@ fn system_event(
     let mut state = shared.lock();
     let remote = if own { ctx.remote_ip } else { None };
     state.presence.beacon(&target, &params, remote, now_ms());
-    state.broadcast_presence();
+    state.presence_changed();
     Ok(json!({ "ok": true }))
 }
 
@@ -399,7 +457,8 @@ fn strip_nulls(mut v: Value) -> Value {
 fn health(shared: &Shared) -> Value {
     let mut state = shared.lock();
     let now = now_ms();
-    let entries = state.presence.list(now).len();
+    state.presence.prune(now);
+    let entries = state.presence.len();
     json!({
         "ok": true,
         "ts": now,
@@ -453,7 +512,7 @@ mod tests {
             method: method.into(),
             params,
         };
-        handle(&shared(), ctx, &req)
+        handle(&shared(), ctx, &req).map(Answer::into_value)
     }
 
     const PUBLICATIONS: [&str; 3] = [
@@ -587,7 +646,7 @@ mod tests {
                 "m4",
             ),
         ] {
-            match handle_text(&shared(), &node, text) {
+            match Frame::parse(&handle_text(&shared(), &node, text)).ok() {
                 Some(Frame::Res(r)) => {
                     assert_eq!(r.id, id, "{text}");
                     assert!(!r.ok, "{text}");
@@ -606,7 +665,7 @@ mod tests {
             "[]",
             r#"["req","a1","health",{}]"#,
         ] {
-            match handle_text(&shared(), &node, text) {
+            match Frame::parse(&handle_text(&shared(), &node, text)).ok() {
                 Some(Frame::Res(r)) => {
                     assert_eq!(r.id, "invalid", "{text}");
                     assert!(!r.ok, "{text}");
@@ -621,7 +680,7 @@ mod tests {
         let node = ctx(Role::Node, &[]);
         let text =
             r#"{"type":"req","id":"7","method":"node.pluginTools.update","params":{"tools":[]}}"#;
-        match handle_text(&shared(), &node, text) {
+        match Frame::parse(&handle_text(&shared(), &node, text)).ok() {
             Some(Frame::Res(r)) => {
                 assert_eq!(r.id, "7");
                 assert!(r.ok);

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 
 use super::broadcast::Outbound;
 use super::pins::PinStore;
@@ -52,6 +52,9 @@ pub struct NodeRecord {
 pub struct State {
     pub presence: PresenceStore,
     pub presence_version: u64,
+    /// The presence version, watched by every connection that reads
+    /// presence (see [`State::presence_changed`]).
+    pub presence_changes: watch::Sender<u64>,
     pub connections: HashMap<String, ConnHandle>,
     /// Keyed by connection id.
     pub nodes: HashMap<String, NodeRecord>,
@@ -79,6 +82,7 @@ impl Shared {
             state: Mutex::new(State {
                 presence,
                 presence_version: 1,
+                presence_changes: watch::Sender::new(1),
                 connections: HashMap::new(),
                 nodes: HashMap::new(),
                 auth_failures: HashMap::new(),

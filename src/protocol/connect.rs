@@ -255,6 +255,33 @@ pub struct HelloOk {
     pub policy: Policy,
 }
 
+impl HelloOk {
+    /// The `connect` response text, with `presence_json` (a JSON array, the
+    /// store's cached list) as `snapshot.presence`: the gateway sends the
+    /// list it already has as text instead of cloning and re-serializing
+    /// every row for every handshake. `self.snapshot.presence` is left empty.
+    pub fn response_text(&self, request_id: &str, presence_json: &str) -> String {
+        // `type` and the other fields come before `snapshot`, whose first
+        // field is `presence`; field names are never escaped and string
+        // values always are, so this text occurs once, as that field.
+        const EMPTY: &str = r#""snapshot":{"presence":[]"#;
+        let payload = serde_json::to_string(self).unwrap_or_else(|_| String::from("{}"));
+        let payload = match payload.find(EMPTY) {
+            Some(at) if self.snapshot.presence.is_empty() => {
+                let rest = &payload[at + EMPTY.len()..];
+                let mut spliced = String::with_capacity(payload.len() + presence_json.len());
+                spliced.push_str(&payload[..at]);
+                spliced.push_str(r#""snapshot":{"presence":"#);
+                spliced.push_str(presence_json);
+                spliced.push_str(rest);
+                spliced
+            }
+            _ => payload,
+        };
+        crate::protocol::Frame::ok_text(request_id, &payload)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -308,6 +335,35 @@ mod tests {
             .methods
             .iter()
             .any(|m| m == "system-presence"));
+    }
+
+    /// The spliced hello-ok is the hello-ok with that list, as a frame.
+    #[test]
+    fn hello_ok_response_text_carries_the_given_presence() {
+        let Frame::Res(res) = Frame::parse(&wire("03-node-host.hello-ok.res.json")).unwrap() else {
+            panic!("not a response")
+        };
+        let mut full: HelloOk = serde_json::from_value(res.payload.unwrap()).unwrap();
+        for (n, host) in ["gw", "node-1", "mac \"studio\""].into_iter().enumerate() {
+            full.snapshot.presence.push(PresenceEntry {
+                host: Some(host.into()),
+                ts: 1_000 - n as u64,
+                ..PresenceEntry::default()
+            });
+        }
+        let presence_json = serde_json::to_string(&full.snapshot.presence).unwrap();
+        let mut empty = full.clone();
+        empty.snapshot.presence.clear();
+        // A string value that looks like the field is escaped, so the
+        // splice still finds the field itself.
+        empty.server.version = r#""snapshot":{"presence":[]"#.into();
+        let mut expected = full.clone();
+        expected.server.version = empty.server.version.clone();
+        let text = empty.response_text("c-1", &presence_json);
+        assert_eq!(Frame::parse(&text).unwrap(), Frame::ok("c-1", &expected));
+        // Nothing to splice into: the hello-ok as it is.
+        let text = full.response_text("c-2", "[]");
+        assert_eq!(Frame::parse(&text).unwrap(), Frame::ok("c-2", &full));
     }
 
     #[test]

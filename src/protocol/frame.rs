@@ -118,6 +118,20 @@ impl Frame {
         })
     }
 
+    /// The text of a success response whose payload is JSON text made
+    /// elsewhere (the presence list from the store's cache), spliced in
+    /// without a `Value` in between. `payload_json` must be one JSON value.
+    pub fn ok_text(id: &str, payload_json: &str) -> String {
+        let id = serde_json::to_string(id).unwrap_or_else(|_| String::from("\"\""));
+        let mut text = String::with_capacity(40 + id.len() + payload_json.len());
+        text.push_str(r#"{"type":"res","id":"#);
+        text.push_str(&id);
+        text.push_str(r#","ok":true,"payload":"#);
+        text.push_str(payload_json);
+        text.push('}');
+        text
+    }
+
     pub fn err(id: impl Into<String>, error: ErrorShape) -> Frame {
         Frame::Res(Response {
             id: id.into(),
@@ -210,6 +224,16 @@ mod tests {
             Frame::parse(r#"["req","a1","connect",{}]"#),
             Err(FrameError::Shape(_))
         ));
+    }
+
+    #[test]
+    fn ok_text_is_the_response_frame() {
+        for id in ["r1", "", "q\"uote\\ \u{1}", "ünï"] {
+            let payload = r#"[{"ts":1,"host":"a"},{"ts":0}]"#;
+            let text = Frame::ok_text(id, payload);
+            let expected = Frame::ok(id, serde_json::from_str::<Value>(payload).unwrap());
+            assert_eq!(Frame::parse(&text).unwrap(), expected, "{text}");
+        }
     }
 
     #[test]

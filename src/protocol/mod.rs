@@ -19,6 +19,26 @@ pub use payloads::{
     SystemEventParams, TickEvent,
 };
 
+/// The read buffer of every WebSocket we open or accept. tungstenite's
+/// default, 128 KiB, is zero-filled on each read and so stays resident for
+/// the connection's life: 128 KiB per connection, where our frames are a few
+/// hundred bytes. A larger frame grows the buffer as far as it needs.
+pub const WS_READ_BUFFER: usize = 4096;
+
+/// The WebSocket settings of every connection we open or accept: the read
+/// buffer above, and messages and frames up to `max_payload` (tungstenite's
+/// defaults when `None`).
+pub fn ws_config(
+    max_payload: Option<usize>,
+) -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(WS_READ_BUFFER);
+    match max_payload {
+        Some(max) => config.max_message_size(Some(max)).max_frame_size(Some(max)),
+        None => config,
+    }
+}
+
 /// The newest protocol version we speak; negotiated when the peer allows it.
 pub const PROTOCOL_VERSION: u32 = 4;
 /// The oldest protocol version we accept, and only for `role: node`.
