@@ -313,7 +313,11 @@ fn serialize(c: &mut Criterion) {
     });
     // As it is answered now: the store's cached row JSON, spliced.
     g.bench_function("presence_200_answer", |b| {
-        b.iter(|| black_box(Frame::ok_text(black_box("req-1"), &s.list_json(now))))
+        b.iter(|| {
+            black_box(Frame::ok_text_with(black_box("req-1"), 200 * 320, |text| {
+                s.write_list_json(text, now)
+            }))
+        })
     });
     // hello-ok for a node (no presence, as OpenClaw projects it) and for an
     // operator with 200 rows, before and after the splice.

@@ -375,6 +375,14 @@ impl PresenceStore {
     /// gives, byte for byte, made from each row's cached JSON. The self entry
     /// (its `ts` is now) is serialized on every call.
     pub fn list_json(&mut self, now_ms: u64) -> String {
+        let mut out = String::new();
+        self.write_list_json(&mut out, now_ms);
+        out
+    }
+
+    /// [`PresenceStore::list_json`], appended to `out` (so a response is
+    /// built in one buffer).
+    pub fn write_list_json(&mut self, out: &mut String, now_ms: u64) {
         self.prune(now_ms);
         self.self_entry.ts = now_ms;
         let PresenceStore {
@@ -387,7 +395,7 @@ impl PresenceStore {
             rows.iter().map(|(key, row)| (row.ts, key)).collect();
         order.sort_unstable_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
         let self_json = entry_json(self_entry);
-        let mut out = String::with_capacity(2 + self_json.len() + 320 * order.len());
+        out.reserve(2 + self_json.len() + 320 * order.len());
         out.push('[');
         // The self entry goes before the first row not newer than it (ties
         // go to the self entry, as in `list`).
@@ -413,7 +421,6 @@ impl PresenceStore {
             out.pop();
         }
         out.push(']');
-        out
     }
 
     /// The number of rows, the self entry included.

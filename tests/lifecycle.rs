@@ -377,7 +377,11 @@ async fn a_client_that_stops_reading_is_dropped_without_slowing_the_others() {
     while dropped(&gw) == 0 && waited.elapsed() < Duration::from_secs(30) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(dropped(&gw) > 0, "never dropped; log:\n{}", gw.proc.log_text());
+    assert!(
+        dropped(&gw) > 0,
+        "never dropped; log:\n{}",
+        gw.proc.log_text()
+    );
     assert!(started.elapsed() < Duration::from_secs(90));
     // Only the slow client was dropped; the writer is still served.
     assert_eq!(dropped(&gw), 1, "log:\n{}", gw.proc.log_text());

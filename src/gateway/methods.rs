@@ -146,9 +146,9 @@ pub fn handle_text(shared: &Shared, ctx: &ConnContext, text: &str) -> String {
 pub enum Answer {
     /// A payload built as a JSON value.
     Value(Value),
-    /// A payload that already is JSON text: the presence list, made from
-    /// the store's cached rows without a `Value` in between.
-    Json(String),
+    /// The whole response, already as text: the presence list, written
+    /// from the store's cached rows into the response's own buffer.
+    Response(String),
 }
 
 impl Answer {
@@ -162,7 +162,7 @@ impl Answer {
                 error: None,
             })
             .to_text(),
-            Answer::Json(payload) => Frame::ok_text(id, &payload),
+            Answer::Response(text) => text,
         }
     }
 
@@ -170,7 +170,10 @@ impl Answer {
     pub fn into_value(self) -> Value {
         match self {
             Answer::Value(v) => v,
-            Answer::Json(text) => serde_json::from_str(&text).unwrap_or(Value::Null),
+            Answer::Response(text) => match Frame::parse(&text) {
+                Ok(Frame::Res(res)) => res.payload.unwrap_or(Value::Null),
+                _ => Value::Null,
+            },
         }
     }
 }
@@ -209,7 +212,7 @@ fn parse_request(text: &str) -> Result<Request, (String, String)> {
 /// Dispatches a request by method name.
 pub fn handle(shared: &Shared, ctx: &ConnContext, req: &Request) -> Result<Answer, ErrorShape> {
     if req.method == method::SYSTEM_PRESENCE {
-        return system_presence(shared, ctx).map(Answer::Json);
+        return system_presence(shared, ctx, &req.id).map(Answer::Response);
     }
     handle_value(shared, ctx, req).map(Answer::Value)
 }
@@ -280,12 +283,17 @@ fn instance_forget(
     Ok(json!({ "instanceId": id, "forgotten": removed.is_some(), "pin": removed }))
 }
 
-/// Rule 9: the list, newest first, as JSON text. Nodes and `operator.read`.
-fn system_presence(shared: &Shared, ctx: &ConnContext) -> Result<String, ErrorShape> {
+/// Rule 9: the list, newest first: the whole response to request `id`.
+/// Nodes and `operator.read`.
+fn system_presence(shared: &Shared, ctx: &ConnContext, id: &str) -> Result<String, ErrorShape> {
     if ctx.role != Role::Node {
         ctx.require_operator_scope(scope::OPERATOR_READ)?;
     }
-    Ok(shared.lock().presence.list_json(now_ms()))
+    let mut state = shared.lock();
+    let size = state.presence.len() * 320;
+    Ok(Frame::ok_text_with(id, size, |text| {
+        state.presence.write_list_json(text, now_ms())
+    }))
 }
 
 /// Rule 3: a beacon. A node may only update its own row; an operator needs

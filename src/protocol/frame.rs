@@ -122,12 +122,22 @@ impl Frame {
     /// elsewhere (the presence list from the store's cache), spliced in
     /// without a `Value` in between. `payload_json` must be one JSON value.
     pub fn ok_text(id: &str, payload_json: &str) -> String {
+        Frame::ok_text_with(id, payload_json.len(), |text| text.push_str(payload_json))
+    }
+
+    /// [`Frame::ok_text`] with the payload written by `write_payload` into
+    /// the response's own buffer (`size_hint`: its expected length).
+    pub fn ok_text_with(
+        id: &str,
+        size_hint: usize,
+        write_payload: impl FnOnce(&mut String),
+    ) -> String {
         let id = serde_json::to_string(id).unwrap_or_else(|_| String::from("\"\""));
-        let mut text = String::with_capacity(40 + id.len() + payload_json.len());
+        let mut text = String::with_capacity(40 + id.len() + size_hint);
         text.push_str(r#"{"type":"res","id":"#);
         text.push_str(&id);
         text.push_str(r#","ok":true,"payload":"#);
-        text.push_str(payload_json);
+        write_payload(&mut text);
         text.push('}');
         text
     }
