@@ -110,6 +110,13 @@ fn presence(c: &mut Criterion) {
             let mut s = base.clone();
             b.iter(|| black_box(s.list_json(black_box(NOW + 20_000))))
         });
+        // After a tick every connected row has the same `ts`: ties are
+        // broken by key.
+        g.bench_function("list_json_after_tick", |b| {
+            let mut s = base.clone();
+            s.touch_connected(NOW + 20_000);
+            b.iter(|| black_box(s.list_json(black_box(NOW + 20_000))))
+        });
         g.bench_function("beacon_existing_row", |b| {
             let mut s = base.clone();
             let key = PresenceKey::normalize("bench-00042-7f3a9c2e").expect("key");

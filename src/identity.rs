@@ -119,6 +119,19 @@ impl DeviceIdentity {
         ))
     }
 
+    /// A new identity held in memory only, never written (the load
+    /// generator's simulated nodes).
+    pub fn ephemeral(instance_id: impl Into<String>) -> DeviceIdentity {
+        let key = SigningKey::from_bytes(&rand::random::<[u8; 32]>());
+        let verifying = key.verifying_key();
+        DeviceIdentity {
+            instance_id: instance_id.into(),
+            device_id: device_auth::device_id_for(&verifying),
+            public_key: device_auth::encode_public_key(&verifying),
+            key,
+        }
+    }
+
     /// The stable instance id (a lowercase UUID).
     pub fn instance_id(&self) -> &str {
         &self.instance_id

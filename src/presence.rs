@@ -171,11 +171,13 @@ pub struct PresenceStore {
     limits: PresenceLimits,
     self_key: PresenceKey,
     self_entry: PresenceEntry,
-    rows: HashMap<PresenceKey, PresenceEntry>,
-    /// Each row's JSON, made on first use and dropped whenever the row
-    /// changes (every write to `rows` goes through [`PresenceStore::changed`]
-    /// or removes the row here too).
-    row_json: HashMap<PresenceKey, Box<str>>,
+    rows: HashMap<PresenceKey, Row>,
+    /// No row can expire before this (ms): prune skips its scan until then.
+    next_expiry_ms: u64,
+    /// Every client row's JSON, newest first, comma-joined, and the newest
+    /// `ts` among them: the list without the self entry, made once after a
+    /// change and reused until the next (`None` after any change).
+    rows_json: Option<(String, u64)>,
     /// Open connections per key. Kept apart from `rows` because a row can be
     /// evicted (rule 7) while its connections stay open.
     open_connections: HashMap<PresenceKey, usize>,
@@ -197,7 +199,8 @@ impl PresenceStore {
             self_key,
             self_entry,
             rows: HashMap::new(),
-            row_json: HashMap::new(),
+            next_expiry_ms: u64::MAX,
+            rows_json: None,
             open_connections: HashMap::new(),
         }
     }
@@ -227,7 +230,7 @@ impl PresenceStore {
             conn.device_id,
             conn.conn_id,
         );
-        let row = self.rows.entry(key.clone()).or_default();
+        let row = self.row_mut(&key);
         set(&mut row.instance_id, client.instance_id.as_deref());
         set(&mut row.host, client.display_name.as_deref());
         set(&mut row.version, Some(&client.version));
@@ -254,7 +257,6 @@ impl PresenceStore {
             ));
         }
         *self.open_connections.entry(key.clone()).or_default() += 1;
-        self.changed(&key);
         self.enforce_cap();
         Some(key)
     }
@@ -274,9 +276,11 @@ impl PresenceStore {
         self.open_connections.remove(key);
         match self.rows.get_mut(key) {
             Some(row) => {
-                row.reason = Some("disconnect".to_string());
-                row.ts = now_ms;
-                self.changed(key);
+                row.json = None;
+                self.rows_json = None;
+                row.entry.reason = Some("disconnect".to_string());
+                row.entry.ts = now_ms;
+                self.may_expire(now_ms);
                 true
             }
             None => false,
@@ -297,7 +301,7 @@ impl PresenceStore {
         remote_ip: Option<IpAddr>,
         now_ms: u64,
     ) {
-        let row = self.rows.entry(key.clone()).or_default();
+        let row = self.row_mut(key);
         set(&mut row.text, Some(&params.text));
         set(&mut row.instance_id, params.instance_id.as_deref());
         set(&mut row.host, params.host.as_deref());
@@ -318,7 +322,9 @@ impl PresenceStore {
             row.ip = reportable_ip(remote_ip);
         }
         row.ts = now_ms;
-        self.changed(key);
+        if !self.open_connections.contains_key(key) {
+            self.may_expire(now_ms);
+        }
         self.enforce_cap();
     }
 
@@ -328,11 +334,14 @@ impl PresenceStore {
     pub fn touch_connected(&mut self, now_ms: u64) -> bool {
         let mut changed = false;
         for (key, row) in &mut self.rows {
-            if self.open_connections.contains_key(key) && row.ts != now_ms {
-                row.ts = now_ms;
-                self.row_json.remove(key);
+            if row.entry.ts != now_ms && self.open_connections.contains_key(key) {
+                row.entry.ts = now_ms;
+                row.json = None;
                 changed = true;
             }
+        }
+        if changed {
+            self.rows_json = None;
         }
         changed
     }
@@ -340,18 +349,31 @@ impl PresenceStore {
     /// Rule 6: drops rows not updated for more than the TTL, except the self
     /// entry and rows with an open connection. Returns how many were dropped.
     pub fn prune(&mut self, now_ms: u64) -> usize {
-        let before = self.rows.len();
         let ttl_ms = self.limits.ttl_ms;
+        // A row expires once now > ts + ttl; none can before the earliest
+        // such moment, so most calls skip the scan.
+        if now_ms <= self.next_expiry_ms {
+            return 0;
+        }
+        let before = self.rows.len();
         let open = &self.open_connections;
-        let row_json = &mut self.row_json;
+        let mut next = u64::MAX;
         self.rows.retain(|key, row| {
-            let keep = open.contains_key(key) || now_ms.saturating_sub(row.ts) <= ttl_ms;
-            if !keep {
-                row_json.remove(key);
+            if open.contains_key(key) {
+                return true;
+            }
+            let keep = now_ms.saturating_sub(row.entry.ts) <= ttl_ms;
+            if keep {
+                next = next.min(row.entry.ts.saturating_add(ttl_ms));
             }
             keep
         });
-        before - self.rows.len()
+        self.next_expiry_ms = next;
+        let removed = before - self.rows.len();
+        if removed > 0 {
+            self.rows_json = None;
+        }
+        removed
     }
 
     /// Rule 9: prunes, refreshes the self entry's `ts`, and returns every row
@@ -364,7 +386,7 @@ impl PresenceStore {
         let mut rows: Vec<(Option<&PresenceKey>, &PresenceEntry)> = self
             .rows
             .iter()
-            .map(|(key, row)| (Some(key), row))
+            .map(|(key, row)| (Some(key), &row.entry))
             .collect();
         rows.push((None, &self.self_entry));
         rows.sort_by(|(ka, a), (kb, b)| b.ts.cmp(&a.ts).then_with(|| ka.cmp(kb)));
@@ -385,34 +407,41 @@ impl PresenceStore {
     pub fn write_list_json(&mut self, out: &mut String, now_ms: u64) {
         self.prune(now_ms);
         self.self_entry.ts = now_ms;
-        let PresenceStore {
-            rows,
-            row_json,
-            self_entry,
-            ..
-        } = self;
-        let mut order: Vec<(u64, &PresenceKey)> =
-            rows.iter().map(|(key, row)| (row.ts, key)).collect();
-        order.sort_unstable_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
-        let self_json = entry_json(self_entry);
-        out.reserve(2 + self_json.len() + 320 * order.len());
+        let self_json = entry_json(&self.self_entry);
+        let (rows, newest) = self.rows_json.get_or_insert_with(|| {
+            let order = sorted_rows(&mut self.rows);
+            let newest = order.first().map_or(0, |(ts, _, _)| *ts);
+            let mut joined = String::with_capacity(320 * order.len());
+            for (_, _, json) in order {
+                if !joined.is_empty() {
+                    joined.push(',');
+                }
+                joined.push_str(json);
+            }
+            (joined, newest)
+        });
+        out.reserve(3 + self_json.len() + rows.len());
         out.push('[');
-        // The self entry goes before the first row not newer than it (ties
-        // go to the self entry, as in `list`).
+        if *newest <= now_ms || rows.is_empty() {
+            // The usual case: the self entry (ts now) is the newest row.
+            out.push_str(&self_json);
+            if !rows.is_empty() {
+                out.push(',');
+                out.push_str(rows);
+            }
+            out.push(']');
+            return;
+        }
+        // The wall clock stepped back: rows newer than now come before the
+        // self entry (ties go to the self entry, as in `list`).
         let mut self_pending = true;
-        for (ts, key) in order {
+        for (ts, _, json) in sorted_rows(&mut self.rows) {
             if self_pending && ts <= now_ms {
                 out.push_str(&self_json);
                 out.push(',');
                 self_pending = false;
             }
-            if let Some(json) = row_json.get(key) {
-                out.push_str(json);
-            } else {
-                let json = entry_json(&rows[key]);
-                out.push_str(&json);
-                row_json.insert(key.clone(), json.into_boxed_str());
-            }
+            out.push_str(json);
             out.push(',');
         }
         if self_pending {
@@ -439,7 +468,7 @@ impl PresenceStore {
         if *key == self.self_key {
             Some(&self.self_entry)
         } else {
-            self.rows.get(key)
+            self.rows.get(key).map(|row| &row.entry)
         }
     }
 
@@ -460,32 +489,69 @@ impl PresenceStore {
             let oldest = self
                 .rows
                 .iter()
-                .map(|(key, row)| (row.ts, key))
+                .map(|(key, row)| (row.entry.ts, key))
                 .min()
                 .map(|(_, key)| key.clone());
             if let Some(key) = oldest {
                 self.rows.remove(&key);
-                self.row_json.remove(&key);
+                self.rows_json = None;
             }
             return;
         }
         let mut by_age: Vec<(u64, PresenceKey)> = self
             .rows
             .iter()
-            .map(|(key, row)| (row.ts, key.clone()))
+            .map(|(key, row)| (row.entry.ts, key.clone()))
             .collect();
         by_age.sort();
         let excess = self.rows.len() - allowed;
         for (_, key) in by_age.into_iter().take(excess) {
             self.rows.remove(&key);
-            self.row_json.remove(&key);
         }
+        self.rows_json = None;
     }
 
-    /// The row at `key` changed: its cached JSON is stale.
-    fn changed(&mut self, key: &PresenceKey) {
-        self.row_json.remove(key);
+    /// The row at `key` (created empty if absent), to change: its cached
+    /// JSON is dropped.
+    fn row_mut(&mut self, key: &PresenceKey) -> &mut PresenceEntry {
+        self.rows_json = None;
+        let row = self.rows.entry(key.clone()).or_default();
+        row.json = None;
+        &mut row.entry
     }
+
+    /// A row without an open connection was written at `ts_ms`: it can
+    /// expire from `ts_ms + ttl`.
+    fn may_expire(&mut self, ts_ms: u64) {
+        self.next_expiry_ms = self
+            .next_expiry_ms
+            .min(ts_ms.saturating_add(self.limits.ttl_ms));
+    }
+}
+
+/// A client row and its JSON, made on first use and dropped whenever the
+/// row changes (every change goes through [`PresenceStore::row_mut`] or
+/// clears it).
+#[derive(Debug, Clone, Default)]
+struct Row {
+    entry: PresenceEntry,
+    json: Option<Box<str>>,
+}
+
+/// The client rows newest first, ties by key, each with its JSON (made
+/// here for rows that changed since their last list).
+fn sorted_rows(rows: &mut HashMap<PresenceKey, Row>) -> Vec<(u64, &PresenceKey, &str)> {
+    let mut order: Vec<(u64, &PresenceKey, &str)> = rows
+        .iter_mut()
+        .map(|(key, row)| {
+            let json = row
+                .json
+                .get_or_insert_with(|| entry_json(&row.entry).into());
+            (row.entry.ts, &*key, &**json)
+        })
+        .collect();
+    order.sort_unstable_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+    order
 }
 
 /// One row's JSON. A `PresenceEntry` is strings, numbers and string lists,

@@ -108,16 +108,32 @@ pub fn connect_params(
     credentials: &Credentials,
     challenge: &ConnectChallenge,
 ) -> ConnectParams {
-    let client = ClientInfo {
+    let client = node_client(identity, display_name(config, facts), facts);
+    signed_node_connect(identity, client, credentials, challenge)
+}
+
+/// `connect.params.client` of a node with these host facts.
+pub fn node_client(identity: &DeviceIdentity, display_name: &str, facts: &HostFacts) -> ClientInfo {
+    ClientInfo {
         id: NODE_CLIENT_ID.to_string(),
-        display_name: Some(display_name(config, facts).to_string()),
+        display_name: Some(display_name.to_string()),
         version: crate::VERSION.to_string(),
         platform: facts.platform.clone(),
         device_family: Some(facts.device_family.clone()),
         model_identifier: Some(facts.model_identifier.clone()),
         mode: mode::NODE.to_string(),
         instance_id: Some(identity.instance_id().to_string()),
-    };
+    }
+}
+
+/// The `connect` parameters of `role: node` with `client`, signed by
+/// `identity` over the challenge (the v3 payload).
+pub fn signed_node_connect(
+    identity: &DeviceIdentity,
+    client: ClientInfo,
+    credentials: &Credentials,
+    challenge: &ConnectChallenge,
+) -> ConnectParams {
     let signature = identity.sign(&DeviceAuthPayload {
         device_id: identity.device_id(),
         client_id: &client.id,
@@ -162,7 +178,21 @@ pub fn beacon(
     facts: &HostFacts,
     last_input_seconds: Option<u64>,
 ) -> SystemEventParams {
-    let host = display_name(config, facts);
+    node_beacon(
+        identity,
+        display_name(config, facts),
+        facts,
+        last_input_seconds,
+    )
+}
+
+/// The beacon of a node shown as `host` with these host facts.
+pub fn node_beacon(
+    identity: &DeviceIdentity,
+    host: &str,
+    facts: &HostFacts,
+    last_input_seconds: Option<u64>,
+) -> SystemEventParams {
     let mut text = format!("Node: {host}");
     if let Some(ip) = facts.ip {
         text.push_str(&format!(" ({ip})"));

@@ -54,10 +54,12 @@ fn json(v: impl serde::Serialize) -> Arc<str> {
 
 impl State {
     /// Queues `out` to every connection; drops the ones whose queue is full.
-    fn fan_out(&mut self, out: &Outbound) {
+    fn fan_out(&mut self, out: Outbound) {
+        // One allocation shared by every queue: a queue slot is a pointer.
+        let out = Arc::new(out);
         let mut overflowed = Vec::new();
         for (conn_id, handle) in &self.connections {
-            if handle.tx.try_send(out.clone()).is_err() {
+            if handle.tx.try_send(Arc::clone(&out)).is_err() {
                 overflowed.push(conn_id.clone());
             }
         }
@@ -98,7 +100,7 @@ impl State {
             payload: json(TickEvent { ts: now_ms() }),
             state_version: None,
         };
-        self.fan_out(&out);
+        self.fan_out(out);
     }
 
     /// Sends `shutdown` to every connection.
@@ -111,7 +113,7 @@ impl State {
             }),
             state_version: None,
         };
-        self.fan_out(&out);
+        self.fan_out(out);
     }
 }
 

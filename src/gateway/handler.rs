@@ -148,7 +148,9 @@ async fn serve_connection(
     }
 
     let outcome = tokio::select! {
-        r = timeout_at(deadline, handshake(&mut source, &shared, &conn_id, &nonce, remote_ip)) => match r {
+        // Boxed: its state lives only while it runs, not in every
+        // connection's task for the connection's whole life.
+        r = timeout_at(deadline, Box::pin(handshake(&mut source, &shared, &conn_id, &nonce, remote_ip))) => match r {
             Ok(outcome) => outcome,
             Err(_) => Err(Rejection::close(CloseCode::Policy, "handshake timeout")),
         },
@@ -227,7 +229,7 @@ struct Accepted {
     /// presence, as OpenClaw projects it).
     presence_json: String,
     request_id: String,
-    rx: mpsc::Receiver<Outbound>,
+    rx: mpsc::Receiver<Arc<Outbound>>,
     /// Presence changes, for clients that read presence.
     presence_rx: Option<watch::Receiver<u64>>,
     kill: Arc<Notify>,
@@ -236,7 +238,7 @@ struct Accepted {
 /// What a connected session is sent through.
 struct Queues<'a> {
     /// Queued events: `tick`, `shutdown`.
-    events: mpsc::Receiver<Outbound>,
+    events: mpsc::Receiver<Arc<Outbound>>,
     /// The presence version (see `broadcast.rs`).
     presence: Option<watch::Receiver<u64>>,
     /// Notified when the event queue overflowed.

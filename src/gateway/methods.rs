@@ -114,8 +114,11 @@ fn parse_params<T: DeserializeOwned>(req: &Request) -> Result<T, ErrorShape> {
 /// a valid request gets `INVALID_REQUEST`, tied to the frame's `id` when it
 /// has a string one, else to `"invalid"` (as OpenClaw answers). Every answer
 /// is logged at debug level (`request answered` / `request refused` with the
-/// method), which is how unknown methods a peer calls show up.
+/// method, and `took_us`: parse to response text), which is how unknown
+/// methods a peer calls show up and how the server side of a request is
+/// timed under load (docs/PERFORMANCE.md).
 pub fn handle_text(shared: &Shared, ctx: &ConnContext, text: &str) -> String {
+    let started = std::time::Instant::now();
     let req = match parse_request(text) {
         Ok(req) => req,
         Err((id, why)) => {
@@ -124,20 +127,23 @@ pub fn handle_text(shared: &Shared, ctx: &ConnContext, text: &str) -> String {
             return Frame::err(id, error).to_text();
         }
     };
-    let result = handle(shared, ctx, &req);
     // The method name is the peer's text: quoted and escaped (`?`).
-    match &result {
-        Ok(_) => tracing::debug!(method = ?req.method, "request answered"),
-        Err(e) => tracing::debug!(
-            method = ?req.method,
-            code = e.code.as_str(),
-            error = ?e.message,
-            "request refused"
-        ),
-    }
-    match result {
-        Ok(answer) => answer.response_text(&req.id),
-        Err(error) => Frame::err(&req.id, error).to_text(),
+    match handle(shared, ctx, &req) {
+        Ok(answer) => {
+            let text = answer.response_text(&req.id);
+            let took_us = started.elapsed().as_micros() as u64;
+            tracing::debug!(method = ?req.method, took_us, "request answered");
+            text
+        }
+        Err(e) => {
+            tracing::debug!(
+                method = ?req.method,
+                code = e.code.as_str(),
+                error = ?e.message,
+                "request refused"
+            );
+            Frame::err(&req.id, e).to_text()
+        }
     }
 }
 

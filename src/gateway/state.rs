@@ -26,7 +26,7 @@ pub fn now_ms() -> u64 {
 /// What the broadcaster needs to reach one connection.
 pub struct ConnHandle {
     pub role: Role,
-    pub tx: mpsc::Sender<Outbound>,
+    pub tx: mpsc::Sender<Arc<Outbound>>,
     /// Notified when the connection must close because its queue overflowed.
     pub kill: Arc<Notify>,
 }

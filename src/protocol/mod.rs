@@ -23,7 +23,7 @@ pub use payloads::{
 /// default, 128 KiB, is zero-filled on each read and so stays resident for
 /// the connection's life: 128 KiB per connection, where our frames are a few
 /// hundred bytes. A larger frame grows the buffer as far as it needs.
-pub const WS_READ_BUFFER: usize = 4096;
+pub const WS_READ_BUFFER: usize = 2048;
 
 /// The WebSocket settings of every connection we open or accept: the read
 /// buffer above, and messages and frames up to `max_payload` (tungstenite's
