@@ -547,7 +547,7 @@ fn sorted_rows(rows: &mut HashMap<PresenceKey, Row>) -> Vec<(u64, &PresenceKey, 
             let json = row
                 .json
                 .get_or_insert_with(|| entry_json(&row.entry).into());
-            (row.entry.ts, &*key, &**json)
+            (row.entry.ts, key, &**json)
         })
         .collect();
     order.sort_unstable_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
