@@ -185,21 +185,8 @@ async fn connect(shared: &Shared, identity: &DeviceIdentity) -> Result<Ws, Strin
         };
         let client = node_client(identity, identity.instance_id(), &shared.facts);
         let params = signed_node_connect(identity, client, &credentials, &challenge);
-        let text = Frame::request("c", method::CONNECT, &params).to_text();
-        ws.send(Message::text(text))
-            .await
-            .map_err(|e| ws_error_kind(&e))?;
-        loop {
-            if let Frame::Res(res) = next_frame(&mut ws).await? {
-                if res.id == "c" {
-                    return if res.ok {
-                        Ok(ws)
-                    } else {
-                        Err(refusal_kind(&res))
-                    };
-                }
-            }
-        }
+        send_connect(&mut ws, &params).await?;
+        Ok(ws)
     })
     .await;
     match result {
@@ -209,6 +196,25 @@ async fn connect(shared: &Shared, identity: &DeviceIdentity) -> Result<Ws, Strin
         }
         Ok(Err(kind)) => Err(kind),
         Err(_) => Err("timeout".into()),
+    }
+}
+
+/// Sends `connect` and waits for its answer: `Err(kind)` when refused.
+async fn send_connect(ws: &mut Ws, params: &ConnectParams) -> Result<(), String> {
+    let text = Frame::request("c", method::CONNECT, params).to_text();
+    ws.send(Message::text(text))
+        .await
+        .map_err(|e| ws_error_kind(&e))?;
+    loop {
+        if let Frame::Res(res) = next_frame(ws).await? {
+            if res.id == "c" {
+                return if res.ok {
+                    Ok(())
+                } else {
+                    Err(refusal_kind(&res))
+                };
+            }
+        }
     }
 }
 
@@ -319,22 +325,8 @@ pub async fn presence_caller(shared: Arc<Shared>, rate: f64, mut stop: watch::Re
             vec!["operator.read".into()],
             shared.token.as_ref().map(Secret::expose),
         );
-        ws.send(Message::text(
-            Frame::request("c", method::CONNECT, &params).to_text(),
-        ))
-        .await
-        .map_err(|e| ws_error_kind(&e))?;
-        loop {
-            if let Frame::Res(res) = next_frame(&mut ws).await? {
-                if res.id == "c" {
-                    return if res.ok {
-                        Ok(ws)
-                    } else {
-                        Err(refusal_kind(&res))
-                    };
-                }
-            }
-        }
+        send_connect(&mut ws, &params).await?;
+        Ok::<Ws, String>(ws)
     })
     .await;
     let mut ws = match connected {
