@@ -10,14 +10,16 @@
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
 
+use clawnode::agent::session::{signed_node_connect, Credentials};
+use clawnode::config::Secret;
+use clawnode::identity::DeviceIdentity;
 use clawnode::presence::{ConnectionInfo, PresenceKey, PresenceLimits, PresenceStore};
-use clawnode::protocol::device_auth::{self, DeviceAuthPayload, Expected};
+use clawnode::protocol::device_auth::{self, Expected};
 use clawnode::protocol::{
-    ClientInfo, ConnectAuth, ConnectParams, DeviceProof, Frame, HelloOk, PresenceEntry, Role,
+    ClientInfo, ConnectChallenge, ConnectParams, Frame, HelloOk, PresenceEntry, Role,
     SystemEventParams,
 };
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
-use ed25519_dalek::SigningKey;
 
 const NOW: u64 = 1_763_000_000_000;
 
@@ -191,49 +193,22 @@ struct SignedConnect {
     token: String,
 }
 
+/// The agent's own signed `connect` (`signed_node_connect`, v3 payload).
 fn signed_connect() -> SignedConnect {
-    let key = SigningKey::from_bytes(&[7u8; 32]);
-    let public = key.verifying_key();
-    let device_id = device_auth::device_id_for(&public);
-    let client = node_client(1);
-    let nonce = "bWFkZS11cC1ub25jZS1mb3ItdGhlLWJlbmNobWFyaw".to_string();
+    let identity = DeviceIdentity::ephemeral("bench-00001-7f3a9c2e");
+    let challenge = ConnectChallenge {
+        nonce: "bWFkZS11cC1ub25jZS1mb3ItdGhlLWJlbmNobWFyaw".to_string(),
+        ts: NOW,
+    };
     let token = "0123456789abcdef0123456789abcdef".to_string();
-    let payload = DeviceAuthPayload {
-        device_id: &device_id,
-        client_id: &client.id,
-        client_mode: &client.mode,
-        role: "node",
-        scopes: &[],
-        signed_at_ms: NOW,
-        token: Some(&token),
-        nonce: &nonce,
-        platform: Some(&client.platform),
-        device_family: client.device_family.as_deref(),
+    let credentials = Credentials {
+        shared: Some(Secret::new(token.clone())),
+        device_token: None,
     };
-    let signature = device_auth::sign(&key, &payload.v3());
-    let params = ConnectParams {
-        min_protocol: 3,
-        max_protocol: 4,
-        client,
-        role: Some(Role::Node),
-        scopes: Vec::new(),
-        caps: Vec::new(),
-        commands: Vec::new(),
-        auth: Some(ConnectAuth {
-            token: Some(token.clone()),
-            device_token: None,
-        }),
-        device: Some(DeviceProof {
-            id: device_id,
-            public_key: device_auth::encode_public_key(&public),
-            signature,
-            signed_at: NOW,
-            nonce: nonce.clone(),
-        }),
-    };
+    let params = signed_node_connect(&identity, node_client(1), &credentials, &challenge);
     SignedConnect {
         text: Frame::request("c1", "connect", &params).to_text(),
-        nonce,
+        nonce: challenge.nonce,
         token,
     }
 }
