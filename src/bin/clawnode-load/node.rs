@@ -165,13 +165,7 @@ fn refusal_kind(res: &Response) -> String {
 async fn connect(shared: &Shared, identity: &DeviceIdentity) -> Result<Ws, String> {
     let started = Instant::now();
     let result = timeout(HANDSHAKE_TIMEOUT, async {
-        let (mut ws, _) = tokio_tungstenite::connect_async_with_config(
-            shared.url.as_str(),
-            Some(clawnode::protocol::ws_config(None)),
-            false,
-        )
-        .await
-        .map_err(|e| ws_error_kind(&e))?;
+        let mut ws = open(&shared.url).await?;
         let challenge: ConnectChallenge = loop {
             if let Frame::Event(e) = next_frame(&mut ws).await? {
                 if e.event == event::CONNECT_CHALLENGE {
@@ -197,6 +191,19 @@ async fn connect(shared: &Shared, identity: &DeviceIdentity) -> Result<Ws, Strin
         Ok(Err(kind)) => Err(kind),
         Err(_) => Err("timeout".into()),
     }
+}
+
+/// Opens the WebSocket (TCP and upgrade), with the settings every
+/// connection of ours uses.
+async fn open(url: &str) -> Result<Ws, String> {
+    let (ws, _) = tokio_tungstenite::connect_async_with_config(
+        url,
+        Some(clawnode::protocol::ws_config(None)),
+        false,
+    )
+    .await
+    .map_err(|e| ws_error_kind(&e))?;
+    Ok(ws)
 }
 
 /// Sends `connect` and waits for its answer: `Err(kind)` when refused.
@@ -303,13 +310,7 @@ async fn session(
 /// until stop; records each round trip and the list's length.
 pub async fn presence_caller(shared: Arc<Shared>, rate: f64, mut stop: watch::Receiver<bool>) {
     let connected = timeout(HANDSHAKE_TIMEOUT, async {
-        let (mut ws, _) = tokio_tungstenite::connect_async_with_config(
-            shared.url.as_str(),
-            Some(clawnode::protocol::ws_config(None)),
-            false,
-        )
-        .await
-        .map_err(|e| ws_error_kind(&e))?;
+        let mut ws = open(&shared.url).await?;
         let client = ClientInfo {
             id: "cli".into(),
             display_name: None,
