@@ -5,8 +5,9 @@
 #   the role's template rendered and checked by `clawnode check-config`,
 #   kubernetes-validate (bundled schemas, offline) on the manifests,
 #   cloud-init's own JSON schema (from Debian's cloud-init package, unpacked
-#   into the cache, not installed) on the user-data, and the configs each
-#   method writes checked by the real binary (deploy/check.py).
+#   into the cache, not installed) on the user-data, the configs each
+#   method writes checked by the real binary (deploy/check.py), and the
+#   Grafana dashboard against the gateway's metrics (deploy/check_dashboard.py).
 # Installs nothing on the system and contacts no host.
 set -uo pipefail
 cd "$(dirname "$0")" || exit 1
@@ -65,6 +66,8 @@ step "the role's template renders for an agent and a gateway" \
 cd .. || exit 1
 step "kubernetes-validate --strict (Kubernetes 1.37 schemas)" \
     kubernetes-validate --strict --quiet kubernetes/*.yaml
+step "the Grafana dashboard: unique ids, known metrics, no overlaps" \
+    "$VENV/bin/python3" check_dashboard.py grafana/clawnode-dashboard.json
 
 # check.py prints its own ok/FAIL lines.
 out=$("$VENV/bin/python" check.py "$BIN" "$SCHEMA" "$RENDER" 2>&1)

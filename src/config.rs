@@ -87,6 +87,7 @@ pub struct GatewayFileConfig {
     pub max_pending_handshakes_per_ip: Option<usize>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    pub metrics_require_token: Option<bool>,
 }
 
 /// How the gateway authenticates clients.
@@ -286,6 +287,8 @@ pub struct GatewaySettings {
     pub admission: AdmissionLimits,
     /// `Some` when the gateway serves TLS (`wss://`).
     pub tls: Option<ServerTlsFiles>,
+    /// `GET /metrics` needs `Authorization: Bearer <token>`.
+    pub metrics_require_token: bool,
 }
 
 impl GatewaySettings {
@@ -486,8 +489,13 @@ impl Settings {
                 (Some(_), None) => bail!("tls_cert is set but tls_key is not: the gateway needs both (--tls-key, [gateway] tls_key)"),
                 (None, Some(_)) => bail!("tls_key is set but tls_cert is not: the gateway needs both (--tls-cert, [gateway] tls_cert)"),
             };
+            let metrics_require_token = g.metrics_require_token.unwrap_or(false);
+            if metrics_require_token && auth == AuthMode::None {
+                bail!("metrics_require_token = true needs auth = \"token\": without auth there is no token to require");
+            }
             Some(GatewaySettings {
                 tls,
+                metrics_require_token,
                 listen,
                 auth,
                 limits: PresenceLimits {

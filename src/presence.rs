@@ -35,9 +35,9 @@ pub const DEFAULT_TTL_MS: u64 = 300_000;
 pub const DEFAULT_MAX_ENTRIES: usize = 200;
 
 /// Age (ms) up to which a row shows as Active.
-const ACTIVE_MAX_AGE_MS: u64 = 90_000;
+pub const ACTIVE_MAX_AGE_MS: u64 = 90_000;
 /// Age (ms) up to which a row shows as Idle; older is Stale.
-const IDLE_MAX_AGE_MS: u64 = 180_000;
+pub const IDLE_MAX_AGE_MS: u64 = 180_000;
 
 /// The key the self entry gets when the gateway has no instanceId.
 const FALLBACK_SELF_KEY: &str = "self";
@@ -181,6 +181,17 @@ pub struct PresenceStore {
     /// Open connections per key. Kept apart from `rows` because a row can be
     /// evicted (rule 7) while its connections stay open.
     open_connections: HashMap<PresenceKey, usize>,
+    /// Rows dropped so far, by why (for metrics).
+    evictions: Evictions,
+}
+
+/// How many rows the store has dropped since it started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Evictions {
+    /// Rule 6: not updated within the TTL.
+    pub ttl: u64,
+    /// Rule 7: the oldest row when the list was over its cap.
+    pub max: u64,
 }
 
 impl PresenceStore {
@@ -202,7 +213,23 @@ impl PresenceStore {
             next_expiry_ms: u64::MAX,
             rows_json: None,
             open_connections: HashMap::new(),
+            evictions: Evictions::default(),
         }
+    }
+
+    /// Rows dropped so far by the TTL and by the cap.
+    pub fn evictions(&self) -> Evictions {
+        self.evictions
+    }
+
+    /// How many rows are Active, Idle and Stale at `now_ms`, the self entry
+    /// (always current) included.
+    pub fn status_counts(&self, now_ms: u64) -> [usize; 3] {
+        let mut counts = [1, 0, 0];
+        for row in self.rows.values() {
+            counts[PresenceStatus::of(row.entry.ts, now_ms) as usize] += 1;
+        }
+        counts
     }
 
     /// The limits this store enforces.
@@ -372,6 +399,7 @@ impl PresenceStore {
         let removed = before - self.rows.len();
         if removed > 0 {
             self.rows_json = None;
+            self.evictions.ttl += removed as u64;
         }
         removed
     }
@@ -495,6 +523,7 @@ impl PresenceStore {
             if let Some(key) = oldest {
                 self.rows.remove(&key);
                 self.rows_json = None;
+                self.evictions.max += 1;
             }
             return;
         }
@@ -509,6 +538,7 @@ impl PresenceStore {
             self.rows.remove(&key);
         }
         self.rows_json = None;
+        self.evictions.max += excess as u64;
     }
 
     /// The row at `key` (created empty if absent), to change: its cached
@@ -564,11 +594,11 @@ fn entry_json(entry: &PresenceEntry) -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PresenceStatus {
     /// Updated within the last 90 s.
-    Active,
+    Active = 0,
     /// Updated within the last 180 s.
-    Idle,
+    Idle = 1,
     /// Older than that.
-    Stale,
+    Stale = 2,
 }
 
 impl PresenceStatus {
@@ -581,6 +611,12 @@ impl PresenceStatus {
             _ => PresenceStatus::Stale,
         }
     }
+
+    pub const ALL: [PresenceStatus; 3] = [
+        PresenceStatus::Active,
+        PresenceStatus::Idle,
+        PresenceStatus::Stale,
+    ];
 
     /// "Active", "Idle" or "Stale".
     pub fn as_str(self) -> &'static str {

@@ -133,6 +133,10 @@ pub fn render(s: &Settings, token_note: &str) -> String {
             "max_pending_handshakes_per_ip = {}",
             g.admission.per_ip
         ));
+        line(format!(
+            "metrics_require_token = {}",
+            g.metrics_require_token
+        ));
         match &g.tls {
             Some(files) => {
                 line(format!(

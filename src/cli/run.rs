@@ -259,6 +259,7 @@ async fn run_gateway(
     config.tick_interval = gw.tick_interval;
     config.handshake_timeout = gw.handshake_timeout;
     config.max_connections = gw.max_connections;
+    config.metrics_require_token = gw.metrics_require_token;
     config.admission = gw.admission;
     config.pins_file = Some(settings.state_dir.join(gateway::pins::PINS_FILE));
     let tls_note = match &tls {

@@ -44,6 +44,14 @@ impl Refusal {
             Refusal::Total => "too many pending handshakes",
         }
     }
+
+    /// The `reason` label of `clawnode_connections_refused_total`.
+    pub fn metric_label(self) -> &'static str {
+        match self {
+            Refusal::PerIp => "per_ip_limit",
+            Refusal::Total => "handshake_limit",
+        }
+    }
 }
 
 /// The counters, shared by the accept loop and every ticket.

@@ -24,6 +24,7 @@ use tracing::{debug, info, warn, Instrument as _};
 use super::admission::Ticket;
 use super::broadcast::{event_text, Outbound, PRESENCE_EVENT_MIN_GAP};
 use super::methods::{self, ConnContext};
+use super::metrics::HandshakeResult;
 use super::pins::PinCheck;
 use super::state::{now_ms, ConnHandle, NodeRecord, Shared};
 use super::SERVER_VERSION;
@@ -50,6 +51,7 @@ struct Rejection {
     reason: String,
     /// The detail code (else the error code) sent, for the log.
     error_code: Option<String>,
+    timed_out: bool,
 }
 
 impl Rejection {
@@ -59,6 +61,7 @@ impl Rejection {
             code,
             reason: reason.into(),
             error_code: None,
+            timed_out: false,
         }
     }
 
@@ -73,6 +76,7 @@ impl Rejection {
             code,
             reason,
             error_code: Some(error_code),
+            timed_out: false,
         }
     }
 }
@@ -115,23 +119,70 @@ async fn serve_connection(
             return;
         }
     };
-    let ws_config = crate::protocol::ws_config(Some(config.max_payload));
-    let ws = match timeout_at(
-        deadline,
-        tokio_tungstenite::accept_async_with_config(stream, Some(ws_config)),
-    )
-    .await
-    {
-        Ok(Ok(ws)) => ws,
-        Ok(Err(e)) => {
-            debug!(error = %e, "WebSocket upgrade failed");
+    let mut stream = stream;
+    let request = match timeout_at(deadline, super::http::read_request(&mut stream)).await {
+        Ok(Ok(request)) => request,
+        Ok(Err(bad)) => {
+            debug!(reason = %bad.reason, "bad HTTP request");
+            shared.metrics.handshake(HandshakeResult::Closed);
+            if let Some(status) = bad.status {
+                let response = super::http::Response::text(status, bad.reason);
+                let _ = timeout(
+                    WRITE_TIMEOUT,
+                    super::http::send(&mut stream, &response, false),
+                )
+                .await;
+            }
             return;
         }
         Err(_) => {
-            debug!("WebSocket upgrade timed out");
+            debug!("HTTP request timed out");
+            shared.metrics.handshake(HandshakeResult::Timeout);
             return;
         }
     };
+    let rest = match request {
+        super::http::Request::Upgrade { accept_key, rest } => {
+            let answer = super::http::switching_protocols(&accept_key);
+            match timeout_at(
+                deadline,
+                tokio::io::AsyncWriteExt::write_all(&mut stream, answer.as_bytes()),
+            )
+            .await
+            {
+                Ok(Ok(())) => rest,
+                _ => {
+                    debug!("WebSocket upgrade answer not sent");
+                    shared.metrics.handshake(HandshakeResult::Closed);
+                    return;
+                }
+            }
+        }
+        super::http::Request::Plain(req) => {
+            drop(ticket);
+            let ready = if *stop.borrow() {
+                Err("the gateway is stopping".to_string())
+            } else {
+                shared.readiness()
+            };
+            let response = super::http::respond(&req, &shared, ready);
+            debug!(method = %req.method, path = %req.path, status = response.status, "HTTP request");
+            let _ = timeout(
+                WRITE_TIMEOUT,
+                super::http::send(&mut stream, &response, req.method == "HEAD"),
+            )
+            .await;
+            return;
+        }
+    };
+    let ws_config = crate::protocol::ws_config(Some(config.max_payload));
+    let ws = WebSocketStream::from_partially_read(
+        stream,
+        rest,
+        tokio_tungstenite::tungstenite::protocol::Role::Server,
+        Some(ws_config),
+    )
+    .await;
     let (mut sink, mut source) = ws.split();
     let remote_ip = canonical_ip(peer.ip());
 
@@ -152,15 +203,22 @@ async fn serve_connection(
         // connection's task for the connection's whole life.
         r = timeout_at(deadline, Box::pin(handshake(&mut source, &shared, &conn_id, &nonce, remote_ip))) => match r {
             Ok(outcome) => outcome,
-            Err(_) => Err(Rejection::close(CloseCode::Policy, "handshake timeout")),
+            Err(_) => Err(Rejection {
+                timed_out: true,
+                ..Rejection::close(CloseCode::Policy, "handshake timeout")
+            }),
         },
         _ = stop.changed() => Err(Rejection::close(CloseCode::Restart, "gateway stopping")),
     };
     // The handshake is over either way: its pre-auth slot is free again.
     drop(ticket);
     let accepted = match outcome {
-        Ok(accepted) => accepted,
+        Ok(accepted) => {
+            shared.metrics.handshake(HandshakeResult::Ok);
+            accepted
+        }
         Err(rejection) => {
+            count_rejection(&shared, &rejection);
             info!(
                 reason = %rejection.reason,
                 error_code = rejection.error_code.as_deref().unwrap_or("-"),
@@ -217,6 +275,28 @@ async fn serve_connection(
     }
     drop(state);
     info!("disconnected");
+}
+
+/// Counts a failed handshake by result, and auth failures by code.
+fn count_rejection(shared: &Shared, rejection: &Rejection) {
+    let auth_code = rejection.error_code.as_deref().and_then(|code| {
+        super::metrics::AUTH_FAILURE_CODES
+            .into_iter()
+            .find(|c| c.as_str() == code)
+    });
+    let result = if let Some(code) = auth_code {
+        shared.metrics.auth_failure(code);
+        HandshakeResult::AuthFailed
+    } else if rejection.timed_out {
+        HandshakeResult::Timeout
+    } else if rejection.response.is_none()
+        && matches!(rejection.code, CloseCode::Normal | CloseCode::Restart)
+    {
+        HandshakeResult::Closed
+    } else {
+        HandshakeResult::Rejected
+    };
+    shared.metrics.handshake(result);
 }
 
 /// A successful handshake.
@@ -552,7 +632,7 @@ fn negotiate(params: &ConnectParams) -> Option<u32> {
 
 /// Compares tokens through their digests, so timing says nothing about
 /// how much of the token was right.
-fn tokens_match(given: &str, expected: &str) -> bool {
+pub(super) fn tokens_match(given: &str, expected: &str) -> bool {
     let a = Sha256::digest(given.as_bytes());
     let b = Sha256::digest(expected.as_bytes());
     a.iter()

@@ -60,10 +60,10 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let admitted = match limit.clone().try_acquire_owned() {
-                        Err(_) => Err("connection limit reached"),
+                        Err(_) => Err(("connection limit reached", "connection_limit")),
                         Ok(permit) => match admission.admit(handler::canonical_ip(peer.ip())) {
                             Ok(ticket) => Ok((permit, ticket)),
-                            Err(refusal) => Err(refusal.as_str()),
+                            Err(refusal) => Err((refusal.as_str(), refusal.metric_label())),
                         },
                     };
                     match admitted {
@@ -76,10 +76,11 @@ pub async fn serve(
                                 .set_tcp_user_timeout(Some(shared.config.tick_interval * 2));
                             handlers.spawn(handler::run(stream, peer, shared.clone(), stop_rx.clone(), permit, ticket));
                         }
-                        Err(why) => {
+                        Err((why, label)) => {
                             // Best effort, never waits: the socket is new, so
                             // its send buffer has room for these few bytes.
                             let _ = stream.try_write(REFUSAL_RESPONSE);
+                            shared.metrics.refused(label);
                             refusals.count(why, &shared, admission.pending());
                         }
                     }

@@ -335,6 +335,8 @@ fn system_event(
     let remote = if own { ctx.remote_ip } else { None };
     state.presence.beacon(&target, &params, remote, now_ms());
     state.presence_changed();
+    drop(state);
+    shared.metrics.beacon();
     Ok(json!({ "ok": true }))
 }
 

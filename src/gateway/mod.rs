@@ -10,8 +10,10 @@
 pub mod admission;
 pub mod broadcast;
 pub mod handler;
+pub mod http;
 pub mod listener;
 pub mod methods;
+pub mod metrics;
 pub mod pins;
 pub mod state;
 
@@ -55,6 +57,8 @@ pub struct GatewayConfig {
     pub self_entry: PresenceEntry,
     /// Serve `wss://`: the TLS handshake runs inside `handshake_timeout`.
     pub tls: Option<crate::tls::ServerTls>,
+    /// `GET /metrics` needs the token (as `Authorization: Bearer`).
+    pub metrics_require_token: bool,
 }
 
 impl GatewayConfig {
@@ -73,6 +77,7 @@ impl GatewayConfig {
             pins_file: None,
             self_entry,
             tls: None,
+            metrics_require_token: false,
         }
     }
 }

@@ -10,6 +10,7 @@ use std::time::Instant;
 use tokio::sync::{mpsc, watch, Notify};
 
 use super::broadcast::Outbound;
+use super::metrics::{Metrics, Snapshot as MetricsSnapshot};
 use super::pins::PinStore;
 use super::GatewayConfig;
 use crate::presence::PresenceStore;
@@ -66,6 +67,9 @@ pub struct State {
 pub struct Shared {
     pub config: GatewayConfig,
     pub started: Instant,
+    /// When the gateway started, in ms since the Unix epoch.
+    pub started_ms: u64,
+    pub metrics: Metrics,
     /// Which device key owns which instance id (its own lock: never held
     /// with the state lock).
     pub pins: Arc<PinStore>,
@@ -78,6 +82,8 @@ impl Shared {
         Shared {
             config,
             started: Instant::now(),
+            started_ms: now_ms(),
+            metrics: Metrics::default(),
             pins: Arc::new(pins),
             state: Mutex::new(State {
                 presence,
@@ -99,6 +105,40 @@ impl Shared {
 
     pub fn uptime_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
+    }
+
+    /// `GET /readyz`: whether a client would find a free connection slot
+    /// (the probe asking holds one; at the limit the listener itself
+    /// answers 503).
+    pub fn readiness(&self) -> Result<(), String> {
+        let connections = self.lock().connections.len();
+        if connections + 1 >= self.config.max_connections {
+            return Err(format!(
+                "no free connection slot ({connections} connected, max_connections {})",
+                self.config.max_connections
+            ));
+        }
+        Ok(())
+    }
+
+    /// `GET /metrics`: the counters plus gauges read under the lock.
+    pub fn render_metrics(&self) -> String {
+        let state = self.lock();
+        let now = now_ms();
+        let nodes = state
+            .connections
+            .values()
+            .filter(|c| c.role == Role::Node)
+            .count();
+        let snapshot = MetricsSnapshot {
+            entries: state.presence.status_counts(now),
+            nodes,
+            operators: state.connections.len() - nodes,
+            evictions: state.presence.evictions(),
+        };
+        drop(state);
+        self.metrics
+            .render(&snapshot, self.started_ms as f64 / 1000.0)
     }
 }
 

@@ -91,3 +91,43 @@ impl Drop for Netns {
             .status();
     }
 }
+
+/// A gateway inside `ns`, listening on its address (an ephemeral port), with
+/// `state` as its state dir: the process and the address it listens on.
+pub fn gateway_in(
+    ns: &Netns,
+    state: &std::path::Path,
+    extra: &[&str],
+) -> (super::Proc, std::net::SocketAddr) {
+    gateway_in_at(ns, state, &format!("{}:0", ns.ns_addr), extra)
+}
+
+/// [`gateway_in`] on a given listen address (to restart on the same port).
+pub fn gateway_in_at(
+    ns: &Netns,
+    state: &std::path::Path,
+    listen: &str,
+    extra: &[&str],
+) -> (super::Proc, std::net::SocketAddr) {
+    let mut args = vec![
+        "netns",
+        "exec",
+        &ns.name,
+        super::BIN,
+        "run",
+        "--gateway",
+        "--listen",
+        listen,
+        "--state-dir",
+        state.to_str().expect("utf-8 path"),
+    ];
+    args.extend_from_slice(extra);
+    let proc = super::Proc::spawn_cmd("ip", &args);
+    let line = proc.wait_for_log("gateway listening", std::time::Duration::from_secs(20));
+    let addr = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("listen="))
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no listen= in {line:?}"));
+    (proc, addr)
+}

@@ -1,0 +1,395 @@
+//! HTTP on the WebSocket port, as OpenClaw serves its Control UI there.
+//!
+//! The request head is read once ([`read_request`], parsed by `httparse`).
+//! A WebSocket upgrade is checked as tungstenite checks it and answered
+//! `101` here; the handler then hands the socket, with any bytes already
+//! read, to tungstenite. Anything else is a plain request for one of the
+//! pages below, answered with `Connection: close`:
+//!
+//! - `GET /`: the Instances page (`web/instances.html`, embedded);
+//! - `GET /healthz`: 200 while the gateway serves;
+//! - `GET /readyz`: 200 while it accepts new clients, else 503 and why;
+//! - `GET /metrics`: Prometheus metrics (OpenMetrics text), behind the
+//!   token when `metrics_require_token` is set.
+
+use std::sync::OnceLock;
+
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+
+use super::state::Shared;
+
+/// The largest request head we read.
+pub const MAX_HEAD: usize = 8 * 1024;
+const MAX_HEADERS: usize = 32;
+
+/// What the peer asked for.
+#[derive(Debug, PartialEq)]
+pub enum Request {
+    /// A valid WebSocket upgrade; `rest` is what followed the head.
+    Upgrade { accept_key: String, rest: Vec<u8> },
+    /// Anything else.
+    Plain(PlainRequest),
+}
+
+#[derive(Debug, PartialEq)]
+pub struct PlainRequest {
+    pub method: String,
+    /// Without the query string.
+    pub path: String,
+    /// The `Authorization` header's bearer token, if any.
+    pub bearer: Option<String>,
+}
+
+/// Why no request could be read; `status` is what to answer, if anything.
+#[derive(Debug, PartialEq)]
+pub struct BadRequest {
+    pub status: Option<u16>,
+    pub reason: String,
+}
+
+impl BadRequest {
+    fn answer(status: u16, reason: impl Into<String>) -> Self {
+        BadRequest {
+            status: Some(status),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Reads and classifies one request head.
+pub async fn read_request<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Request, BadRequest> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = stream.read(&mut chunk).await.map_err(|e| BadRequest {
+            status: None,
+            reason: format!("read failed: {e}"),
+        })?;
+        if n == 0 {
+            return Err(BadRequest {
+                status: None,
+                reason: "closed before a request".into(),
+            });
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(request) = parse(&buf)? {
+            return Ok(request);
+        }
+        if buf.len() >= MAX_HEAD {
+            return Err(BadRequest::answer(
+                431,
+                format!("request head larger than {MAX_HEAD} bytes"),
+            ));
+        }
+    }
+}
+
+/// Parses a complete head out of `buf` (`None`: not complete yet).
+pub fn parse(buf: &[u8]) -> Result<Option<Request>, BadRequest> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(BadRequest::answer(
+                431,
+                format!("more than {MAX_HEADERS} headers"),
+            ))
+        }
+        Err(e) => {
+            return Err(BadRequest::answer(
+                400,
+                format!("invalid HTTP request: {e}"),
+            ))
+        }
+    };
+    let header = |name: &str| {
+        req.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .and_then(|h| std::str::from_utf8(h.value).ok())
+            .map(str::trim)
+    };
+    let method = req.method.unwrap_or_default();
+    let path = req.path.unwrap_or_default();
+    let upgrade = header("upgrade");
+    let connection_upgrade = header("connection").is_some_and(|c| {
+        c.split([' ', ','])
+            .any(|t| t.eq_ignore_ascii_case("upgrade"))
+    });
+    if upgrade.is_none() && !connection_upgrade {
+        let bearer = header("authorization")
+            .and_then(|a| a.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim().to_string());
+        return Ok(Some(Request::Plain(PlainRequest {
+            method: method.to_string(),
+            path: path.split('?').next().unwrap_or_default().to_string(),
+            bearer,
+        })));
+    }
+    // The checks tungstenite's server handshake makes (RFC 6455 4.2.1).
+    let bad = |why: &str| Err(BadRequest::answer(400, format!("WebSocket upgrade: {why}")));
+    if method != "GET" {
+        return bad("the method must be GET");
+    }
+    if req.version != Some(1) {
+        return bad("HTTP/1.1 is required");
+    }
+    if !connection_upgrade {
+        return bad("the Connection header must contain Upgrade");
+    }
+    if !upgrade.is_some_and(|u| u.eq_ignore_ascii_case("websocket")) {
+        return bad("the Upgrade header must be websocket");
+    }
+    if header("sec-websocket-version") != Some("13") {
+        return bad("Sec-WebSocket-Version must be 13");
+    }
+    let Some(key) = header("sec-websocket-key") else {
+        return bad("Sec-WebSocket-Key is missing");
+    };
+    use base64::Engine as _;
+    let decoded = base64::engine::general_purpose::STANDARD.decode(key);
+    if key.len() != 24 || decoded.map_or(true, |k| k.len() != 16) {
+        return bad("Sec-WebSocket-Key is not 16 bytes in base64");
+    }
+    Ok(Some(Request::Upgrade {
+        accept_key: tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes()),
+        rest: buf[len..].to_vec(),
+    }))
+}
+
+/// The `101 Switching Protocols` answer to an upgrade.
+pub fn switching_protocols(accept_key: &str) -> String {
+    format!(
+        "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: {accept_key}\r\n\r\n"
+    )
+}
+
+/// A complete response with `Connection: close`.
+pub struct Response {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn text(status: u16, body: impl Into<String>) -> Response {
+        let mut body: String = body.into();
+        if !body.ends_with('\n') {
+            body.push('\n');
+        }
+        Response {
+            status,
+            content_type: "text/plain; charset=utf-8",
+            headers: Vec::new(),
+            body: body.into_bytes(),
+        }
+    }
+
+    /// The response's bytes; without the body for `HEAD`.
+    pub fn to_bytes(&self, head_only: bool) -> Vec<u8> {
+        let mut out = format!(
+            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\nConnection: close\r\n",
+            self.status,
+            reason_phrase(self.status),
+            self.content_type,
+            self.body.len()
+        );
+        for (name, value) in &self.headers {
+            out.push_str(name);
+            out.push_str(": ");
+            out.push_str(value);
+            out.push_str("\r\n");
+        }
+        out.push_str("\r\n");
+        let mut bytes = out.into_bytes();
+        if !head_only {
+            bytes.extend_from_slice(&self.body);
+        }
+        bytes
+    }
+}
+
+fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
+        _ => "Unknown",
+    }
+}
+
+/// The Instances page's policy: its own inline script and style, WebSocket
+/// back to this origin, nothing else.
+const PAGE_CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+     connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+/// The Instances page with this build's version and status thresholds.
+fn page() -> &'static str {
+    static PAGE: OnceLock<String> = OnceLock::new();
+    PAGE.get_or_init(|| {
+        include_str!("web/instances.html")
+            .replace("{{VERSION}}", crate::VERSION)
+            .replace(
+                "{{PROTOCOL}}",
+                &crate::protocol::PROTOCOL_VERSION.to_string(),
+            )
+            .replace(
+                "{{ACTIVE_MS}}",
+                &crate::presence::ACTIVE_MAX_AGE_MS.to_string(),
+            )
+            .replace("{{IDLE_MS}}", &crate::presence::IDLE_MAX_AGE_MS.to_string())
+    })
+}
+
+/// Answers a plain request.
+pub fn respond(req: &PlainRequest, shared: &Shared, ready: Result<(), String>) -> Response {
+    if req.method != "GET" && req.method != "HEAD" {
+        let mut r = Response::text(405, "only GET and HEAD are served here");
+        r.headers.push(("Allow", "GET, HEAD".into()));
+        return r;
+    }
+    match req.path.as_str() {
+        "/" | "/index.html" => Response {
+            status: 200,
+            content_type: "text/html; charset=utf-8",
+            headers: vec![
+                ("Content-Security-Policy", PAGE_CSP.into()),
+                ("Referrer-Policy", "no-referrer".into()),
+                ("X-Frame-Options", "DENY".into()),
+            ],
+            body: page().as_bytes().to_vec(),
+        },
+        "/healthz" => Response::text(200, "ok"),
+        "/readyz" => match ready {
+            Ok(()) => Response::text(200, "ready"),
+            Err(why) => Response::text(503, format!("not ready: {why}")),
+        },
+        "/metrics" => {
+            if shared.config.metrics_require_token {
+                if let Some(expected) = &shared.config.token {
+                    let given = req.bearer.as_deref().unwrap_or_default();
+                    if !super::handler::tokens_match(given, expected.expose()) {
+                        let mut r = Response::text(
+                            401,
+                            "metrics need the gateway token: Authorization: Bearer <token>",
+                        );
+                        r.headers
+                            .push(("WWW-Authenticate", "Bearer realm=\"clawnode\"".into()));
+                        return r;
+                    }
+                }
+            }
+            Response {
+                status: 200,
+                content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                headers: Vec::new(),
+                body: shared.render_metrics().into_bytes(),
+            }
+        }
+        _ => Response::text(404, format!("no page at {}", req.path)),
+    }
+}
+
+/// Writes `response` and closes the write side.
+pub async fn send<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    response: &Response,
+    head_only: bool,
+) -> std::io::Result<()> {
+    stream.write_all(&response.to_bytes(head_only)).await?;
+    stream.flush().await?;
+    stream.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const UPGRADE: &str = "GET / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+
+    #[test]
+    fn an_upgrade_gets_the_rfc_accept_key_and_keeps_what_followed() {
+        let mut bytes = UPGRADE.as_bytes().to_vec();
+        bytes.extend_from_slice(b"\x81\x00");
+        match parse(&bytes) {
+            Ok(Some(Request::Upgrade { accept_key, rest })) => {
+                assert_eq!(accept_key, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+                assert_eq!(rest, b"\x81\x00");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_partial_head_waits_for_more() {
+        assert_eq!(parse(&UPGRADE.as_bytes()[..40]), Ok(None));
+    }
+
+    #[test]
+    fn a_broken_upgrade_says_what_is_wrong() {
+        for (from, to, why) in [
+            (
+                "Sec-WebSocket-Version: 13",
+                "Sec-WebSocket-Version: 8",
+                "Version must be 13",
+            ),
+            ("Upgrade: websocket", "Upgrade: h2c", "must be websocket"),
+            ("GET / HTTP/1.1", "POST / HTTP/1.1", "must be GET"),
+            ("dGhlIHNhbXBsZSBub25jZQ==", "short", "not 16 bytes"),
+            (
+                "Connection: keep-alive, Upgrade",
+                "Connection: close",
+                "must contain Upgrade",
+            ),
+        ] {
+            let req = UPGRADE.replace(from, to);
+            let err = parse(req.as_bytes()).unwrap_err();
+            assert_eq!(err.status, Some(400), "{req}");
+            assert!(err.reason.contains(why), "{}: {why}", err.reason);
+        }
+    }
+
+    #[test]
+    fn a_plain_request_keeps_its_path_and_bearer_token() {
+        let req = "GET /metrics?x=1 HTTP/1.1\r\nAuthorization: Bearer  abc \r\n\r\n";
+        assert_eq!(
+            parse(req.as_bytes()),
+            Ok(Some(Request::Plain(PlainRequest {
+                method: "GET".into(),
+                path: "/metrics".into(),
+                bearer: Some("abc".into()),
+            })))
+        );
+    }
+
+    #[test]
+    fn garbage_is_a_400_and_too_many_headers_a_431() {
+        assert_eq!(
+            parse(b"\x16\x03\x01\x02\x00\r\n\r\n").unwrap_err().status,
+            Some(400)
+        );
+        let mut many = String::from("GET / HTTP/1.1\r\n");
+        for i in 0..40 {
+            many.push_str(&format!("X-{i}: y\r\n"));
+        }
+        many.push_str("\r\n");
+        assert_eq!(parse(many.as_bytes()).unwrap_err().status, Some(431));
+    }
+
+    #[test]
+    fn head_answers_have_no_body() {
+        let r = Response::text(200, "ok");
+        let full = String::from_utf8(r.to_bytes(false)).unwrap();
+        let head = String::from_utf8(r.to_bytes(true)).unwrap();
+        assert!(full.ends_with("\r\n\r\nok\n"), "{full}");
+        assert!(head.ends_with("\r\n\r\n") && head.contains("Content-Length: 3"));
+    }
+}

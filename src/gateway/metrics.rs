@@ -1,0 +1,219 @@
+//! The gateway's Prometheus metrics (`GET /metrics`, OpenMetrics text).
+//!
+//! Counters are bumped where things happen (handshakes, auth failures,
+//! beacons, refusals); gauges and the store's eviction counts are read from
+//! the state when scraped, so nothing on the hot paths keeps them up to date.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+
+use crate::presence::PresenceStatus;
+use crate::protocol::{ErrorDetailCode, Role};
+
+type Label = [(&'static str, &'static str); 1];
+
+/// How a connection's handshake ended (`clawnode_handshakes_total{result}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeResult {
+    Ok,
+    /// Token or device signature refused.
+    AuthFailed,
+    /// Any other refusal: protocol, invalid connect, pinned instance id.
+    Rejected,
+    Timeout,
+    /// The peer left (or the gateway stopped) before `connect`.
+    Closed,
+}
+
+impl HandshakeResult {
+    const ALL: [HandshakeResult; 5] = [
+        HandshakeResult::Ok,
+        HandshakeResult::AuthFailed,
+        HandshakeResult::Rejected,
+        HandshakeResult::Timeout,
+        HandshakeResult::Closed,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            HandshakeResult::Ok => "ok",
+            HandshakeResult::AuthFailed => "auth_failed",
+            HandshakeResult::Rejected => "rejected",
+            HandshakeResult::Timeout => "timeout",
+            HandshakeResult::Closed => "closed",
+        }
+    }
+}
+
+/// What the scrape reads from the state, under its lock.
+pub struct Snapshot {
+    /// Active, Idle, Stale (see [`PresenceStatus`]).
+    pub entries: [usize; 3],
+    pub nodes: usize,
+    pub operators: usize,
+    pub evictions: crate::presence::Evictions,
+}
+
+/// The counters, bumped by the handler and listener.
+pub struct Metrics {
+    handshakes: Family<Label, Counter>,
+    auth_failures: Family<Label, Counter>,
+    beacons: Counter,
+    refused: Family<Label, Counter>,
+}
+
+impl Default for Metrics {
+    /// Every known series starts at 0, so a rate is defined from the first
+    /// scrape and dashboards show 0 rather than "no data".
+    fn default() -> Self {
+        let metrics = Metrics {
+            handshakes: Family::default(),
+            auth_failures: Family::default(),
+            beacons: Counter::default(),
+            refused: Family::default(),
+        };
+        for result in HandshakeResult::ALL {
+            metrics
+                .handshakes
+                .get_or_create(&[("result", result.as_str())])
+                .inc_by(0);
+        }
+        for code in AUTH_FAILURE_CODES {
+            metrics
+                .auth_failures
+                .get_or_create(&[("code", code.as_str())])
+                .inc_by(0);
+        }
+        for reason in ["connection_limit", "handshake_limit", "per_ip_limit"] {
+            metrics
+                .refused
+                .get_or_create(&[("reason", reason)])
+                .inc_by(0);
+        }
+        metrics
+    }
+}
+
+/// The refusals counted as auth failures: token and device signature.
+pub const AUTH_FAILURE_CODES: [ErrorDetailCode; 10] = [
+    ErrorDetailCode::AuthTokenMissing,
+    ErrorDetailCode::AuthTokenMismatch,
+    ErrorDetailCode::AuthRateLimited,
+    ErrorDetailCode::DeviceIdentityRequired,
+    ErrorDetailCode::DeviceAuthSignatureInvalid,
+    ErrorDetailCode::DeviceAuthDeviceIdMismatch,
+    ErrorDetailCode::DeviceAuthNonceRequired,
+    ErrorDetailCode::DeviceAuthNonceMismatch,
+    ErrorDetailCode::DeviceAuthSignatureExpired,
+    ErrorDetailCode::DeviceAuthPublicKeyInvalid,
+];
+
+impl Metrics {
+    pub fn handshake(&self, result: HandshakeResult) {
+        self.handshakes
+            .get_or_create(&[("result", result.as_str())])
+            .inc();
+    }
+
+    /// An auth refusal, by its error detail code (`AUTH_TOKEN_MISMATCH`, ...).
+    pub fn auth_failure(&self, code: ErrorDetailCode) {
+        self.auth_failures
+            .get_or_create(&[("code", code.as_str())])
+            .inc();
+    }
+
+    pub fn beacon(&self) {
+        self.beacons.inc();
+    }
+
+    /// A connection refused with HTTP 503 (`connection_limit`, ...).
+    pub fn refused(&self, reason: &'static str) {
+        self.refused.get_or_create(&[("reason", reason)]).inc();
+    }
+
+    /// The whole exposition: these counters plus `snapshot`'s gauges.
+    pub fn render(&self, snapshot: &Snapshot, start_time_secs: f64) -> String {
+        let mut registry = Registry::with_prefix("clawnode");
+        registry.register(
+            "build",
+            "The running clawnode's version",
+            Info::new(vec![("version", crate::VERSION)]),
+        );
+        let start: Gauge<f64, std::sync::atomic::AtomicU64> = Gauge::default();
+        start.set(start_time_secs);
+        registry.register(
+            "start_time_seconds",
+            "When the gateway started, in seconds since the Unix epoch",
+            start,
+        );
+        let entries = Family::<Label, Gauge>::default();
+        for status in PresenceStatus::ALL {
+            entries
+                .get_or_create(&[("status", status_label(status))])
+                .set(snapshot.entries[status as usize] as i64);
+        }
+        registry.register(
+            "presence_entries",
+            "Presence rows by status (age of the last update: active <= 90 s, idle <= 180 s, stale older)",
+            entries,
+        );
+        let connections = Family::<Label, Gauge>::default();
+        for (role, n) in [
+            (Role::Node, snapshot.nodes),
+            (Role::Operator, snapshot.operators),
+        ] {
+            connections
+                .get_or_create(&[("role", role.as_str())])
+                .set(n as i64);
+        }
+        registry.register("connections", "Connected clients by role", connections);
+        registry.register(
+            "handshakes",
+            "Handshakes by result",
+            self.handshakes.clone(),
+        );
+        registry.register(
+            "auth_failures",
+            "Refused credentials by error code",
+            self.auth_failures.clone(),
+        );
+        registry.register(
+            "beacons",
+            "system-event beacons received",
+            self.beacons.clone(),
+        );
+        let evictions = Family::<Label, Counter>::default();
+        for (reason, n) in [
+            ("ttl", snapshot.evictions.ttl),
+            ("max", snapshot.evictions.max),
+        ] {
+            evictions.get_or_create(&[("reason", reason)]).inc_by(n);
+        }
+        registry.register(
+            "presence_evictions",
+            "Presence rows dropped: ttl (not updated within the TTL) or max (over the entry cap)",
+            evictions,
+        );
+        registry.register(
+            "connections_refused",
+            "Connections refused with HTTP 503 by reason",
+            self.refused.clone(),
+        );
+        let mut out = String::with_capacity(4096);
+        // Writing to a String cannot fail.
+        let _ = encode(&mut out, &registry);
+        out
+    }
+}
+
+fn status_label(status: PresenceStatus) -> &'static str {
+    match status {
+        PresenceStatus::Active => "active",
+        PresenceStatus::Idle => "idle",
+        PresenceStatus::Stale => "stale",
+    }
+}
