@@ -1,6 +1,6 @@
-//! A minimal one-shot operator client: connect as `mode: cli` (so it never
-//! becomes a presence row), make one call, close. Used by the CLI commands
-//! and by tests.
+//! The operator client: connect as `mode: cli` (so it never becomes a
+//! presence row), then make calls and read events ([`Session`]), or make one
+//! call and close ([`call`]). Used by the CLI commands and by tests.
 
 use std::time::Duration;
 
@@ -10,9 +10,14 @@ use serde_json::Value;
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message;
 
+use futures_util::stream::{SplitSink, SplitStream};
+use tokio::net::TcpStream;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
 use crate::config::Secret;
 use crate::protocol::{
-    event, method, mode, scope, ClientInfo, ConnectParams, Frame, CLI_CLIENT_ID,
+    event, method, mode, scope, ClientInfo, ConnectParams, ErrorShape, EventFrame, Frame,
+    CLI_CLIENT_ID,
 };
 use crate::tls::ClientTls;
 
@@ -69,74 +74,175 @@ async fn call_inner(
     method_name: &str,
     params: Value,
 ) -> Result<Value> {
-    let (ws, _) = tokio_tungstenite::connect_async_tls_with_config(
-        url,
-        Some(crate::protocol::ws_config(None)),
-        false,
-        Some(connector),
-    )
-    .await
-    .map_err(|e| match crate::tls::describe_connect_error(&e) {
-        Some(tls) => anyhow!("cannot connect to gateway {url}: {tls}"),
-        // Keep an I/O error as the source, so callers can tell
-        // "nothing listening" from other failures.
-        None => match e {
-            tokio_tungstenite::tungstenite::Error::Io(io) => {
-                anyhow::Error::new(io).context(format!("cannot connect to gateway {url}"))
-            }
-            e => anyhow!("cannot connect to gateway {url}: {e}"),
-        },
-    })?;
-    let (mut sink, mut source) = ws.split();
-    let connect = Frame::request(
-        "1",
-        method::CONNECT,
-        ConnectParams::operator(
-            ClientInfo {
-                id: CLI_CLIENT_ID.to_string(),
-                display_name: None,
-                version: crate::VERSION.to_string(),
-                platform: std::env::consts::OS.to_string(),
-                device_family: None,
-                model_identifier: None,
-                mode: mode::CLI.to_string(),
-                instance_id: None,
+    let (mut session, _) = Session::open(url, connector, token, scopes).await?;
+    let answer = session.call(method_name, params).await;
+    session.close().await;
+    answer
+}
+
+/// Why a [`Session`] could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The gateway answered `connect` with an error (bad token, ...):
+    /// retrying the same request will not help unless the error says so.
+    #[error("gateway refused the connection: {0}")]
+    Refused(ErrorShape),
+    /// Anything else: unreachable, TLS, closed early, timed out.
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+/// An open operator connection (`mode: cli`, so never a presence row):
+/// calls and the events the gateway pushes.
+pub struct Session {
+    sink: SplitSink<WebSocketStream<MaybeTlsStream<TcpStream>>, Message>,
+    source: SplitStream<WebSocketStream<MaybeTlsStream<TcpStream>>>,
+    next_id: u64,
+}
+
+impl Session {
+    /// Connects and authenticates within [`CALL_TIMEOUT`]; returns the
+    /// session and the `hello-ok` payload.
+    pub async fn connect(
+        url: &str,
+        tls: &ClientTls,
+        token: Option<&Secret>,
+        scopes: &[&str],
+    ) -> Result<(Session, Value), ConnectError> {
+        let connector = crate::tls::client_connector(url, tls)?;
+        timeout(CALL_TIMEOUT, Session::open(url, connector, token, scopes))
+            .await
+            .map_err(|_| {
+                ConnectError::Other(anyhow!(
+                    "no answer from gateway {url} within {}s",
+                    CALL_TIMEOUT.as_secs()
+                ))
+            })?
+    }
+
+    async fn open(
+        url: &str,
+        connector: tokio_tungstenite::Connector,
+        token: Option<&Secret>,
+        scopes: &[&str],
+    ) -> Result<(Session, Value), ConnectError> {
+        let (ws, _) = tokio_tungstenite::connect_async_tls_with_config(
+            url,
+            Some(crate::protocol::ws_config(None)),
+            false,
+            Some(connector),
+        )
+        .await
+        .map_err(|e| match crate::tls::describe_connect_error(&e) {
+            Some(tls) => anyhow!("cannot connect to gateway {url}: {tls}"),
+            // Keep an I/O error as the source, so callers can tell
+            // "nothing listening" from other failures.
+            None => match e {
+                tokio_tungstenite::tungstenite::Error::Io(io) => {
+                    anyhow::Error::new(io).context(format!("cannot connect to gateway {url}"))
+                }
+                e => anyhow!("cannot connect to gateway {url}: {e}"),
             },
-            scopes.iter().map(|s| s.to_string()).collect(),
-            token.map(Secret::expose),
-        ),
-    );
-    let mut connected = false;
-    while let Some(msg) = source.next().await {
-        let text = match msg.context("connection to gateway failed")? {
-            Message::Text(t) => t,
-            Message::Close(frame) => bail!(
-                "gateway closed the connection{}",
-                frame.map(|f| format!(": {}", f.reason)).unwrap_or_default()
-            ),
-            _ => continue,
+        })?;
+        let (sink, source) = ws.split();
+        let mut session = Session {
+            sink,
+            source,
+            next_id: 1,
         };
-        match Frame::parse(&text)? {
-            Frame::Event(ev) if ev.event == event::CONNECT_CHALLENGE => {
-                sink.send(Message::text(connect.to_text())).await?;
-            }
-            Frame::Res(res) if res.id == "1" => {
-                if let Some(e) = res.error.filter(|_| !res.ok) {
-                    bail!("gateway refused the connection: {e}");
+        let connect = Frame::request(
+            "connect",
+            method::CONNECT,
+            ConnectParams::operator(
+                ClientInfo {
+                    id: CLI_CLIENT_ID.to_string(),
+                    display_name: None,
+                    version: crate::VERSION.to_string(),
+                    platform: std::env::consts::OS.to_string(),
+                    device_family: None,
+                    model_identifier: None,
+                    mode: mode::CLI.to_string(),
+                    instance_id: None,
+                },
+                scopes.iter().map(|s| s.to_string()).collect(),
+                token.map(Secret::expose),
+            ),
+        );
+        loop {
+            match session.next_frame().await? {
+                Frame::Event(ev) if ev.event == event::CONNECT_CHALLENGE => {
+                    session.send(connect.to_text()).await?;
                 }
-                connected = true;
-                let req = Frame::request("2", method_name, params.clone());
-                sink.send(Message::text(req.to_text())).await?;
-            }
-            Frame::Res(res) if res.id == "2" && connected => {
-                let _ = sink.send(Message::Close(None)).await;
-                if let Some(e) = res.error.filter(|_| !res.ok) {
-                    bail!("{method_name} failed: {e}");
+                Frame::Res(res) if res.id == "connect" => {
+                    if let Some(e) = res.error.filter(|_| !res.ok) {
+                        return Err(ConnectError::Refused(e));
+                    }
+                    return Ok((session, res.payload.unwrap_or(Value::Null)));
                 }
-                return Ok(res.payload.unwrap_or(Value::Null));
+                _ => {}
             }
-            _ => {}
         }
     }
-    bail!("gateway closed the connection before answering")
+
+    /// Calls `method_name`; events that arrive meanwhile are dropped.
+    pub async fn call(&mut self, method_name: &str, params: Value) -> Result<Value> {
+        let id = self.next_id.to_string();
+        self.next_id += 1;
+        self.send(Frame::request(&id, method_name, params).to_text())
+            .await?;
+        loop {
+            if let Frame::Res(res) = self.next_frame().await? {
+                if res.id == id {
+                    if let Some(e) = res.error.filter(|_| !res.ok) {
+                        bail!("{method_name} failed: {e}");
+                    }
+                    return Ok(res.payload.unwrap_or(Value::Null));
+                }
+            }
+        }
+    }
+
+    /// The next event the gateway pushes (responses are skipped).
+    pub async fn next_event(&mut self) -> Result<EventFrame> {
+        loop {
+            if let Frame::Event(ev) = self.next_frame().await? {
+                return Ok(ev);
+            }
+        }
+    }
+
+    /// Says goodbye (best effort).
+    pub async fn close(mut self) {
+        let _ = self.sink.send(Message::Close(None)).await;
+    }
+
+    async fn send(&mut self, text: String) -> Result<()> {
+        self.sink
+            .send(Message::text(text))
+            .await
+            .context("connection to gateway failed")
+    }
+
+    async fn next_frame(&mut self) -> Result<Frame> {
+        loop {
+            let msg = self
+                .source
+                .next()
+                .await
+                .ok_or_else(|| anyhow!("gateway closed the connection"))?
+                .context("connection to gateway failed")?;
+            let text = match msg {
+                Message::Text(t) => t,
+                Message::Close(frame) => bail!(
+                    "gateway closed the connection{}",
+                    frame
+                        .filter(|f| !f.reason.is_empty())
+                        .map(|f| format!(": {}", f.reason))
+                        .unwrap_or_default()
+                ),
+                _ => continue,
+            };
+            return Frame::parse(&text).context("gateway sent an invalid frame");
+        }
+    }
 }

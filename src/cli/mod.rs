@@ -149,9 +149,32 @@ pub struct PresenceArgs {
     /// File holding the gateway token.
     #[arg(long, value_name = "PATH")]
     pub token_file: Option<PathBuf>,
-    /// Print the raw system-presence payload as JSON.
+    /// Print the raw system-presence payload as JSON (with --watch: one
+    /// line per change).
     #[arg(long)]
     pub json: bool,
+    /// Keep the table live from the gateway's presence events (Ctrl-C quits).
+    #[arg(long)]
+    pub watch: bool,
+    /// Full instance ids, nothing cut to fit the terminal.
+    #[arg(long)]
+    pub wide: bool,
+    /// Only rows whose field matches, ignoring case; `*` matches any text.
+    /// Fields: host, ip, mode, version, platform, family, model, instance,
+    /// reason, device. Repeat to require several.
+    #[arg(long, value_name = "FIELD=VALUE")]
+    pub filter: Vec<String>,
+    /// Only rows with these statuses (comma-separated or repeated).
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "STATUS")]
+    pub status: Vec<StatusArg>,
+}
+
+/// `--status` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StatusArg {
+    Active,
+    Idle,
+    Stale,
 }
 
 #[derive(Debug, Args)]

@@ -166,7 +166,8 @@ fn status_line(shared: &Shared) -> String {
     )
 }
 
-/// Every tick: keep connected rows fresh, prune expired ones, and send `tick`.
+/// Every tick: keep connected rows fresh, prune expired ones, tell
+/// presence readers if that changed the list, and send `tick`.
 async fn tick_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let period = shared.config.tick_interval;
     let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
@@ -178,8 +179,12 @@ async fn tick_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
         }
         let mut state = shared.lock();
         let now = now_ms();
-        state.presence.touch_connected(now);
-        if state.presence.prune(now) > 0 {
+        // Connected rows are fresh again, expired ones gone: either is a
+        // change live views (`presence --watch`, the Instances page) must
+        // see, or a quiet but connected node would age to Idle there.
+        let touched = state.presence.touch_connected(now);
+        let pruned = state.presence.prune(now) > 0;
+        if touched || pruned {
             state.presence_changed();
         }
         state.broadcast_tick();

@@ -1,0 +1,284 @@
+//! `clawnode presence` as a person sees it: run in tmux (a real terminal),
+//! read back with `capture-pane`. The gateway runs in a network namespace
+//! (rule 8); the live view must follow a node connecting and leaving, say
+//! when the gateway goes away, and recover by itself when it returns.
+//!
+//! Needs root (namespaces) and tmux; `.ci/run` installs tmux and sets
+//! CLAWNODE_REQUIRE_TMUX=1 so a missing piece fails instead of skipping.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::netns::{self, Netns};
+use common::*;
+
+/// A tmux server of our own (its own socket) running one command.
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    fn start(name: &str, size: (u16, u16), env: &[(&str, &str)], cmd: &[&str]) -> Tmux {
+        let tmux = Tmux {
+            socket: format!("clawnode-{name}-{}", std::process::id()),
+        };
+        let mut c = Command::new("tmux");
+        c.args(["-L", &tmux.socket, "-f", "/dev/null", "new-session", "-d"]);
+        c.args(["-x", &size.0.to_string(), "-y", &size.1.to_string()]);
+        for (k, v) in env {
+            c.args(["-e", &format!("{k}={v}")]);
+        }
+        // Keep the pane (and what it shows) after the command exits.
+        c.arg(format!("{} ; sleep 600", shell_words(cmd)));
+        let out = c.output().expect("run tmux");
+        assert!(
+            out.status.success(),
+            "tmux: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        tmux
+    }
+
+    /// The screen as text; with `escapes`, colours as escape sequences.
+    fn screen(&self, escapes: bool) -> String {
+        let mut c = Command::new("tmux");
+        c.args(["-L", &self.socket, "capture-pane", "-p"]);
+        if escapes {
+            c.arg("-e");
+        }
+        String::from_utf8_lossy(&c.output().expect("tmux capture-pane").stdout).into_owned()
+    }
+
+    fn wait_for(&self, what: &str, within: Duration, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            let screen = self.screen(false);
+            if pred(&screen) {
+                return screen;
+            }
+            if Instant::now() > deadline {
+                panic!("the screen never showed {what}; it shows:\n{screen}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["-L", &self.socket, "kill-server"])
+            .status();
+    }
+}
+
+fn shell_words(cmd: &[&str]) -> String {
+    cmd.iter()
+        .map(|w| format!("'{}'", w.replace('\'', r"'\''")))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn missing_piece() -> Option<&'static str> {
+    if !netns::available() {
+        return Some("network namespaces need root");
+    }
+    if Command::new("tmux").arg("-V").output().is_err() {
+        return Some("tmux is missing (apt-get install tmux)");
+    }
+    None
+}
+
+fn skip_or_fail(why: &str) {
+    if std::env::var_os("CLAWNODE_REQUIRE_TMUX").is_some() {
+        panic!("the terminal test cannot run: {why}");
+    }
+    eprintln!("skipped: {why}");
+}
+
+/// The line of the screen that mentions `needle`.
+fn line_with<'a>(screen: &'a str, needle: &str) -> &'a str {
+    screen
+        .lines()
+        .find(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("no line with {needle:?} in\n{screen}"))
+}
+
+#[test]
+fn the_live_table_follows_nodes_and_survives_a_gateway_restart() {
+    if let Some(why) = missing_piece() {
+        return skip_or_fail(why);
+    }
+    let ns = Netns::create(7);
+    let state = tempfile::tempdir().unwrap();
+    let (gateway, addr) = netns::gateway_in(&ns, state.path(), &["--display-name", "gw-7"]);
+    let url = format!("ws://{addr}");
+    let token_file = state.path().join("gateway.token");
+    let tf = token_file.to_str().unwrap();
+    let watch = Tmux::start(
+        "watch",
+        (150, 20),
+        &[("CLAWNODE_CONFIG", "/dev/null")],
+        &[
+            BIN,
+            "presence",
+            "--watch",
+            "--url",
+            &url,
+            "--token-file",
+            tf,
+            "--allow-insecure-ws",
+        ],
+    );
+    let screen = watch.wait_for("the gateway's row, live", Duration::from_secs(20), |s| {
+        s.contains("  live  ") && s.contains("gw-7")
+    });
+    let header = screen.lines().next().unwrap();
+    assert!(
+        header.contains(&url) && header.contains("1 active · 0 idle · 0 stale"),
+        "{screen}"
+    );
+    let columns = line_with(&screen, "STATUS");
+    for col in [
+        "HOST",
+        "IP",
+        "MODE",
+        "VERSION",
+        "PLATFORM",
+        "MODEL",
+        "LAST INPUT",
+        "UPDATED",
+        "INSTANCE",
+    ] {
+        assert!(columns.contains(col), "{col} missing: {columns}");
+    }
+    let gw_row = line_with(&screen, "gw-7");
+    assert!(gw_row.starts_with("● Active  gw-7"), "{gw_row}");
+    assert!(
+        gw_row.contains(&ns.ns_addr) && gw_row.contains("gateway"),
+        "{gw_row}"
+    );
+    // Colour on a terminal: the dot is green.
+    // (tmux re-encodes colours: the green is set somewhere before the dot.)
+    let escaped = watch.screen(true);
+    let row = line_with(&escaped, "gw-7");
+    let dot = row.find('●').unwrap();
+    assert!(row[..dot].contains("\x1b[32m"), "{row:?}");
+
+    // A node connects: its row appears, below the gateway's.
+    let agent_dir = tempfile::tempdir().unwrap();
+    let flags = ["--display-name", "web-1", "--allow-insecure-ws"];
+    let agent = spawn_agent(&url, &token_file, agent_dir.path(), &flags);
+    let screen = watch.wait_for("web-1 connected", Duration::from_secs(20), |s| {
+        s.contains("web-1")
+    });
+    let row = line_with(&screen, "web-1");
+    assert!(
+        row.starts_with("● Active  web-1") && row.contains("node"),
+        "{row}"
+    );
+    assert!(row.contains("s ago") && !row.contains("left"), "{row}");
+    let rows: Vec<&str> = screen
+        .lines()
+        .filter(|l| l.starts_with('●') || l.starts_with('○'))
+        .collect();
+    assert!(
+        rows[0].contains("gw-7") && rows[1].contains("web-1"),
+        "gateway first: {screen}"
+    );
+    assert!(
+        screen.lines().next().unwrap().contains("2 active"),
+        "{screen}"
+    );
+
+    // It leaves: the row stays (until the TTL) but says so.
+    drop(agent);
+    let screen = watch.wait_for("web-1 left", Duration::from_secs(20), |s| {
+        s.lines()
+            .any(|l| l.contains("web-1") && l.contains("left "))
+    });
+    assert!(
+        line_with(&screen, "web-1").starts_with("○ Active  web-1"),
+        "{screen}"
+    );
+
+    // The gateway goes away: the view says so and keeps the last list.
+    let listen = addr.to_string();
+    drop(gateway);
+    let screen = watch.wait_for("connection lost", Duration::from_secs(20), |s| {
+        s.contains("connection lost, retrying")
+    });
+    assert!(screen.contains("web-1"), "the last list stays: {screen}");
+
+    // It comes back on the same address: the view recovers by itself.
+    let (gateway, _) =
+        netns::gateway_in_at(&ns, state.path(), &listen, &["--display-name", "gw-7"]);
+    let screen = watch.wait_for("live again", Duration::from_secs(60), |s| {
+        s.contains("  live  ") && !s.contains("web-1")
+    });
+    assert!(
+        line_with(&screen, "gw-7").starts_with("● Active"),
+        "{screen}"
+    );
+    drop(watch);
+
+    // One-shot, in a terminal without colour (NO_COLOR): dots, no escapes.
+    let once = Tmux::start(
+        "once",
+        (150, 10),
+        &[("CLAWNODE_CONFIG", "/dev/null"), ("NO_COLOR", "1")],
+        &[
+            BIN,
+            "presence",
+            "--url",
+            &url,
+            "--token-file",
+            tf,
+            "--allow-insecure-ws",
+        ],
+    );
+    once.wait_for("the table", Duration::from_secs(20), |s| s.contains("gw-7"));
+    let colored = once.screen(true);
+    assert!(
+        colored.contains("● Active") && !colored.contains("\x1b[32m"),
+        "{colored}"
+    );
+    drop(once);
+
+    // Scripting: a pipe gets plain words; --filter and --status select;
+    // --json stays the system-presence payload.
+    let base = [
+        "presence",
+        "--url",
+        &url,
+        "--token-file",
+        tf,
+        "--allow-insecure-ws",
+    ];
+    let (code, out, err) = run_cli(&base);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.lines().nth(1).unwrap().starts_with("Active  gw-7"),
+        "{out}"
+    );
+    let (code, out, err) = run_cli(&[&base[..], &["--filter", "mode=node"]].concat());
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 1, "only the header: {out}");
+    let (code, out, _) = run_cli(
+        &[
+            &base[..],
+            &["--json", "--status", "active", "--filter", "host=GW-*"],
+        ]
+        .concat(),
+    );
+    assert_eq!(code, 0);
+    let list: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    assert_eq!(list.len(), 1, "{out}");
+    assert_eq!(list[0]["mode"], "gateway");
+    let (code, _, err) = run_cli(&[&base[..], &["--filter", "colour=red"]].concat());
+    assert_eq!(code, 1);
+    assert!(err.contains("unknown field \"colour\""), "{err}");
+    drop(gateway);
+}
