@@ -11,6 +11,7 @@ use base64::Engine as _;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt as _, StreamExt as _};
 use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit};
 use tokio::time::{timeout, timeout_at, Instant};
@@ -23,6 +24,7 @@ use tracing::{debug, info, warn, Instrument as _};
 
 use super::admission::Ticket;
 use super::broadcast::{event_text, Outbound, PRESENCE_EVENT_MIN_GAP};
+use super::http;
 use super::methods::{self, ConnContext};
 use super::metrics::HandshakeResult;
 use super::pins::PinCheck;
@@ -108,70 +110,45 @@ async fn serve_connection(
     let config = &shared.config;
     let deadline = Instant::now() + config.handshake_timeout;
     // TLS (when configured) is part of the handshake and its deadline.
-    let stream = match timeout_at(deadline, crate::tls::accept(stream, config.tls.as_ref())).await {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(e)) => {
-            debug!(error = %e, "TLS handshake failed");
+    let mut stream =
+        match timeout_at(deadline, crate::tls::accept(stream, config.tls.as_ref())).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                debug!(error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                debug!("TLS handshake timed out");
+                return;
+            }
+        };
+    // The request head: a WebSocket upgrade, or one of the plain pages.
+    let rest = match timeout_at(deadline, http::read_request(&mut stream)).await {
+        Ok(Ok(http::Request::Upgrade { accept_key, rest })) => {
+            let answer = http::switching_protocols(&accept_key);
+            let sent = timeout_at(deadline, stream.write_all(answer.as_bytes())).await;
+            if !matches!(sent, Ok(Ok(()))) {
+                debug!("WebSocket upgrade answer not sent");
+                shared.metrics.handshake(HandshakeResult::Closed);
+                return;
+            }
+            rest
+        }
+        Ok(Ok(http::Request::Plain(req))) => {
+            drop(ticket);
+            let stopping = *stop.borrow();
+            http::serve(&mut stream, &req, &shared, stopping).await;
             return;
         }
-        Err(_) => {
-            debug!("TLS handshake timed out");
-            return;
-        }
-    };
-    let mut stream = stream;
-    let request = match timeout_at(deadline, super::http::read_request(&mut stream)).await {
-        Ok(Ok(request)) => request,
         Ok(Err(bad)) => {
             debug!(reason = %bad.reason, "bad HTTP request");
             shared.metrics.handshake(HandshakeResult::Closed);
-            if let Some(status) = bad.status {
-                let response = super::http::Response::text(status, bad.reason);
-                let _ = timeout(
-                    WRITE_TIMEOUT,
-                    super::http::send(&mut stream, &response, false),
-                )
-                .await;
-            }
+            http::refuse(&mut stream, bad).await;
             return;
         }
         Err(_) => {
             debug!("HTTP request timed out");
             shared.metrics.handshake(HandshakeResult::Timeout);
-            return;
-        }
-    };
-    let rest = match request {
-        super::http::Request::Upgrade { accept_key, rest } => {
-            let answer = super::http::switching_protocols(&accept_key);
-            match timeout_at(
-                deadline,
-                tokio::io::AsyncWriteExt::write_all(&mut stream, answer.as_bytes()),
-            )
-            .await
-            {
-                Ok(Ok(())) => rest,
-                _ => {
-                    debug!("WebSocket upgrade answer not sent");
-                    shared.metrics.handshake(HandshakeResult::Closed);
-                    return;
-                }
-            }
-        }
-        super::http::Request::Plain(req) => {
-            drop(ticket);
-            let ready = if *stop.borrow() {
-                Err("the gateway is stopping".to_string())
-            } else {
-                shared.readiness()
-            };
-            let response = super::http::respond(&req, &shared, ready);
-            debug!(method = %req.method, path = %req.path, status = response.status, "HTTP request");
-            let _ = timeout(
-                WRITE_TIMEOUT,
-                super::http::send(&mut stream, &response, req.method == "HEAD"),
-            )
-            .await;
             return;
         }
     };

@@ -298,15 +298,42 @@ pub fn respond(req: &PlainRequest, shared: &Shared, ready: Result<(), String>) -
     }
 }
 
-/// Writes `response` and closes the write side.
-pub async fn send<S: AsyncWrite + Unpin>(
+/// A write that takes longer than this means the peer stopped reading.
+const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Answers a plain request and closes.
+pub async fn serve<S: AsyncWrite + Unpin>(
     stream: &mut S,
-    response: &Response,
-    head_only: bool,
-) -> std::io::Result<()> {
-    stream.write_all(&response.to_bytes(head_only)).await?;
-    stream.flush().await?;
-    stream.shutdown().await
+    req: &PlainRequest,
+    shared: &Shared,
+    stopping: bool,
+) {
+    let ready = if stopping {
+        Err("the gateway is stopping".to_string())
+    } else {
+        shared.readiness()
+    };
+    let response = respond(req, shared, ready);
+    tracing::debug!(method = %req.method, path = %req.path, status = response.status, "HTTP request");
+    send(stream, &response, req.method == "HEAD").await;
+}
+
+/// Answers a request that could not be read, when it deserves an answer.
+pub async fn refuse<S: AsyncWrite + Unpin>(stream: &mut S, bad: BadRequest) {
+    if let Some(status) = bad.status {
+        send(stream, &Response::text(status, bad.reason), false).await;
+    }
+}
+
+/// Writes `response` and closes the write side (best effort, bounded).
+async fn send<S: AsyncWrite + Unpin>(stream: &mut S, response: &Response, head_only: bool) {
+    let bytes = response.to_bytes(head_only);
+    let _ = tokio::time::timeout(WRITE_TIMEOUT, async {
+        stream.write_all(&bytes).await?;
+        stream.flush().await?;
+        stream.shutdown().await
+    })
+    .await;
 }
 
 #[cfg(test)]

@@ -208,7 +208,7 @@ impl<'a> Output<'a> {
             .as_ref()
             .map(|l| l.clone_filtered(self.filter, now));
         let mut lines = vec![self.header(link, list.as_ref(), now, cols)];
-        if let Some(Link::Retrying { why, .. }) = Some(link) {
+        if let Link::Retrying { why, .. } = link {
             lines.push(fit_plain(&format!("  {why}"), cols));
         }
         lines.push(String::new());
