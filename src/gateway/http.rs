@@ -118,7 +118,13 @@ pub fn parse(buf: &[u8]) -> Result<Option<Request>, BadRequest> {
         c.split([' ', ','])
             .any(|t| t.eq_ignore_ascii_case("upgrade"))
     });
-    if upgrade.is_none() && !connection_upgrade {
+    // A WebSocket attempt names websocket or carries a key; any other
+    // `Upgrade` (h2c, say) may be ignored (RFC 9110 7.8): a plain request.
+    let websocket = upgrade.is_some_and(|u| {
+        u.split(',')
+            .any(|p| p.trim().eq_ignore_ascii_case("websocket"))
+    }) || header("sec-websocket-key").is_some();
+    if !websocket {
         let bearer = header("authorization")
             .and_then(|a| a.split_once(' '))
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
@@ -369,6 +375,7 @@ mod tests {
                 "Version must be 13",
             ),
             ("Upgrade: websocket", "Upgrade: h2c", "must be websocket"),
+            ("Upgrade: websocket\r\n", "", "must be websocket"),
             ("GET / HTTP/1.1", "POST / HTTP/1.1", "must be GET"),
             ("dGhlIHNhbXBsZSBub25jZQ==", "short", "not 16 bytes"),
             (
@@ -394,6 +401,15 @@ mod tests {
                 path: "/metrics".into(),
                 bearer: Some("abc".into()),
             })))
+        );
+    }
+
+    #[test]
+    fn another_upgrade_is_ignored() {
+        let req =
+            "GET /healthz HTTP/1.1\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n\r\n";
+        assert!(
+            matches!(parse(req.as_bytes()), Ok(Some(Request::Plain(p))) if p.path == "/healthz")
         );
     }
 
