@@ -490,3 +490,82 @@ fn describe_ws_error(e: &tokio_tungstenite::tungstenite::Error) -> String {
         other => other.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::device_auth::{self, Expected, PayloadVersion};
+
+    fn facts() -> HostFacts {
+        HostFacts {
+            hostname: "web-1".into(),
+            ip: Some("192.0.2.10".parse().unwrap()),
+            platform: "linux 6.1.0-18-amd64".into(),
+            device_family: "Linux".into(),
+            model_identifier: "PowerEdge R650".into(),
+        }
+    }
+
+    /// What the gateway checks: the proof verifies (v3) over the same
+    /// fields the gateway reads back from the connect parameters.
+    #[test]
+    fn the_signed_connect_verifies_as_the_gateway_checks_it() {
+        let identity = DeviceIdentity::ephemeral("0b6e2f8c-34c1-4f7e-9a55-6d1f3c0a9e21");
+        let challenge = ConnectChallenge {
+            nonce: "bm9uY2U".into(),
+            ts: 1_800_000_000_000,
+        };
+        let credentials = Credentials {
+            shared: Some(Secret::new("fleet-token")),
+            device_token: None,
+        };
+        let client = node_client(&identity, "web-1", &facts());
+        let params = signed_node_connect(&identity, client, &credentials, &challenge);
+        assert_eq!(params.role, Some(Role::Node));
+        assert_eq!(
+            params.client.instance_id.as_deref(),
+            Some(identity.instance_id())
+        );
+        assert_eq!(
+            params.client.model_identifier.as_deref(),
+            Some("PowerEdge R650")
+        );
+        let proof = params.device.as_ref().unwrap();
+        let expected = Expected {
+            nonce: &challenge.nonce,
+            now_ms: challenge.ts + 1_000,
+            client_id: &params.client.id,
+            client_mode: &params.client.mode,
+            role: "node",
+            scopes: &params.scopes,
+            token: params.token(),
+            platform: Some(&params.client.platform),
+            device_family: params.client.device_family.as_deref(),
+        };
+        assert_eq!(
+            device_auth::verify(proof, &expected),
+            Ok(PayloadVersion::V3)
+        );
+        // A different token (or nonce) is a different payload.
+        let wrong = Expected {
+            token: Some("another-token"),
+            ..expected
+        };
+        assert!(device_auth::verify(proof, &wrong).is_err());
+    }
+
+    #[test]
+    fn the_beacon_names_the_host_and_its_address() {
+        let identity = DeviceIdentity::ephemeral("0b6e2f8c-34c1-4f7e-9a55-6d1f3c0a9e21");
+        let b = node_beacon(&identity, "web-1", &facts(), Some(42));
+        assert_eq!(
+            b.text,
+            format!(
+                "Node: web-1 (192.0.2.10) · app {} · last input 42s ago · mode node · reason periodic",
+                crate::VERSION
+            )
+        );
+        assert_eq!(b.ip.as_deref(), Some("192.0.2.10"));
+        assert_eq!(b.last_input_seconds, Some(42));
+    }
+}
