@@ -13,12 +13,27 @@ use common::*;
 use serde_json::json;
 
 /// One HTTP/1.1 request over a fresh socket: (status, headers, body).
+///
+/// With `max_connections = 2`, the previous request's slot can still be held
+/// for a moment after its answer arrived; the listener then refuses with a
+/// 503 written before it reads the request, and closing with the request
+/// unread resets the socket. Such a reset is retried.
 fn http(addr: SocketAddr, request: &str) -> (u16, String, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(request.as_bytes()).unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap();
+    let mut attempts = 0;
+    let raw = loop {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut raw = Vec::new();
+        let sent = s.write_all(request.as_bytes());
+        match sent.and_then(|()| s.read_to_end(&mut raw)) {
+            Ok(_) => break raw,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset && attempts < 50 => {
+                attempts += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
     let text = String::from_utf8(raw).unwrap();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let status = head

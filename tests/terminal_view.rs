@@ -113,7 +113,16 @@ fn the_live_table_follows_nodes_and_survives_a_gateway_restart() {
     }
     let ns = Netns::create(7);
     let state = tempfile::tempdir().unwrap();
-    let (gateway, addr) = netns::gateway_in(&ns, state.path(), &["--display-name", "gw-7"]);
+    // A 1 s tick: the watch calls a link dead after 3 silent ticks.
+    let config = state.path().join("clawnode.toml");
+    std::fs::write(&config, "[gateway]\ntick_interval_secs = 1\n").unwrap();
+    let gw_flags = [
+        "--display-name",
+        "gw-7",
+        "--config",
+        config.to_str().unwrap(),
+    ];
+    let (gateway, addr) = netns::gateway_in(&ns, state.path(), &gw_flags);
     let url = format!("ws://{addr}");
     let token_file = state.path().join("gateway.token");
     let tf = token_file.to_str().unwrap();
@@ -202,6 +211,44 @@ fn the_live_table_follows_nodes_and_survives_a_gateway_restart() {
     assert!(
         line_with(&screen, "web-1").starts_with("○ Active  web-1"),
         "{screen}"
+    );
+
+    // A partition (no FIN either way): the silence gives it away.
+    let iptables = ["iptables-legacy", "iptables"]
+        .into_iter()
+        .find(|bin| {
+            Command::new(bin)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .expect("iptables (apt-get install iptables; .ci/run does)");
+    let ipt = |args: &[&str]| {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &ns.name, iptables])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    ipt(&["-I", "INPUT", "!", "-i", "lo", "-j", "DROP"]);
+    ipt(&["-I", "OUTPUT", "!", "-o", "lo", "-j", "DROP"]);
+    let screen = watch.wait_for("the partition noticed", Duration::from_secs(20), |s| {
+        s.contains("connection lost, retrying")
+    });
+    assert!(
+        screen.contains("no word from the gateway for 3s"),
+        "{screen}"
+    );
+    ipt(&["-F"]);
+    watch.wait_for(
+        "live after the partition healed",
+        Duration::from_secs(60),
+        |s| s.contains("  live  "),
     );
 
     // The gateway goes away: the view says so and keeps the last list.

@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use serde_json::Value;
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::time::{sleep_until, timeout, Instant};
+use tokio::time::{sleep_until, Instant};
 
 use super::{Filter, Listed};
 use crate::agent::backoff::Backoff;
@@ -58,29 +58,38 @@ pub async fn run(
         let why = match connected {
             Ok((mut session, hello)) => {
                 backoff.reset();
-                out.update(hello.pointer("/snapshot/presence").cloned())?;
-                out.draw(&Link::Live);
                 let tick = hello
                     .pointer("/policy/tickIntervalMs")
                     .and_then(Value::as_u64)
                     .map_or(DEFAULT_TICK, Duration::from_millis);
                 let silence = tick * SILENT_TICKS;
-                let why = loop {
+                // Any frame pushes this on; reaching it means a dead link.
+                let mut deadline = Instant::now() + silence;
+                let mut presence = hello.pointer("/snapshot/presence").cloned();
+                loop {
+                    if let Some(list) = presence.take() {
+                        if let Err(e) = out.update(Some(list)) {
+                            break format!("{e:#}");
+                        }
+                        out.changed(&Link::Live);
+                    }
                     tokio::select! {
-                        ev = timeout(silence, session.next_event()) => match ev {
-                            Ok(Ok(ev)) if ev.event == event::PRESENCE => {
-                                out.update(ev.payload.get("presence").cloned())?;
-                                out.changed(&Link::Live);
-                            }
-                            Ok(Ok(ev)) if ev.event == event::TICK => {
-                                if let (Some(list), Some(ts)) = (&mut out.list, ev.payload.get("ts").and_then(Value::as_u64)) {
-                                    list.touch_self(ts);
+                        ev = session.next_event() => match ev {
+                            Ok(ev) => {
+                                deadline = Instant::now() + silence;
+                                if ev.event == event::PRESENCE {
+                                    presence = Some(ev.payload.get("presence").cloned().unwrap_or(Value::Null));
+                                } else if ev.event == event::TICK {
+                                    if let (Some(list), Some(ts)) = (&mut out.list, ev.payload.get("ts").and_then(Value::as_u64)) {
+                                        list.touch_self(ts);
+                                    }
                                 }
                             }
-                            Ok(Ok(_)) => {}
-                            Ok(Err(e)) => break format!("{e:#}"),
-                            Err(_) => break format!("no word from the gateway for {}s", silence.as_secs()),
+                            Err(e) => break format!("{e:#}"),
                         },
+                        _ = sleep_until(deadline) => {
+                            break format!("no word from the gateway for {}s", silence.as_secs());
+                        }
                         _ = redraw.tick() => out.draw(&Link::Live),
                         _ = resized.recv() => out.draw(&Link::Live),
                         _ = stop.wait() => {
@@ -88,8 +97,7 @@ pub async fn run(
                             return Ok(());
                         }
                     }
-                };
-                why
+                }
             }
             Err(ConnectError::Refused(e)) if !retryable(&e) => {
                 drop(out);
