@@ -1162,6 +1162,29 @@ mod tests {
     }
 
     #[test]
+    fn evictions_are_counted_by_reason_and_statuses_by_age() {
+        let mut s = store_with(PresenceLimits {
+            ttl_ms: DEFAULT_TTL_MS,
+            max_entries: 3,
+        });
+        for (i, id) in ["a", "b", "c"].iter().enumerate() {
+            let k = connect_ui(&mut s, id, T0 + i as u64);
+            s.disconnect(&k, T0 + i as u64);
+        }
+        assert_eq!(s.evictions(), Evictions { ttl: 0, max: 1 }, "a, the oldest");
+        // At +90.002 s, b (ts +1 ms) is just past 90 s: Idle; c (ts +2 ms) is
+        // exactly 90 s old: still Active.
+        assert_eq!(s.status_counts(T0 + 90_002), [2, 1, 0]);
+        assert_eq!(
+            s.status_counts(T0 + 200_000),
+            [1, 0, 2],
+            "the self entry is current"
+        );
+        assert_eq!(s.prune(T0 + DEFAULT_TTL_MS + 10), 2);
+        assert_eq!(s.evictions(), Evictions { ttl: 2, max: 1 });
+    }
+
+    #[test]
     fn rule7_a_cap_of_one_keeps_only_self() {
         let mut s = store_with(PresenceLimits {
             ttl_ms: DEFAULT_TTL_MS,
