@@ -58,12 +58,15 @@ pub async fn call_with_scopes(
         call_inner(url, connector, token, scopes, method_name, params),
     )
     .await
-    .map_err(|_| {
-        anyhow!(
-            "no answer from gateway {url} within {}s",
-            CALL_TIMEOUT.as_secs()
-        )
-    })?
+    .map_err(|_| no_answer(url))?
+}
+
+/// The error when the gateway does not answer within [`CALL_TIMEOUT`].
+fn no_answer(url: &str) -> anyhow::Error {
+    anyhow!(
+        "no answer from gateway {url} within {}s",
+        CALL_TIMEOUT.as_secs()
+    )
 }
 
 async fn call_inner(
@@ -112,12 +115,7 @@ impl Session {
         let connector = crate::tls::client_connector(url, tls)?;
         timeout(CALL_TIMEOUT, Session::open(url, connector, token, scopes))
             .await
-            .map_err(|_| {
-                ConnectError::Other(anyhow!(
-                    "no answer from gateway {url} within {}s",
-                    CALL_TIMEOUT.as_secs()
-                ))
-            })?
+            .map_err(|_| ConnectError::Other(no_answer(url)))?
     }
 
     async fn open(

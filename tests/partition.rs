@@ -17,15 +17,6 @@ use serde_json::Value;
 
 const TICK_SECS: u64 = 2;
 
-fn iptables() -> Option<&'static str> {
-    ["iptables-legacy", "iptables"].into_iter().find(|bin| {
-        Command::new(bin)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    })
-}
-
 fn run(program: &str, args: &[&str]) {
     let out = Command::new(program).args(args).output().unwrap();
     assert!(
@@ -74,7 +65,7 @@ fn a_silent_partition_is_detected_by_both_sides_and_healed() {
         eprintln!("skipped: network namespaces need root");
         return;
     }
-    let Some(iptables) = iptables() else {
+    let Some(iptables) = common::netns::iptables() else {
         panic!("iptables is not installed (apt-get install iptables; .ci/run does)");
     };
     let ns = Netns::create(5);

@@ -214,15 +214,7 @@ fn the_live_table_follows_nodes_and_survives_a_gateway_restart() {
     );
 
     // A partition (no FIN either way): the silence gives it away.
-    let iptables = ["iptables-legacy", "iptables"]
-        .into_iter()
-        .find(|bin| {
-            Command::new(bin)
-                .arg("--version")
-                .output()
-                .is_ok_and(|o| o.status.success())
-        })
-        .expect("iptables (apt-get install iptables; .ci/run does)");
+    let iptables = netns::iptables().expect("iptables (apt-get install iptables; .ci/run does)");
     let ipt = |args: &[&str]| {
         let out = Command::new("ip")
             .args(["netns", "exec", &ns.name, iptables])
@@ -271,20 +263,20 @@ fn the_live_table_follows_nodes_and_survives_a_gateway_restart() {
     );
     drop(watch);
 
+    let base = [
+        "presence",
+        "--url",
+        &url,
+        "--token-file",
+        tf,
+        "--allow-insecure-ws",
+    ];
     // One-shot, in a terminal without colour (NO_COLOR): dots, no escapes.
     let once = Tmux::start(
         "once",
         (150, 10),
         &[("CLAWNODE_CONFIG", "/dev/null"), ("NO_COLOR", "1")],
-        &[
-            BIN,
-            "presence",
-            "--url",
-            &url,
-            "--token-file",
-            tf,
-            "--allow-insecure-ws",
-        ],
+        &[&[BIN][..], &base[..]].concat(),
     );
     once.wait_for("the table", Duration::from_secs(20), |s| s.contains("gw-7"));
     let colored = once.screen(true);
@@ -296,14 +288,6 @@ fn the_live_table_follows_nodes_and_survives_a_gateway_restart() {
 
     // Scripting: a pipe gets plain words; --filter and --status select;
     // --json stays the system-presence payload.
-    let base = [
-        "presence",
-        "--url",
-        &url,
-        "--token-file",
-        tf,
-        "--allow-insecure-ws",
-    ];
     let (code, out, err) = run_cli(&base);
     assert_eq!(code, 0, "{err}");
     assert!(

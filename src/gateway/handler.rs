@@ -43,7 +43,7 @@ type Sink = SplitSink<WebSocketStream<ServerStream>, Message>;
 type Source = SplitStream<WebSocketStream<ServerStream>>;
 
 /// A write that takes longer than this means the peer stopped reading.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a handshake ended without a session.
 struct Rejection {
@@ -257,9 +257,9 @@ async fn serve_connection(
 /// Counts a failed handshake by result, and auth failures by code.
 fn count_rejection(shared: &Shared, rejection: &Rejection) {
     let auth_code = rejection.error_code.as_deref().and_then(|code| {
-        super::metrics::AUTH_FAILURE_CODES
+        ErrorDetailCode::ALL
             .into_iter()
-            .find(|c| c.as_str() == code)
+            .find(|c| c.is_auth_failure() && c.as_str() == code)
     });
     let result = if let Some(code) = auth_code {
         shared.metrics.auth_failure(code);

@@ -304,9 +304,6 @@ pub fn respond(req: &PlainRequest, shared: &Shared, ready: Result<(), String>) -
     }
 }
 
-/// A write that takes longer than this means the peer stopped reading.
-const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-
 /// Answers a plain request and closes.
 pub async fn serve<S: AsyncWrite + Unpin>(
     stream: &mut S,
@@ -334,7 +331,7 @@ pub async fn refuse<S: AsyncWrite + Unpin>(stream: &mut S, bad: BadRequest) {
 /// Writes `response` and closes the write side (best effort, bounded).
 async fn send<S: AsyncWrite + Unpin>(stream: &mut S, response: &Response, head_only: bool) {
     let bytes = response.to_bytes(head_only);
-    let _ = tokio::time::timeout(WRITE_TIMEOUT, async {
+    let _ = tokio::time::timeout(super::handler::WRITE_TIMEOUT, async {
         stream.write_all(&bytes).await?;
         stream.flush().await?;
         stream.shutdown().await

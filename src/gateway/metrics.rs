@@ -82,7 +82,10 @@ impl Default for Metrics {
                 .get_or_create(&[("result", result.as_str())])
                 .inc_by(0);
         }
-        for code in AUTH_FAILURE_CODES {
+        for code in ErrorDetailCode::ALL
+            .into_iter()
+            .filter(|c| c.is_auth_failure())
+        {
             metrics
                 .auth_failures
                 .get_or_create(&[("code", code.as_str())])
@@ -97,20 +100,6 @@ impl Default for Metrics {
         metrics
     }
 }
-
-/// The refusals counted as auth failures: token and device signature.
-pub const AUTH_FAILURE_CODES: [ErrorDetailCode; 10] = [
-    ErrorDetailCode::AuthTokenMissing,
-    ErrorDetailCode::AuthTokenMismatch,
-    ErrorDetailCode::AuthRateLimited,
-    ErrorDetailCode::DeviceIdentityRequired,
-    ErrorDetailCode::DeviceAuthSignatureInvalid,
-    ErrorDetailCode::DeviceAuthDeviceIdMismatch,
-    ErrorDetailCode::DeviceAuthNonceRequired,
-    ErrorDetailCode::DeviceAuthNonceMismatch,
-    ErrorDetailCode::DeviceAuthSignatureExpired,
-    ErrorDetailCode::DeviceAuthPublicKeyInvalid,
-];
 
 impl Metrics {
     pub fn handshake(&self, result: HandshakeResult) {

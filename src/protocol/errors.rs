@@ -88,6 +88,24 @@ impl ErrorDetailCode {
         ErrorDetailCode::InstanceIdPinned,
     ];
 
+    /// A refused credential: the shared token, or the device's identity
+    /// and signature (`AUTH_*`, `DEVICE_*`).
+    pub fn is_auth_failure(self) -> bool {
+        matches!(
+            self,
+            ErrorDetailCode::AuthTokenMissing
+                | ErrorDetailCode::AuthTokenMismatch
+                | ErrorDetailCode::AuthRateLimited
+                | ErrorDetailCode::DeviceIdentityRequired
+                | ErrorDetailCode::DeviceAuthSignatureInvalid
+                | ErrorDetailCode::DeviceAuthDeviceIdMismatch
+                | ErrorDetailCode::DeviceAuthNonceRequired
+                | ErrorDetailCode::DeviceAuthNonceMismatch
+                | ErrorDetailCode::DeviceAuthSignatureExpired
+                | ErrorDetailCode::DeviceAuthPublicKeyInvalid
+        )
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorDetailCode::AuthTokenMissing => "AUTH_TOKEN_MISSING",

@@ -11,6 +11,16 @@ pub fn available() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// The iptables binary to cut a namespace's link with, if installed.
+pub fn iptables() -> Option<&'static str> {
+    ["iptables-legacy", "iptables"].into_iter().find(|bin| {
+        Command::new(bin)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    })
+}
+
 pub struct Netns {
     pub name: String,
     host_if: String,

@@ -201,12 +201,9 @@ impl<'a> Output<'a> {
         }
     }
 
-    /// Redraws a terminal; for a pipe, prints the first list once.
+    /// Redraws a terminal (a pipe gets only changes, see [`Self::changed`]).
     fn draw(&mut self, link: &Link) {
         if !self.tty {
-            if matches!(link, Link::Live) && self.printed.is_none() {
-                self.print_list();
-            }
             return;
         }
         let now = now_ms();
