@@ -3,7 +3,8 @@
 //! It owns the rules of the presence spec (`docs/presence-spec.md`): the
 //! gateway's self entry (rule 1), rows upserted on connect (rules 2 and 4),
 //! beacons merged from `system-event` (rule 3), case-insensitive keys (rule
-//! 5), TTL and disconnect (rule 6), the size cap (rule 7), the loopback caveat
+//! 5), TTL and disconnect (rule 6), the size cap (rule 7: never over a live
+//! row, as clawnode changes it), the loopback caveat
 //! (rule 8) and the newest-first list (rule 9). It also owns the consumer-side
 //! Active/Idle/Stale status.
 //!
@@ -38,6 +39,9 @@ pub const DEFAULT_MAX_ENTRIES: usize = 200;
 pub const ACTIVE_MAX_AGE_MS: u64 = 90_000;
 /// Age (ms) up to which a row shows as Idle; older is Stale.
 pub const IDLE_MAX_AGE_MS: u64 = 180_000;
+
+/// The `reason` of a row whose last connection closed (rule 6).
+pub const DISCONNECT_REASON: &str = "disconnect";
 
 /// The key the self entry gets when the gateway has no instanceId.
 const FALLBACK_SELF_KEY: &str = "self";
@@ -178,8 +182,8 @@ pub struct PresenceStore {
     /// `ts` among them: the list without the self entry, made once after a
     /// change and reused until the next (`None` after any change).
     rows_json: Option<(String, u64)>,
-    /// Open connections per key. Kept apart from `rows` because a row can be
-    /// evicted (rule 7) while its connections stay open.
+    /// Open connections per key. Every key here has a row: a live row is
+    /// neither pruned (rule 6) nor evicted (rule 7).
     open_connections: HashMap<PresenceKey, usize>,
     /// Rows dropped so far, by why (for metrics).
     evictions: Evictions,
@@ -222,12 +226,12 @@ impl PresenceStore {
         self.evictions
     }
 
-    /// How many rows are Active, Idle and Stale at `now_ms`, the self entry
-    /// (always current) included.
-    pub fn status_counts(&self, now_ms: u64) -> [usize; 3] {
-        let mut counts = [1, 0, 0];
+    /// How many rows are Active, Idle, Stale and Left at `now_ms`, the self
+    /// entry (always current) included.
+    pub fn status_counts(&self, now_ms: u64) -> [usize; 4] {
+        let mut counts = [1, 0, 0, 0];
         for row in self.rows.values() {
-            counts[PresenceStatus::of(row.entry.ts, now_ms) as usize] += 1;
+            counts[PresenceStatus::of_entry(&row.entry, now_ms) as usize] += 1;
         }
         counts
     }
@@ -235,6 +239,12 @@ impl PresenceStore {
     /// The limits this store enforces.
     pub fn limits(&self) -> PresenceLimits {
         self.limits
+    }
+
+    /// How many rows the list holds beyond `max_entries`: rows of open
+    /// connections, which the cap never evicts (rule 7). 0 when within it.
+    pub fn cap_overshoot(&self) -> usize {
+        self.len().saturating_sub(self.limits.max_entries)
     }
 
     /// Rules 2, 4, 5 and 8: upserts the row of a handshaken connection and
@@ -305,9 +315,12 @@ impl PresenceStore {
             Some(row) => {
                 row.json = None;
                 self.rows_json = None;
-                row.entry.reason = Some("disconnect".to_string());
+                row.entry.reason = Some(DISCONNECT_REASON.to_string());
                 row.entry.ts = now_ms;
                 self.may_expire(now_ms);
+                // Over the cap only because of live rows: this one no longer
+                // is, so the cap may take the oldest row that is not.
+                self.enforce_cap();
                 true
             }
             None => false,
@@ -505,18 +518,31 @@ impl PresenceStore {
         &self.self_key
     }
 
-    /// Rule 7: while there are more than `max_entries` rows (self included),
-    /// drops the oldest client row, ties by smaller key. Never the self entry.
+    /// Rule 7 as clawnode changes it: while there are more than
+    /// `max_entries` rows (self included), drops the oldest client row that
+    /// has no open connection, ties by smaller key. Never the self entry and
+    /// never a live row: a host that is connected is never hidden, so when
+    /// live rows alone exceed the cap they all stay (see
+    /// [`PresenceStore::cap_overshoot`]).
     fn enforce_cap(&mut self) {
         let allowed = self.limits.max_entries.saturating_sub(1);
         if self.rows.len() <= allowed {
             return;
         }
-        if self.rows.len() == allowed + 1 {
+        // Every open connection's key has a row (live rows are never
+        // evicted nor pruned), so this is the number of evictable rows.
+        let evictable = self.rows.len().saturating_sub(self.open_connections.len());
+        let excess = (self.rows.len() - allowed).min(evictable);
+        if excess == 0 {
+            return;
+        }
+        let open = &self.open_connections;
+        if excess == 1 {
             // One row over, the usual case: a linear scan, not a sort.
             let oldest = self
                 .rows
                 .iter()
+                .filter(|(key, _)| !open.contains_key(*key))
                 .map(|(key, row)| (row.entry.ts, key))
                 .min()
                 .map(|(_, key)| key.clone());
@@ -530,10 +556,10 @@ impl PresenceStore {
         let mut by_age: Vec<(u64, PresenceKey)> = self
             .rows
             .iter()
+            .filter(|(key, _)| !open.contains_key(*key))
             .map(|(key, row)| (row.entry.ts, key.clone()))
             .collect();
         by_age.sort();
-        let excess = self.rows.len() - allowed;
         for (_, key) in by_age.into_iter().take(excess) {
             self.rows.remove(&key);
         }
@@ -599,9 +625,24 @@ pub enum PresenceStatus {
     Idle = 1,
     /// Older than that.
     Stale = 2,
+    /// The client disconnected (`reason: "disconnect"`); the row stays until
+    /// the TTL takes it, but the host is not there.
+    Left = 3,
 }
 
 impl PresenceStatus {
+    /// The status of a row as an operator should read it: [`Left`] once its
+    /// client has disconnected, whatever its age; else by the age of `ts`.
+    ///
+    /// [`Left`]: PresenceStatus::Left
+    pub fn of_entry(entry: &PresenceEntry, now_ms: u64) -> Self {
+        if entry.reason.as_deref() == Some(DISCONNECT_REASON) {
+            PresenceStatus::Left
+        } else {
+            PresenceStatus::of(entry.ts, now_ms)
+        }
+    }
+
     /// The status of a row last updated at `entry_ts_ms`, seen at `now_ms`.
     /// A `ts` in the future counts as age 0.
     pub fn of(entry_ts_ms: u64, now_ms: u64) -> Self {
@@ -612,18 +653,20 @@ impl PresenceStatus {
         }
     }
 
-    pub const ALL: [PresenceStatus; 3] = [
+    pub const ALL: [PresenceStatus; 4] = [
         PresenceStatus::Active,
         PresenceStatus::Idle,
         PresenceStatus::Stale,
+        PresenceStatus::Left,
     ];
 
-    /// "Active", "Idle" or "Stale".
+    /// "Active", "Idle", "Stale" or "Left".
     pub fn as_str(self) -> &'static str {
         match self {
             PresenceStatus::Active => "Active",
             PresenceStatus::Idle => "Idle",
             PresenceStatus::Stale => "Stale",
+            PresenceStatus::Left => "Left",
         }
     }
 }
@@ -1123,6 +1166,14 @@ mod tests {
         assert_eq!(s.get(&k).unwrap().reason.as_deref(), Some("disconnect"));
     }
 
+    /// Connects `id` as a `ui` client and disconnects it at once: a row the
+    /// cap may evict.
+    fn left_row(store: &mut PresenceStore, id: &str, now: u64) -> PresenceKey {
+        let k = connect_ui(store, id, now);
+        assert!(store.disconnect(&k, now));
+        k
+    }
+
     #[test]
     fn rule7_cap_drops_the_oldest_ts_first_never_self() {
         let mut s = store_with(PresenceLimits {
@@ -1131,7 +1182,7 @@ mod tests {
         });
         // The self entry is the oldest of all and still survives.
         for i in 0..4u64 {
-            connect_ui(&mut s, &format!("inst-{i}"), T0 + 1_000 + i);
+            left_row(&mut s, &format!("inst-{i}"), T0 + 1_000 + i);
         }
         assert_eq!(s.len(), 3);
         assert!(s.get(&key("inst-0")).is_none());
@@ -1143,9 +1194,10 @@ mod tests {
         assert!(list.iter().any(|e| e.reason.as_deref() == Some("self")));
         // A beacon refreshing an old row makes it the newest.
         s.beacon(&key("inst-2"), &text_beacon("x"), None, T0 + 3_000);
-        connect_ui(&mut s, "inst-4", T0 + 3_001);
+        left_row(&mut s, "inst-4", T0 + 3_001);
         assert!(s.get(&key("inst-3")).is_none());
         assert!(s.get(&key("inst-2")).is_some());
+        assert_eq!(s.cap_overshoot(), 0);
     }
 
     #[test]
@@ -1154,45 +1206,136 @@ mod tests {
             ttl_ms: DEFAULT_TTL_MS,
             max_entries: 2,
         });
-        connect_ui(&mut s, "b", T0);
-        connect_ui(&mut s, "a", T0);
+        // Rows without a connection (written by beacons), equally old.
+        s.beacon(&key("b"), &text_beacon("b"), None, T0);
+        s.beacon(&key("a"), &text_beacon("a"), None, T0);
         assert_eq!(s.len(), 2);
         assert!(s.get(&key("a")).is_none());
         assert!(s.get(&key("b")).is_some());
     }
 
     #[test]
-    fn evictions_are_counted_by_reason_and_statuses_by_age() {
+    fn rule7_a_live_row_is_never_evicted_the_oldest_left_row_goes_instead() {
         let mut s = store_with(PresenceLimits {
             ttl_ms: DEFAULT_TTL_MS,
             max_entries: 3,
         });
-        for (i, id) in ["a", "b", "c"].iter().enumerate() {
-            let k = connect_ui(&mut s, id, T0 + i as u64);
-            s.disconnect(&k, T0 + i as u64);
+        // The oldest row is live; a newer one has left.
+        let live = connect_ui(&mut s, "live-old", T0);
+        let gone = left_row(&mut s, "left-newer", T0 + 10);
+        connect_ui(&mut s, "newest", T0 + 20);
+        assert_eq!(s.len(), 3, "self + live-old + newest");
+        assert!(s.get(&live).is_some(), "the oldest, but connected");
+        assert!(s.get(&gone).is_none(), "the only row without a connection");
+        assert_eq!(s.evictions().max, 1);
+        assert_eq!(s.cap_overshoot(), 0);
+    }
+
+    #[test]
+    fn rule7_live_rows_alone_over_the_cap_all_stay_and_show_as_overshoot() {
+        let mut s = store_with(PresenceLimits {
+            ttl_ms: DEFAULT_TTL_MS,
+            max_entries: 3,
+        });
+        let keys: Vec<PresenceKey> = (0..5u64)
+            .map(|i| connect_ui(&mut s, &format!("n{i}"), T0 + i))
+            .collect();
+        assert_eq!(s.len(), 6, "self + 5 live rows, cap 3");
+        assert_eq!(s.cap_overshoot(), 3);
+        assert_eq!(s.evictions().max, 0);
+        assert_eq!(s.list(T0 + 10).len(), 6, "every live host is listed");
+        // A beacon (a live node's own) changes nothing about that.
+        s.beacon(&keys[0], &text_beacon("still here"), None, T0 + 11);
+        assert_eq!(s.len(), 6);
+        // A live row that leaves is the only evictable one: the cap takes it
+        // at once, since the list is over the cap.
+        assert!(s.disconnect(&keys[2], T0 + 12));
+        assert!(s.get(&keys[2]).is_none());
+        assert_eq!(s.evictions().max, 1);
+        assert_eq!(s.cap_overshoot(), 2);
+        // Down to the cap: a row that leaves now stays, as `disconnect`.
+        for k in &keys[3..] {
+            assert!(s.disconnect(k, T0 + 13));
         }
+        assert_eq!(s.cap_overshoot(), 0);
+        assert!(s.disconnect(&keys[1], T0 + 14));
+        assert_eq!(s.len(), 3);
+        assert_eq!(
+            s.get(&keys[1]).and_then(|e| e.reason.as_deref()),
+            Some("disconnect")
+        );
+    }
+
+    #[test]
+    fn rule7_a_beacon_row_without_a_connection_is_evictable_a_live_one_is_not() {
+        let mut s = store_with(PresenceLimits {
+            ttl_ms: DEFAULT_TTL_MS,
+            max_entries: 2,
+        });
+        let live = connect_ui(&mut s, "live", T0);
+        // An operator's beacon for a key nobody is connected as.
+        s.beacon(&key("orphan"), &text_beacon("x"), None, T0 + 5);
+        assert!(s.get(&key("orphan")).is_none(), "over the cap, not live");
+        assert!(s.get(&live).is_some());
+        assert_eq!(s.evictions().max, 1);
+    }
+
+    #[test]
+    fn evictions_are_counted_by_reason_and_statuses_by_age() {
+        let mut s = store_with(PresenceLimits {
+            ttl_ms: DEFAULT_TTL_MS,
+            max_entries: 4,
+        });
+        left_row(&mut s, "a", T0);
+        left_row(&mut s, "b", T0 + 1);
+        // c: a row only a beacon wrote (no connection, not departed).
+        s.beacon(&key("c"), &text_beacon("c"), None, T0 + 2);
+        connect_ui(&mut s, "d", T0 + 3);
+        // Five rows, cap 4: the cap took a, the oldest row without a
+        // connection.
         assert_eq!(s.evictions(), Evictions { ttl: 0, max: 1 }, "a, the oldest");
-        // At +90.002 s, b (ts +1 ms) is just past 90 s: Idle; c (ts +2 ms) is
-        // exactly 90 s old: still Active.
-        assert_eq!(s.status_counts(T0 + 90_002), [2, 1, 0]);
+        assert!(s.get(&key("a")).is_none());
+        // At +90.003 s: b has left (whatever its age); c (ts +2 ms) is just
+        // past 90 s: Idle; d (ts +3 ms, live) is exactly 90 s old: Active.
+        assert_eq!(s.status_counts(T0 + 90_003), [2, 1, 0, 1]);
         assert_eq!(
             s.status_counts(T0 + 200_000),
-            [1, 0, 2],
+            [1, 0, 2, 1],
             "the self entry is current"
         );
-        assert_eq!(s.prune(T0 + DEFAULT_TTL_MS + 10), 2);
+        assert_eq!(s.prune(T0 + DEFAULT_TTL_MS + 10), 2, "b and c; d is live");
         assert_eq!(s.evictions(), Evictions { ttl: 2, max: 1 });
     }
 
     #[test]
-    fn rule7_a_cap_of_one_keeps_only_self() {
+    fn left_is_the_status_of_a_disconnected_row_whatever_its_age() {
+        let mut s = store();
+        let k = connect_ui(&mut s, "x", T0);
+        let live = s.get(&k).cloned().unwrap();
+        assert_eq!(
+            PresenceStatus::of_entry(&live, T0 + 1),
+            PresenceStatus::Active
+        );
+        s.disconnect(&k, T0 + 1);
+        let gone = s.get(&k).cloned().unwrap();
+        assert_eq!(
+            PresenceStatus::of_entry(&gone, T0 + 1),
+            PresenceStatus::Left
+        );
+        assert_eq!(PresenceStatus::of(gone.ts, T0 + 1), PresenceStatus::Active);
+    }
+
+    #[test]
+    fn rule7_a_cap_of_one_keeps_self_and_live_rows_only() {
         let mut s = store_with(PresenceLimits {
             ttl_ms: DEFAULT_TTL_MS,
             max_entries: 1,
         });
         let k = connect_ui(&mut s, "x", T0);
-        assert_eq!(s.len(), 1);
-        assert!(!s.disconnect(&k, T0 + 1), "row was evicted");
+        assert_eq!(s.len(), 2, "live: kept over the cap");
+        assert!(s.disconnect(&k, T0 + 1), "the row was there to leave");
+        assert_eq!(s.len(), 1, "left: evicted at once");
+        assert!(s.get(&k).is_none());
     }
 
     #[test]
@@ -1370,6 +1513,11 @@ mod tests {
             let json = s.list_json(now);
             let expected = serde_json::to_string(&s.list(now)).unwrap();
             assert_eq!(json, expected, "step {step}");
+            // Rule 7: no live row is ever gone, and the list is over the cap
+            // only by live rows.
+            assert!(open.iter().all(|k| s.get(k).is_some()), "step {step}");
+            let live = s.open_connections.len();
+            assert!(s.len() <= 12 || s.len() == live + 1, "step {step}");
         }
     }
 }

@@ -129,7 +129,8 @@ pub struct RunArgs {
     /// Presence TTL in seconds (gateway).
     #[arg(long, value_name = "N")]
     pub presence_ttl_secs: Option<u64>,
-    /// Maximum presence entries (gateway).
+    /// Maximum presence entries without a live connection (gateway; a
+    /// connected host is never evicted).
     #[arg(long, value_name = "N")]
     pub presence_max_entries: Option<usize>,
     /// Log sink: the journal under systemd, else text on stderr (auto).
@@ -175,6 +176,8 @@ pub enum StatusArg {
     Active,
     Idle,
     Stale,
+    /// The client disconnected; the row stays until the TTL.
+    Left,
 }
 
 #[derive(Debug, Args)]

@@ -14,7 +14,7 @@
 
 use std::sync::Arc;
 
-use tracing::warn;
+use tracing::{info, warn};
 
 use super::state::{now_ms, State};
 use crate::protocol::{event, TickEvent};
@@ -71,10 +71,32 @@ impl State {
         }
     }
 
-    /// The presence list changed: wakes the connections that read it.
+    /// The presence list changed: wakes the connections that read it, and
+    /// logs once when live rows first hold the list over its cap (live rows
+    /// are never evicted) and once when it is back within it.
     pub fn presence_changed(&mut self) {
         self.presence_version += 1;
         self.presence_changes.send_replace(self.presence_version);
+        let overshoot = self.presence.cap_overshoot();
+        if (overshoot > 0) != self.over_cap {
+            self.over_cap = overshoot > 0;
+            let max_entries = self.presence.limits().max_entries;
+            let rows = self.presence.len();
+            if self.over_cap {
+                warn!(
+                    rows,
+                    max_entries,
+                    "presence list over presence_max_entries: live hosts are never evicted, \
+                     so every connected host stays listed; rows without a connection are \
+                     evicted first (see clawnode_presence_cap_overshoot)"
+                );
+            } else {
+                info!(
+                    rows,
+                    max_entries, "presence list back within presence_max_entries"
+                );
+            }
+        }
     }
 
     /// The `presence` event payload and `stateVersion` as they are now.

@@ -51,8 +51,12 @@ impl HandshakeResult {
 
 /// What the scrape reads from the state, under its lock.
 pub struct Snapshot {
-    /// Active, Idle, Stale (see [`PresenceStatus`]).
-    pub entries: [usize; 3],
+    /// Active, Idle, Stale, Left (see [`PresenceStatus`]).
+    pub entries: [usize; 4],
+    /// `presence_max_entries`, and how many live rows the list holds
+    /// beyond it (the cap never evicts a live row).
+    pub max_entries: usize,
+    pub overshoot: usize,
     pub nodes: usize,
     pub operators: usize,
     pub evictions: crate::presence::Evictions,
@@ -147,8 +151,22 @@ impl Metrics {
         }
         registry.register(
             "presence_entries",
-            "Presence rows by status (age of the last update: active <= 90 s, idle <= 180 s, stale older)",
+            "Presence rows by status (left: the client disconnected; else by the age of the last update: active <= 90 s, idle <= 180 s, stale older)",
             entries,
+        );
+        let max_entries: Gauge = Gauge::default();
+        max_entries.set(snapshot.max_entries as i64);
+        registry.register(
+            "presence_max_entries",
+            "The presence cap (presence_max_entries): rows without a live connection beyond it are evicted",
+            max_entries,
+        );
+        let overshoot: Gauge = Gauge::default();
+        overshoot.set(snapshot.overshoot as i64);
+        registry.register(
+            "presence_cap_overshoot",
+            "Presence rows beyond presence_max_entries: rows of live connections, which are never evicted",
+            overshoot,
         );
         let connections = Family::<Label, Gauge>::default();
         for (role, n) in [
@@ -184,7 +202,7 @@ impl Metrics {
         }
         registry.register(
             "presence_evictions",
-            "Presence rows dropped: ttl (not updated within the TTL) or max (over the entry cap)",
+            "Presence rows dropped: ttl (not updated within the TTL) or max (over the entry cap; never a live row)",
             evictions,
         );
         registry.register(
@@ -204,5 +222,6 @@ fn status_label(status: PresenceStatus) -> &'static str {
         PresenceStatus::Active => "active",
         PresenceStatus::Idle => "idle",
         PresenceStatus::Stale => "stale",
+        PresenceStatus::Left => "left",
     }
 }

@@ -61,6 +61,9 @@ pub struct State {
     pub nodes: HashMap<String, NodeRecord>,
     /// Failed auth attempts per remote address: (window start ms, count).
     pub auth_failures: HashMap<IpAddr, (u64, u32)>,
+    /// Whether live rows alone hold the list over its cap, as last logged
+    /// (see [`State::presence_changed`]).
+    pub over_cap: bool,
 }
 
 /// State shared by the listener, every handler and the ticker.
@@ -92,6 +95,7 @@ impl Shared {
                 connections: HashMap::new(),
                 nodes: HashMap::new(),
                 auth_failures: HashMap::new(),
+                over_cap: false,
             }),
         }
     }
@@ -135,6 +139,8 @@ impl Shared {
             nodes,
             operators: state.connections.len() - nodes,
             evictions: state.presence.evictions(),
+            max_entries: state.presence.limits().max_entries,
+            overshoot: state.presence.cap_overshoot(),
         };
         drop(state);
         self.metrics

@@ -120,8 +120,8 @@ impl Listed {
         }
     }
 
-    /// Rows per status: (Active, Idle, Stale).
-    pub fn counts(&self, now_ms: u64) -> [usize; 3] {
+    /// Rows per status: (Active, Idle, Stale, Left).
+    pub fn counts(&self, now_ms: u64) -> [usize; 4] {
         table::counts(&self.entries, now_ms)
     }
 
@@ -190,13 +190,16 @@ impl Filter {
                 StatusArg::Active => PresenceStatus::Active,
                 StatusArg::Idle => PresenceStatus::Idle,
                 StatusArg::Stale => PresenceStatus::Stale,
+                StatusArg::Left => PresenceStatus::Left,
             })
             .collect();
         Ok(Filter { fields, statuses })
     }
 
     pub fn keeps(&self, e: &PresenceEntry, now_ms: u64) -> bool {
-        if !self.statuses.is_empty() && !self.statuses.contains(&PresenceStatus::of(e.ts, now_ms)) {
+        if !self.statuses.is_empty()
+            && !self.statuses.contains(&PresenceStatus::of_entry(e, now_ms))
+        {
             return false;
         }
         self.fields.iter().all(|(field, pattern)| {

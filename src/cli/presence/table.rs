@@ -41,16 +41,23 @@ const HEADER: [&str; 10] = [
     "INSTANCE",
 ];
 const STATUS: usize = 0;
-/// Columns given up first when the table is too wide, and the narrowest
-/// each may become (PLATFORM, MODEL, HOST, VERSION).
+const HOST: usize = 1;
+const UPDATED: usize = 8;
+/// Columns that may be narrowed (with `…`) when the table is too wide, in
+/// this order, and the narrowest each may become (PLATFORM, MODEL, HOST,
+/// VERSION).
 const SHRINK: [(usize, usize); 4] = [(5, 8), (6, 8), (1, 10), (4, 7)];
+/// Columns hidden, in this order, while even their narrowest widths do not
+/// fit: MODEL, LAST INPUT, VERSION, PLATFORM, INSTANCE, MODE, IP. STATUS,
+/// HOST and UPDATED always stay.
+const DROP: [usize; 7] = [6, 7, 4, 5, 9, 3, 2];
 /// The short instance id's length.
 const SHORT_ID: usize = 8;
 
 /// Whether the row's client has gone (its connection closed; the row stays
 /// until the TTL takes it).
 pub fn has_left(e: &PresenceEntry) -> bool {
-    e.reason.as_deref() == Some("disconnect")
+    PresenceStatus::of_entry(e, 0) == PresenceStatus::Left
 }
 
 fn is_gateway(e: &PresenceEntry) -> bool {
@@ -59,16 +66,16 @@ fn is_gateway(e: &PresenceEntry) -> bool {
         .is_some_and(|m| m.eq_ignore_ascii_case(crate::protocol::mode::GATEWAY))
 }
 
-/// Gateway first, then Active, Idle, Stale, then by host (ignoring case),
-/// then by instance id.
+/// Gateway first, then Active, Idle, Stale, Left, then by host (ignoring
+/// case), then by instance id.
 pub fn sort(entries: &mut [PresenceEntry], now_ms: u64) {
     let host = |e: &PresenceEntry| e.host.as_deref().unwrap_or_default().to_lowercase();
     entries.sort_by(|a, b| {
         is_gateway(b)
             .cmp(&is_gateway(a))
             .then_with(|| {
-                (PresenceStatus::of(a.ts, now_ms) as u8)
-                    .cmp(&(PresenceStatus::of(b.ts, now_ms) as u8))
+                (PresenceStatus::of_entry(a, now_ms) as u8)
+                    .cmp(&(PresenceStatus::of_entry(b, now_ms) as u8))
             })
             .then_with(|| host(a).cmp(&host(b)))
             .then_with(|| a.instance_id.cmp(&b.instance_id))
@@ -92,7 +99,7 @@ fn cells(e: &PresenceEntry, now_ms: u64, wide: bool) -> [String; 10] {
     let text = |v: &Option<String>| v.clone().filter(|s| !s.is_empty()).unwrap_or_else(dash);
     let age = human_secs(now_ms.saturating_sub(e.ts) / 1000);
     [
-        PresenceStatus::of(e.ts, now_ms).as_str().to_string(),
+        PresenceStatus::of_entry(e, now_ms).as_str().to_string(),
         text(&e.host),
         text(&e.ip),
         text(&e.mode),
@@ -141,28 +148,26 @@ pub fn render(entries: &[PresenceEntry], now_ms: u64, style: Style) -> String {
             widths[i] = widths[i].max(w);
         }
     }
+    let mut shown = [true; 10];
     if let (Some(limit), false) = (style.width, style.wide) {
-        let total = |w: &[usize; 10]| w.iter().sum::<usize>() + 2 * (w.len() - 1);
-        for (col, min) in SHRINK {
-            let over = total(&widths).saturating_sub(limit);
-            if over == 0 {
-                break;
-            }
-            let floor = min.max(width_of(HEADER[col]));
-            widths[col] = widths[col].saturating_sub(over).max(floor);
-        }
+        fit_columns(&mut widths, &mut shown, limit);
     }
 
     let mut out = String::new();
     let line = |out: &mut String, cells: Vec<(String, usize)>| {
         let mut text = String::new();
-        let last = cells.len() - 1;
-        for (i, (cell, visible)) in cells.into_iter().enumerate() {
-            if i > 0 {
+        let columns: Vec<(usize, (String, usize))> = cells
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| shown[*i])
+            .collect();
+        let last = columns.len().saturating_sub(1);
+        for (n, (i, (cell, visible))) in columns.into_iter().enumerate() {
+            if n > 0 {
                 text.push_str("  ");
             }
             text.push_str(&cell);
-            if i < last {
+            if n < last {
                 text.push_str(&" ".repeat(widths[i].saturating_sub(visible)));
             }
         }
@@ -171,8 +176,13 @@ pub fn render(entries: &[PresenceEntry], now_ms: u64, style: Style) -> String {
     };
     let header = HEADER
         .iter()
-        .map(|h| {
-            let h = h.to_string();
+        .enumerate()
+        .map(|(i, h)| {
+            let h = if style.wide {
+                h.to_string()
+            } else {
+                fit(h, widths[i])
+            };
             let w = width_of(&h);
             if style.color {
                 (format!("\x1b[1m{h}\x1b[0m"), w)
@@ -189,7 +199,7 @@ pub fn render(entries: &[PresenceEntry], now_ms: u64, style: Style) -> String {
             .enumerate()
             .map(|(i, cell)| {
                 if i == STATUS {
-                    return status_cell(&cell, entry, now_ms, left, style);
+                    return status_cell(&cell, entry, now_ms, style);
                 }
                 let cell = if style.wide {
                     cell
@@ -209,36 +219,70 @@ pub fn render(entries: &[PresenceEntry], now_ms: u64, style: Style) -> String {
     out
 }
 
-/// "● Active" (coloured on a colour terminal; a hollow dot when the client
-/// left), or the bare word without a terminal.
-fn status_cell(
-    word: &str,
-    entry: &PresenceEntry,
-    now_ms: u64,
-    left: bool,
-    style: Style,
-) -> (String, usize) {
+/// Fits the table into `limit` columns: hides columns (in [`DROP`] order)
+/// while even their narrowest widths are too wide, then narrows the
+/// [`SHRINK`] columns. On a terminal too narrow even for STATUS, HOST and
+/// UPDATED, HOST and UPDATED go down to 4 characters.
+fn fit_columns(widths: &mut [usize; 10], shown: &mut [bool; 10], limit: usize) {
+    let total = |w: &[usize; 10], shown: &[bool; 10]| {
+        let cols = shown.iter().filter(|s| **s).count();
+        (0..10).filter(|i| shown[*i]).map(|i| w[i]).sum::<usize>() + 2 * cols.saturating_sub(1)
+    };
+    let mut floors = *widths;
+    for (col, min) in SHRINK {
+        floors[col] = widths[col].min(min.max(width_of(HEADER[col])));
+    }
+    for col in DROP {
+        if total(&floors, shown) <= limit {
+            break;
+        }
+        shown[col] = false;
+    }
+    for (col, _) in SHRINK {
+        let over = total(widths, shown).saturating_sub(limit);
+        if over == 0 {
+            return;
+        }
+        if shown[col] {
+            widths[col] = widths[col].saturating_sub(over).max(floors[col]);
+        }
+    }
+    for col in [HOST, UPDATED] {
+        let over = total(widths, shown).saturating_sub(limit);
+        widths[col] = widths[col].saturating_sub(over).max(4);
+    }
+}
+
+/// "● Active" (coloured on a colour terminal; a hollow dot and "Left" when
+/// the client left), or the bare word without a terminal.
+fn status_cell(word: &str, entry: &PresenceEntry, now_ms: u64, style: Style) -> (String, usize) {
     if !style.dot {
         return (word.to_string(), width_of(word));
     }
-    let dot = if left { '○' } else { '●' };
+    let status = PresenceStatus::of_entry(entry, now_ms);
+    let dot = if status == PresenceStatus::Left {
+        '○'
+    } else {
+        '●'
+    };
     let visible = width_of(word) + 2;
     if !style.color {
         return (format!("{dot} {word}"), visible);
     }
-    let colour = match PresenceStatus::of(entry.ts, now_ms) {
+    let colour = match status {
         PresenceStatus::Active => "32",
         PresenceStatus::Idle => "33",
         PresenceStatus::Stale => "31",
+        PresenceStatus::Left => "90",
     };
     (format!("\x1b[{colour}m{dot}\x1b[0m {word}"), visible)
 }
 
-/// Counts per status: (Active, Idle, Stale).
-pub fn counts(entries: &[PresenceEntry], now_ms: u64) -> [usize; 3] {
-    let mut n = [0; 3];
+/// Counts per status: (Active, Idle, Stale, Left).
+pub fn counts(entries: &[PresenceEntry], now_ms: u64) -> [usize; 4] {
+    let mut n = [0; 4];
     for e in entries {
-        n[PresenceStatus::of(e.ts, now_ms) as usize] += 1;
+        n[PresenceStatus::of_entry(e, now_ms) as usize] += 1;
     }
     n
 }
@@ -276,7 +320,7 @@ mod tests {
     #[test]
     fn gateway_first_then_status_then_host_ignoring_case() {
         let hosts: Vec<_> = fleet().iter().map(|e| e.host.clone().unwrap()).collect();
-        assert_eq!(hosts, ["gw", "db-1", "Web-1", "web-2", "old"]);
+        assert_eq!(hosts, ["gw", "Web-1", "web-2", "old", "db-1"]);
     }
 
     #[test]
@@ -288,14 +332,17 @@ mod tests {
             "STATUS  HOST   IP  MODE     VERSION  PLATFORM  MODEL  LAST INPUT  UPDATED      INSTANCE"
         );
         assert!(lines[1].starts_with("Active  gw "), "{t}");
+        assert!(lines[2].starts_with("Active  Web-1"), "{t}");
+        assert!(lines[3].starts_with("Idle    web-2"), "{t}");
         assert!(
-            lines[2].contains("left 5s ago") && lines[2].contains("db-1-012"),
+            lines[4].starts_with("Stale   old") && lines[4].contains("6m ago"),
             "{t}"
         );
-        assert!(lines[4].starts_with("Idle    web-2"), "{t}");
         assert!(
-            lines[5].starts_with("Stale   old") && lines[5].contains("6m ago"),
-            "{t}"
+            lines[5].starts_with("Left    db-1")
+                && lines[5].contains("left 5s ago")
+                && lines[5].contains("db-1-012"),
+            "a departed client is Left, never Active, and sorts last: {t}"
         );
         assert!(!t.contains('\x1b') && !t.contains('●'), "{t}");
     }
@@ -311,9 +358,10 @@ mod tests {
         let t = render(&fleet(), NOW, style);
         assert!(t.contains("\x1b[32m●\x1b[0m Active  gw"), "{t}");
         assert!(
-            t.contains("\x1b[32m○\x1b[0m Active"),
-            "a left row has a hollow dot: {t}"
+            t.contains("\x1b[90m○\x1b[0m Left"),
+            "a left row has a grey hollow dot and says Left: {t}"
         );
+        assert!(!t.contains("○\x1b[0m Active"), "{t}");
         assert!(t.contains("\x1b[33m●\x1b[0m Idle"), "{t}");
         assert!(t.contains("\x1b[31m●\x1b[0m Stale"), "{t}");
         let plain = render(
@@ -360,7 +408,78 @@ mod tests {
     }
 
     #[test]
-    fn counts_per_status() {
-        assert_eq!(counts(&fleet(), NOW), [3, 1, 1]);
+    fn counts_per_status_a_left_row_is_not_active() {
+        assert_eq!(counts(&fleet(), NOW), [2, 1, 1, 1]);
+    }
+
+    /// A fleet with long names, in every width a terminal may have: no line
+    /// is ever wider than the terminal, the status, host and age always
+    /// show, and wider terminals show more columns.
+    #[test]
+    fn no_line_is_wider_than_the_terminal_at_any_width() {
+        let mut list = fleet();
+        for e in &mut list {
+            e.host = Some(format!(
+                "{}.rack-42.eu-west-1.compute.internal",
+                e.host.as_deref().unwrap_or_default()
+            ));
+            e.ip = Some("192.168.100.123".into());
+            e.version = Some("2026.11.30-beta.7".into());
+            e.platform = Some("linux 6.18.44-some-very-long-kernel-release-name".into());
+            e.model_identifier = Some("PowerEdge R760xd2 with a long name".into());
+            e.last_input_seconds = Some(86_400 * 3);
+        }
+        let mut columns_before = 0;
+        for width in [24, 40, 60, 80, 100, 120, 160, 250] {
+            for dot in [false, true] {
+                let style = Style {
+                    dot,
+                    color: false,
+                    wide: false,
+                    width: Some(width),
+                };
+                let t = render(&list, NOW, style);
+                for l in t.lines() {
+                    assert!(width_of(l) <= width, "{} > {width}: {l}\n{t}", width_of(l));
+                }
+                let header = t.lines().next().unwrap_or_default();
+                if width >= 40 {
+                    for col in ["STATUS", "HOST", "UPDATED"] {
+                        assert!(header.contains(col), "{width}: {header}");
+                    }
+                    assert!(t.contains("Left"), "{width}: {t}");
+                }
+                if !dot {
+                    let columns = header.split("  ").filter(|c| !c.is_empty()).count();
+                    assert!(columns >= columns_before, "{width}: {header}");
+                    columns_before = columns;
+                }
+            }
+        }
+        let at_80 = render(
+            &list,
+            NOW,
+            Style {
+                width: Some(80),
+                ..Style::PLAIN
+            },
+        );
+        let header = at_80.lines().next().unwrap_or_default();
+        assert!(
+            header.contains("IP") && header.contains("INSTANCE"),
+            "{header}"
+        );
+        let at_250 = render(
+            &list,
+            NOW,
+            Style {
+                width: Some(250),
+                ..Style::PLAIN
+            },
+        );
+        assert!(
+            at_250.lines().next().unwrap_or_default().contains("MODEL"),
+            "{at_250}"
+        );
     }
 }

@@ -250,7 +250,7 @@ impl<'a> Output<'a> {
         let _ = stdout.flush();
     }
 
-    /// `clawnode presence  ws://gw:18789  ● live  3 active · 1 idle · 0 stale  12:01:07`
+    /// `clawnode presence  ws://gw:18789  ● live  3 active · 1 idle · 0 stale · 1 left  12:01:07`
     fn header(&self, link: &Link, list: Option<&Listed>, now: u64, cols: usize) -> String {
         let (state, colour) = match link {
             Link::Connecting => ("connecting…".to_string(), "33"),
@@ -267,7 +267,7 @@ impl<'a> Output<'a> {
         };
         let counts = list
             .map(|l| l.counts(now))
-            .map(|[a, i, s]| format!("  {a} active · {i} idle · {s} stale"));
+            .map(|[a, i, s, l]| format!("  {a} active · {i} idle · {s} stale · {l} left"));
         let clock = clock(now);
         let plain = format!(
             "clawnode presence  {}  {state}{}  {clock}  (Ctrl-C quits)",
