@@ -1,7 +1,8 @@
 //! systemd integration through the real binary: a unix datagram socket in
 //! the test stands in for systemd's `NOTIFY_SOCKET` and for journald's
 //! `/run/systemd/journal/socket` (bind-mounted in a private mount
-//! namespace, so it needs root like the netns tests; skipped otherwise).
+//! namespace, so those two need root like the netns tests: `#[ignore]`d, run
+//! by `.ci/run` with `-- --ignored`).
 
 mod common;
 
@@ -223,20 +224,20 @@ fn parse_journal_entry(mut data: &[u8]) -> HashMap<String, String> {
     fields
 }
 
-fn can_unshare_mounts() -> bool {
+/// The journald tests run only when asked (see #[ignore]); then a missing
+/// piece fails them.
+fn require_mount_namespaces() {
     // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipping: the journald tests need root (a private mount namespace)");
-        return false;
-    }
+    let root = unsafe { libc::geteuid() } == 0;
+    assert!(
+        root,
+        "the journald tests need root (a private mount namespace): cargo test -- --ignored as root"
+    );
     let ok = Command::new("unshare")
         .args(["--mount", "--propagation", "private", "true"])
         .status()
         .is_ok_and(|s| s.success());
-    if !ok {
-        eprintln!("skipping: `unshare --mount` is not available");
-    }
-    ok
+    assert!(ok, "`unshare --mount` is not available (util-linux)");
 }
 
 /// Runs the binary in a private mount namespace whose
@@ -315,10 +316,9 @@ fn stop(mut child: std::process::Child) {
 }
 
 #[test]
+#[ignore = "needs root (a private mount namespace): see README"]
 fn logs_go_to_the_journal_natively_with_structured_fields() {
-    if !can_unshare_mounts() {
-        return;
-    }
+    require_mount_namespaces();
     let journal = Receiver::bind("socket");
     let state = tempfile::tempdir().unwrap();
     let port = free_port();
@@ -387,10 +387,9 @@ fn logs_go_to_the_journal_natively_with_structured_fields() {
 }
 
 #[test]
+#[ignore = "needs root (a private mount namespace): see README"]
 fn auto_format_uses_the_journal_only_when_stderr_is_the_journal_stream() {
-    if !can_unshare_mounts() {
-        return;
-    }
+    require_mount_namespaces();
     let state = tempfile::tempdir().unwrap();
     let stderr_path = state.path().join("stderr.log");
     let run = |journal_stream: Option<String>| {

@@ -11,6 +11,23 @@ pub fn available() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// For the tests marked `#[ignore = "needs root…"]`: they run only when
+/// asked (`cargo test -- --ignored`, as `.ci/run` does as root), and then a
+/// missing piece is a failure, never a silent pass.
+pub fn require_root(what: &str) {
+    assert!(
+        available(),
+        "this test needs root ({what}); run it as root: cargo test -- --ignored (see README, \"Tests that need root\")"
+    );
+}
+
+/// The iptables binary, or a failure naming the package.
+pub fn require_iptables() -> &'static str {
+    iptables().unwrap_or_else(|| {
+        panic!("iptables is not installed (apt-get install iptables; .ci/run does)")
+    })
+}
+
 /// The iptables binary to cut a namespace's link with, if installed.
 pub fn iptables() -> Option<&'static str> {
     ["iptables-legacy", "iptables"].into_iter().find(|bin| {
