@@ -161,13 +161,19 @@ pub fn is_trusted_plaintext_host(host: &str) -> bool {
 /// `ws://` or `wss://` with a host; a pin only with `wss://`; plaintext only
 /// to a trusted host unless allowed. Returns whether the URL uses TLS.
 pub fn check_url(url: &str, tls: &ClientTls) -> Result<bool> {
-    let uri: Uri = url
-        .parse()
-        .map_err(|e| anyhow!("invalid gateway URL {url:?}: {e}"))?;
+    let bad = || {
+        anyhow!(
+            "invalid gateway URL {url:?}: expected ws://HOST:PORT or wss://HOST:PORT{}",
+            url_hint(url)
+                .map(|h| format!(" (did you mean {h:?}?)"))
+                .unwrap_or_default()
+        )
+    };
+    let uri: Uri = url.parse().map_err(|_| bad())?;
     let secure = match uri.scheme_str() {
         Some("ws") => false,
         Some("wss") => true,
-        _ => bail!("invalid gateway URL {url:?}: expected ws://HOST:PORT or wss://HOST:PORT"),
+        _ => return Err(bad()),
     };
     let host = match uri.host() {
         Some(h) if !h.is_empty() => h,
@@ -185,6 +191,30 @@ pub fn check_url(url: &str, tls: &ClientTls) -> Result<bool> {
         );
     }
     Ok(false)
+}
+
+/// What a mistyped gateway URL probably meant: `ws//h:p`, `ws:/h:p`,
+/// `http://h:p`, `https://h:p` or a bare `h:p`.
+fn url_hint(url: &str) -> Option<String> {
+    let url = url.trim();
+    for (typed, scheme) in [
+        ("https://", "wss"),
+        ("http://", "ws"),
+        ("wss//", "wss"),
+        ("ws//", "ws"),
+        ("wss:/", "wss"),
+        ("ws:/", "ws"),
+        ("wss:", "wss"),
+        ("ws:", "ws"),
+    ] {
+        if let Some(rest) = url.strip_prefix(typed) {
+            let rest = rest.trim_start_matches('/');
+            let hint = format!("{scheme}://{rest}");
+            return (!rest.is_empty() && hint != url).then_some(hint);
+        }
+    }
+    let bare = !url.contains("://") && !url.contains(char::is_whitespace) && url.contains(':');
+    bare.then(|| format!("ws://{url}"))
 }
 
 /// The one connector builder of the agent and the CLI client: plaintext for
@@ -530,6 +560,31 @@ impl AsyncWrite for ServerStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_mistyped_url_gets_the_url_it_probably_meant() {
+        let tls = ClientTls::default();
+        for (typed, meant) in [
+            ("ws//127.0.0.1:18789", "ws://127.0.0.1:18789"),
+            ("wss//gw:443", "wss://gw:443"),
+            ("ws:/gw:1", "ws://gw:1"),
+            ("http://gw:18789", "ws://gw:18789"),
+            ("https://gw:18789", "wss://gw:18789"),
+            ("127.0.0.1:18789", "ws://127.0.0.1:18789"),
+        ] {
+            let e = check_url(typed, &tls).unwrap_err().to_string();
+            assert!(
+                e.contains("expected ws://HOST:PORT or wss://HOST:PORT")
+                    && e.contains(&format!("did you mean {meant:?}")),
+                "{typed}: {e}"
+            );
+        }
+        let e = check_url("not a url", &tls).unwrap_err().to_string();
+        assert!(
+            e.contains("expected ws://HOST:PORT") && !e.contains("did you mean"),
+            "{e}"
+        );
+    }
 
     const HEX: &str = "ab12cd34ef56ab12cd34ef56ab12cd34ef56ab12cd34ef56ab12cd34ef56ab12";
 

@@ -249,12 +249,40 @@ pub fn parse() -> Result<Cli, ExitCode> {
                     },
                 ));
             }
-            let rendered = e.render().to_string();
-            let first = rendered.lines().next().unwrap_or("invalid arguments");
-            let first = first.strip_prefix("error: ").unwrap_or(first);
-            eprintln!("clawnode: {first} (see `clawnode --help`)");
+            eprintln!("clawnode: {}", usage_error(&e));
             Err(ExitCode::from(2))
         }
+    }
+}
+
+/// A command-line error as one line a newcomer can act on: a token given as
+/// an argument says why that is refused and what to use; a bad value lists
+/// the valid ones.
+fn usage_error(e: &clap::Error) -> String {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    let context = |kind| match e.get(kind) {
+        Some(ContextValue::String(s)) => Some(s.clone()),
+        Some(ContextValue::Strings(v)) => Some(v.join(", ")),
+        _ => None,
+    };
+    let invalid = context(ContextKind::InvalidArg).unwrap_or_default();
+    if e.kind() == ErrorKind::UnknownArgument
+        && (invalid == "--token" || invalid.starts_with("--token="))
+    {
+        return "--token is not accepted: a token on the command line is visible to every \
+                user in `ps` and stays in shell history. Put it in a file readable only by \
+                you and pass --token-file PATH (or token_file in the config), or set \
+                CLAWNODE_TOKEN in the environment"
+            .to_string();
+    }
+    let rendered = e.render().to_string();
+    let first = rendered.lines().next().unwrap_or("invalid arguments");
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    match (e.kind(), context(ContextKind::ValidValue)) {
+        (ErrorKind::InvalidValue, Some(valid)) if !first.contains(&valid) => {
+            format!("{first}; valid values: {valid} (see `clawnode --help`)")
+        }
+        _ => format!("{first} (see `clawnode --help`)"),
     }
 }
 

@@ -278,8 +278,33 @@ async fn run_gateway(
         max_entries = gw.limits.max_entries,
         "gateway listening"
     );
+    let page = browse_url(gateway.local_addr()?, tls_note.starts_with("wss"));
+    info!(
+        instances_page = %page,
+        metrics = %format!("{page}metrics"),
+        health = %format!("{page}healthz"),
+        "open the Instances page in a browser (with the gateway token); Prometheus scrapes /metrics"
+    );
     notifier.ready(&format!("gateway listening on {}", gateway.local_addr()?));
     gateway.serve(async move { stop.wait().await }).await?;
     info!("gateway stopped");
     Ok(())
+}
+
+/// The address a person opens for the gateway's pages: `http(s)://ADDR/`,
+/// with this host's name for a wildcard listen address.
+fn browse_url(addr: std::net::SocketAddr, tls: bool) -> String {
+    let scheme = if tls { "https" } else { "http" };
+    let host = if addr.ip().is_unspecified() {
+        hostname::get()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "THIS-HOST".to_string())
+    } else if addr.is_ipv6() {
+        format!("[{}]", addr.ip())
+    } else {
+        addr.ip().to_string()
+    };
+    format!("{scheme}://{host}:{}/", addr.port())
 }
