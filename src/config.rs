@@ -23,6 +23,25 @@ pub const DEFAULT_CONFIG_FILE: &str = "/etc/clawnode/clawnode.toml";
 pub const DEFAULT_URL: &str = "ws://127.0.0.1:18789";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:18789";
 pub const GATEWAY_TOKEN_FILE: &str = "gateway.token";
+/// The state directory of root and of the packaged service.
+pub const SYSTEM_STATE_DIR: &str = "/var/lib/clawnode";
+
+/// Whether a gateway URL names this host (a loopback address or
+/// `localhost`): only then may the local gateway's token be sent to it.
+pub fn url_is_local(url: &str) -> bool {
+    let Ok(uri) = url.parse::<tokio_tungstenite::tungstenite::http::Uri>() else {
+        return false;
+    };
+    match uri.host() {
+        Some(h) if h.eq_ignore_ascii_case("localhost") => true,
+        Some(h) => h
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback()),
+        None => false,
+    }
+}
 pub const DEFAULT_BEACON_INTERVAL: Duration = Duration::from_secs(60);
 pub const DEFAULT_STATS_INTERVAL: Duration = Duration::from_secs(60);
 pub const DEFAULT_TICK_INTERVAL: Duration = Duration::from_secs(30);
@@ -211,6 +230,13 @@ pub enum TokenSource {
     Env { var: &'static str, token: Secret },
     /// `<state-dir>/gateway.token`, used when it exists.
     StateDirDefault(PathBuf),
+    /// No token configured, a loopback gateway URL, and not the gateway
+    /// itself: the local gateway's own token, the first of these files that
+    /// exists (this state directory's, the user's default state
+    /// directory's, then `/var/lib/clawnode`'s), so an agent or `clawnode
+    /// presence` on the gateway's host needs no token path. Never used for
+    /// a remote URL: a local token is not sent elsewhere.
+    LocalGateway(Vec<PathBuf>),
 }
 
 impl TokenSource {
@@ -227,6 +253,23 @@ impl TokenSource {
                     Ok(None)
                 }
             }
+            TokenSource::LocalGateway(candidates) => match candidates.iter().find(|p| p.exists()) {
+                Some(path) => read_token_file(path).map(Some),
+                None => Ok(None),
+            },
+        }
+    }
+
+    /// The file the token is read from now, if it comes from a file.
+    fn path(&self) -> Option<&Path> {
+        match self {
+            TokenSource::File(p) | TokenSource::StateDirDefault(p) => Some(p),
+            TokenSource::LocalGateway(candidates) => candidates
+                .iter()
+                .find(|p| p.exists())
+                .or(candidates.first())
+                .map(PathBuf::as_path),
+            TokenSource::Env { .. } => None,
         }
     }
 
@@ -234,9 +277,7 @@ impl TokenSource {
     /// world bits set): the token is the key to the whole gateway.
     pub fn permission_warning(&self) -> Option<String> {
         use std::os::unix::fs::PermissionsExt as _;
-        let (TokenSource::File(path) | TokenSource::StateDirDefault(path)) = self else {
-            return None;
-        };
+        let path = self.path()?;
         let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
         (mode & 0o077 != 0).then(|| {
             format!(
@@ -253,6 +294,17 @@ impl TokenSource {
             TokenSource::File(p) | TokenSource::StateDirDefault(p) => {
                 format!("file {}", p.display())
             }
+            TokenSource::LocalGateway(candidates) => match candidates.iter().find(|p| p.exists()) {
+                Some(p) => format!("file {} (the local gateway's)", p.display()),
+                None => format!(
+                    "none found (looked for the local gateway's token in {})",
+                    candidates
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            },
             TokenSource::Env { var, .. } => format!("environment variable {var}"),
         }
     }
@@ -260,8 +312,16 @@ impl TokenSource {
 
 /// Reads a token file: surrounding whitespace is trimmed; empty is an error.
 pub fn read_token_file(path: &Path) -> Result<Secret> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read token file {}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| {
+        let hint = if path.exists() {
+            ""
+        } else {
+            " (a gateway on this host keeps its token in /var/lib/clawnode/gateway.token when \
+             run as root or as the service, else in ~/.local/state/clawnode/gateway.token; an \
+             agent or `clawnode presence` for a local gateway finds it without --token-file)"
+        };
+        format!("cannot read token file {}{hint}", path.display())
+    })?;
     let token = text.trim();
     if token.is_empty() {
         bail!("token file {} is empty", path.display());
@@ -416,6 +476,19 @@ impl Settings {
             }
         } else if let Some(p) = &file.token_file {
             TokenSource::File(p.clone())
+        } else if !(flags.gateway || file.gateway.enabled.unwrap_or(false)) && url_is_local(&url) {
+            let mut candidates = vec![state_dir.join(GATEWAY_TOKEN_FILE)];
+            let defaults = [
+                default_state_dir(env).ok(),
+                Some(PathBuf::from(SYSTEM_STATE_DIR)),
+            ];
+            for dir in defaults.into_iter().flatten() {
+                let path = dir.join(GATEWAY_TOKEN_FILE);
+                if !candidates.contains(&path) {
+                    candidates.push(path);
+                }
+            }
+            TokenSource::LocalGateway(candidates)
         } else {
             TokenSource::StateDirDefault(state_dir.join(GATEWAY_TOKEN_FILE))
         };
@@ -585,7 +658,7 @@ pub fn default_state_dir(env: &Env) -> Result<PathBuf> {
         }
     }
     if env.is_root {
-        return Ok(PathBuf::from("/var/lib/clawnode"));
+        return Ok(PathBuf::from(SYSTEM_STATE_DIR));
     }
     if let Some(x) = env.get("XDG_STATE_HOME") {
         return Ok(Path::new(x).join("clawnode"));
@@ -611,6 +684,17 @@ mod tests {
         assert_eq!(s.state_dir, PathBuf::from("/home/u/.local/state/clawnode"));
         assert_eq!(
             s.token,
+            TokenSource::LocalGateway(vec![
+                PathBuf::from("/home/u/.local/state/clawnode/gateway.token"),
+                PathBuf::from("/var/lib/clawnode/gateway.token"),
+            ])
+        );
+        let remote = Flags {
+            url: Some("ws://10.0.0.5:18789".into()),
+            ..Flags::default()
+        };
+        assert_eq!(
+            resolve(remote, &[("HOME", "/home/u")]).unwrap().token,
             TokenSource::StateDirDefault(PathBuf::from(
                 "/home/u/.local/state/clawnode/gateway.token"
             ))
@@ -724,8 +808,94 @@ mod tests {
         );
         assert!(matches!(
             resolve(Flags::default(), &base).unwrap().token,
-            TokenSource::StateDirDefault(_)
+            TokenSource::LocalGateway(_)
         ));
+        let gateway = Flags {
+            gateway: true,
+            ..Flags::default()
+        };
+        assert_eq!(
+            resolve(gateway, &base).unwrap().token,
+            TokenSource::StateDirDefault("/h/.local/state/clawnode/gateway.token".into()),
+            "a gateway never takes another gateway's token: it makes its own"
+        );
+    }
+
+    #[test]
+    fn an_agent_for_the_local_gateway_finds_its_token_without_a_path() {
+        let own_dir = Flags {
+            state_dir: Some("/tmp/a".into()),
+            ..Flags::default()
+        };
+        let as_user = resolve(own_dir.clone(), &[("HOME", "/h")]).unwrap().token;
+        assert_eq!(
+            as_user,
+            TokenSource::LocalGateway(vec![
+                "/tmp/a/gateway.token".into(),
+                "/h/.local/state/clawnode/gateway.token".into(),
+                "/var/lib/clawnode/gateway.token".into(),
+            ])
+        );
+        let as_root = Settings::resolve(&own_dir, &Env::from_pairs(&[("HOME", "/root")], true))
+            .unwrap()
+            .token;
+        assert_eq!(
+            as_root,
+            TokenSource::LocalGateway(vec![
+                "/tmp/a/gateway.token".into(),
+                "/var/lib/clawnode/gateway.token".into(),
+            ])
+        );
+        assert!(
+            as_root.describe().contains("looked for the local gateway's token in /tmp/a/gateway.token, /var/lib/clawnode/gateway.token"),
+            "{}",
+            as_root.describe()
+        );
+        // The first that exists is read.
+        let tmp = tempfile::tempdir().unwrap();
+        let second = tmp.path().join("gw/gateway.token");
+        std::fs::create_dir_all(second.parent().unwrap()).unwrap();
+        std::fs::write(&second, "tok\n").unwrap();
+        let found = TokenSource::LocalGateway(vec![tmp.path().join("none/gateway.token"), second]);
+        assert_eq!(found.read().unwrap(), Some(Secret::new("tok")));
+        assert!(found
+            .describe()
+            .contains("gw/gateway.token (the local gateway's)"));
+    }
+
+    #[test]
+    fn only_loopback_urls_are_local() {
+        for url in [
+            "ws://127.0.0.1:18789",
+            "ws://127.3.4.5:1",
+            "ws://localhost:1",
+            "wss://LOCALHOST:1",
+            "ws://[::1]:18789",
+        ] {
+            assert!(url_is_local(url), "{url}");
+        }
+        for url in [
+            "ws://10.0.0.1:1",
+            "wss://gw.example.com:1",
+            "ws://[::2]:1",
+            "garbage",
+        ] {
+            assert!(!url_is_local(url), "{url}");
+        }
+    }
+
+    #[test]
+    fn a_missing_token_file_says_where_a_local_gateway_keeps_its_token() {
+        let e = format!(
+            "{:#}",
+            read_token_file(Path::new("/nonexistent/gateway.token")).unwrap_err()
+        );
+        assert!(
+            e.contains("cannot read token file /nonexistent/gateway.token")
+                && e.contains("/var/lib/clawnode/gateway.token")
+                && e.contains("~/.local/state/clawnode/gateway.token"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -82,6 +82,14 @@ pub fn render(s: &Settings, token_note: &str) -> String {
         TokenSource::File(p) | TokenSource::StateDirDefault(p) => {
             line(format!("token_file = {}", quote(&p.to_string_lossy())))
         }
+        TokenSource::LocalGateway(candidates) => line(format!(
+            "# token_file: the local gateway's, the first of {}",
+            candidates
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
         TokenSource::Env { .. } => {}
     }
     match &s.display_name {
