@@ -3,8 +3,9 @@
 //! (rule 8); the live view must follow a node connecting and leaving, say
 //! when the gateway goes away, and recover by itself when it returns.
 //!
-//! Needs root (namespaces) and tmux; `.ci/run` installs tmux and sets
-//! CLAWNODE_REQUIRE_TMUX=1 so a missing piece fails instead of skipping.
+//! Needs root (namespaces), iptables and tmux: ignored by a plain `cargo
+//! test`; `.ci/run` installs them and runs it with `-- --ignored`, where a
+//! missing piece fails.
 
 mod common;
 
@@ -39,6 +40,16 @@ impl Tmux {
             String::from_utf8_lossy(&out.stderr)
         );
         tmux
+    }
+
+    /// The screen as text with wrapped lines joined (`capture-pane -J`): a
+    /// line wider than the pane shows as one long line here.
+    fn screen_joined(&self) -> String {
+        let out = Command::new("tmux")
+            .args(["-L", &self.socket, "capture-pane", "-p", "-J"])
+            .output()
+            .expect("tmux capture-pane -J");
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// The screen as text; with `escapes`, colours as escape sequences.
@@ -81,21 +92,74 @@ fn shell_words(cmd: &[&str]) -> String {
         .join(" ")
 }
 
-fn missing_piece() -> Option<&'static str> {
-    if !netns::available() {
-        return Some("network namespaces need root");
-    }
-    if Command::new("tmux").arg("-V").output().is_err() {
-        return Some("tmux is missing (apt-get install tmux)");
-    }
-    None
+/// A missing piece fails the test (it runs only when asked, see #[ignore]).
+fn require_pieces() {
+    netns::require_root("network namespaces");
+    assert!(
+        Command::new("tmux").arg("-V").output().is_ok(),
+        "tmux is missing (apt-get install tmux; .ci/run does)"
+    );
 }
 
-fn skip_or_fail(why: &str) {
-    if std::env::var_os("CLAWNODE_REQUIRE_TMUX").is_some() {
-        panic!("the terminal test cannot run: {why}");
-    }
-    eprintln!("skipped: {why}");
+/// Rows with long names, written as an operator would (a beacon for a row
+/// nobody is connected as, and a `ui` client that connects and leaves):
+/// the hosts written.
+fn write_long_rows(url: &str, token_file: &std::path::Path) -> Vec<String> {
+    let token = clawnode::config::Secret::new(std::fs::read_to_string(token_file).unwrap().trim());
+    let hosts = vec![
+        "web-0042.rack-17.eu-west-1.compute.internal".to_string(),
+        "departed-db-7.rack-03.us-east-2.compute.internal".to_string(),
+    ];
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let admin = ["operator.admin", "operator.read", "operator.write"];
+        let mut op = RawClient::open(url).await;
+        match op
+            .connect(&operator_params(
+                "backend",
+                Some("fit-admin"),
+                &admin,
+                Some(&token),
+            ))
+            .await
+        {
+            Outcome::Hello(_) => {}
+            other => panic!("operator connect failed: {other:?}"),
+        }
+        op.call(
+            "system-event",
+            serde_json::json!({
+                "text": "a host with long names",
+                "instanceId": "fit-long-beacon-0123456789abcdef",
+                "host": hosts[0],
+                "ip": "192.168.100.123",
+                "mode": "node",
+                "version": "2026.11.30-beta.7",
+                "platform": "linux 6.18.44-some-very-long-kernel-release-name",
+                "modelIdentifier": "PowerEdge R760xd2 with a very long model name",
+                "lastInputSeconds": 259200,
+                "reason": "periodic",
+            }),
+        )
+        .await
+        .expect("system-event for another row (operator.admin)");
+        let mut leaver = RawClient::open(url).await;
+        let mut params = operator_params(
+            "ui",
+            Some("fit-departed-0123456789abcdef"),
+            &["operator.read"],
+            Some(&token),
+        );
+        params.client.display_name = Some(hosts[1].clone());
+        params.client.platform = "linux 6.18.44-another-very-long-kernel-release".into();
+        match leaver.connect(&params).await {
+            Outcome::Hello(_) => {}
+            other => panic!("ui connect failed: {other:?}"),
+        }
+        drop(leaver);
+        drop(op);
+    });
+    hosts
 }
 
 /// The line of the screen that mentions `needle`.
@@ -107,10 +171,9 @@ fn line_with<'a>(screen: &'a str, needle: &str) -> &'a str {
 }
 
 #[test]
+#[ignore = "needs root (network namespaces), iptables and tmux: see README"]
 fn the_live_table_follows_nodes_and_survives_a_gateway_restart() {
-    if let Some(why) = missing_piece() {
-        return skip_or_fail(why);
-    }
+    require_pieces();
     let ns = Netns::create(7);
     let state = tempfile::tempdir().unwrap();
     // A 1 s tick: the watch calls a link dead after 3 silent ticks.
@@ -146,7 +209,7 @@ fn the_live_table_follows_nodes_and_survives_a_gateway_restart() {
     });
     let header = screen.lines().next().unwrap();
     assert!(
-        header.contains(&url) && header.contains("1 active · 0 idle · 0 stale"),
+        header.contains(&url) && header.contains("1 active · 0 idle · 0 stale · 0 left"),
         "{screen}"
     );
     let columns = line_with(&screen, "STATUS");
@@ -209,8 +272,16 @@ fn the_live_table_follows_nodes_and_survives_a_gateway_restart() {
             .any(|l| l.contains("web-1") && l.contains("left "))
     });
     assert!(
-        line_with(&screen, "web-1").starts_with("○ Active  web-1"),
-        "{screen}"
+        line_with(&screen, "web-1").starts_with("○ Left    web-1"),
+        "a departed client reads Left, not Active: {screen}"
+    );
+    assert!(
+        screen
+            .lines()
+            .next()
+            .unwrap()
+            .contains("1 active · 0 idle · 0 stale · 1 left"),
+        "the departed client is not counted as active: {screen}"
     );
 
     // A partition (no FIN either way): the silence gives it away.
@@ -285,6 +356,52 @@ fn the_live_table_follows_nodes_and_survives_a_gateway_restart() {
         "{colored}"
     );
     drop(once);
+
+    // The table fits: long names and platforms, at 80, 100 and 120 columns,
+    // one-shot and live, and no line wraps (a wrapped line shows as one
+    // line longer than the pane in `capture-pane -J`).
+    let long_rows = write_long_rows(&url, &token_file);
+    for width in [80u16, 100, 120] {
+        for live in [false, true] {
+            let mut cmd = vec![BIN];
+            cmd.extend_from_slice(&base);
+            if live {
+                cmd.push("--watch");
+            }
+            let view = Tmux::start(
+                &format!("fit{width}{live}"),
+                (width, 30),
+                &[("CLAWNODE_CONFIG", "/dev/null")],
+                &cmd,
+            );
+            let screen = view.wait_for(
+                &format!("the long rows at {width} columns"),
+                Duration::from_secs(20),
+                |s| {
+                    s.contains("Left")
+                        && long_rows.iter().filter(|h| s.contains(&h[..8])).count() == 2
+                },
+            );
+            let joined = view.screen_joined();
+            for line in joined.lines() {
+                let visible = line.trim_end().chars().count();
+                assert!(
+                    visible <= width as usize,
+                    "a line of {visible} characters wrapped at {width} columns (live: {live}):\n{joined}"
+                );
+            }
+            let left = line_with(&screen, "Left");
+            assert!(left.starts_with("○ Left"), "{width}: {screen}");
+            assert!(!screen.contains("○ Active"), "{width}: {screen}");
+            for col in ["STATUS", "HOST", "UPDATED"] {
+                assert!(
+                    line_with(&screen, "STATUS").contains(col),
+                    "{width}: {screen}"
+                );
+            }
+            drop(view);
+        }
+    }
 
     // Scripting: a pipe gets plain words; --filter and --status select;
     // --json stays the system-presence payload.

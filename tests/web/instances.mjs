@@ -113,6 +113,7 @@ try {
   const after = await waitRows(live, `agent ${stopped} marked as left`, (r) =>
     r.some((x) => x.instance === stopped && x.left && x.cells[8].startsWith("left ")));
   const still = agents.find((a) => a !== stopped);
+  const leftCounts = await live.$eval("#counts", (e) => e.textContent.replace(/\s+/g, " ").trim());
 
   // 4. Search narrows the table; clearing it brings every row back.
   await live.fill("#search", "gateway");
@@ -138,7 +139,7 @@ try {
     if (filled && p.Active < 20) fail(`no green dot in the screenshot for ${p.instance}: ${JSON.stringify(p)}`);
     if (!filled && p.Active > 0) fail(`a left row has a filled green dot: ${JSON.stringify(p)}`);
   }
-  emit({ step: "done", rows: after, searched: searched.length, detail, pixels });
+  emit({ step: "done", rows: after, counts: leftCounts, searched: searched.length, detail, pixels });
   await ctx.close();
 } finally {
   await browser.close();
