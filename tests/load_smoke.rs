@@ -1,12 +1,12 @@
 //! Smoke runs of the load generator (`clawnode-load`) against the real
 //! gateway binary: 500 nodes held for 10 s with beacons, host stats and
-//! `system-presence` calls, and a 150-node reconnect storm through a gateway
-//! restart. They check counts and that nothing failed; the timings are
+//! `system-presence` calls (all 500 listed on a gateway whose cap is 200:
+//! live rows are never evicted), and a 150-node reconnect storm through a
+//! gateway restart. They check counts and that nothing failed; the timings are
 //! benchmarks (docs/PERFORMANCE.md), not assertions.
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -14,27 +14,21 @@ use serde_json::Value;
 
 const LOAD: &str = env!("CARGO_BIN_EXE_clawnode-load");
 
-/// Runs `clawnode-load` to completion; its exit code and JSON report.
-fn run_load(args: &[&str]) -> (i32, Value, String) {
-    let out = Command::new(LOAD)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run clawnode-load");
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    let report: Value = serde_json::from_str(stdout.trim())
-        .unwrap_or_else(|e| panic!("no JSON report ({e}); stdout:\n{stdout}\nstderr:\n{stderr}"));
-    (out.status.code().unwrap_or(-1), report, stderr)
-}
+const OVER_CAP: &str = "presence list over presence_max_entries";
+const BACK_UNDER_CAP: &str = "presence list back within presence_max_entries";
 
+/// 500 nodes against a default gateway (cap 200): every connected host is
+/// listed (501 rows with the self entry), the overshoot is logged once and
+/// shown in /metrics; when they leave, the cap takes the departed rows
+/// back down to 200 and says so once.
 #[tokio::test(flavor = "multi_thread")]
-async fn five_hundred_nodes_for_ten_seconds_without_an_error() {
+async fn five_hundred_nodes_for_ten_seconds_all_listed_without_an_error() {
     let gw = TestGateway::start(&[]);
     let url = gw.url();
     let token = gw.token_file();
-    let (code, report, stderr) = tokio::task::spawn_blocking(move || {
-        run_load(&[
+    let load = Proc::spawn_cmd(
+        LOAD,
+        &[
             "--url",
             &url,
             "--token-file",
@@ -51,12 +45,56 @@ async fn five_hundred_nodes_for_ten_seconds_without_an_error() {
             "2",
             "--presence-rate",
             "20",
+            "--report-every",
+            "0.5",
             "--expect-zero-errors",
-        ])
-    })
-    .await
-    .unwrap();
-    assert_eq!(code, 0, "report: {report}\nstderr:\n{stderr}");
+        ],
+    );
+
+    // While they are held (all connected: the ramp's pending handshakes no
+    // longer fill the per-address slots): one row per connected node.
+    load.wait_for_log("connected 500 ", Duration::from_secs(60));
+    gw.proc.wait_for_log(OVER_CAP, Duration::from_secs(10));
+    let list = gw
+        .wait_presence_within("all 500 nodes listed", Duration::from_secs(60), |l| {
+            l.len() == 501
+        })
+        .await;
+    assert_eq!(list[0].mode.as_deref(), Some("gateway"));
+    assert_eq!(
+        list.iter()
+            .filter(|e| e.mode.as_deref() == Some("node"))
+            .count(),
+        500
+    );
+    let (code, out, err) = gw.presence_cli(&["--json"]);
+    assert_eq!(code, 0, "{err}");
+    let json: Vec<Value> = serde_json::from_str(&out).unwrap();
+    assert_eq!(json.len(), 501, "clawnode presence --json");
+    let (status, _, metrics) = get(gw.addr, "/metrics");
+    assert_eq!(status, 200);
+    assert_eq!(series(&metrics, "clawnode_presence_cap_overshoot"), 301.0);
+    assert_eq!(series(&metrics, "clawnode_presence_max_entries"), 200.0);
+    assert_eq!(
+        series(
+            &metrics,
+            "clawnode_presence_evictions_total{reason=\"max\"}"
+        ),
+        0.0,
+        "no live row was evicted"
+    );
+    assert_eq!(
+        series(&metrics, "clawnode_connections{role=\"node\"}"),
+        500.0
+    );
+
+    let status = wait_exit(load, Duration::from_secs(60));
+    let log = status.1;
+    let report: Value = log
+        .lines()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("no report; log:\n{log}"));
+    assert!(status.0, "report: {report}\nlog:\n{log}");
     assert_eq!(report["peak_connected"], 500, "{report}");
     assert_eq!(report["errors"], serde_json::json!({}), "{report}");
     assert!(report["handshakes_ok"].as_u64() >= Some(500), "{report}");
@@ -69,13 +107,41 @@ async fn five_hundred_nodes_for_ten_seconds_without_an_error() {
         report["presence_latency_us"]["n"].as_u64() >= Some(100),
         "{report}"
     );
-    // Rule 7: 500 nodes, but the list holds 200 rows, the self entry included.
-    assert_eq!(report["presence_rows"], 200, "{report}");
+
+    // They left: the departed rows go to the cap, the oldest first.
+    gw.proc
+        .wait_for_log(BACK_UNDER_CAP, Duration::from_secs(30));
     let list = gw.presence().await;
-    assert_eq!(list.len(), 200);
-    assert_eq!(list[0].mode.as_deref(), Some("gateway"));
+    assert_eq!(list.len(), 200, "the cap holds departed rows to 200");
+    let (_, _, metrics) = get(gw.addr, "/metrics");
+    assert_eq!(series(&metrics, "clawnode_presence_cap_overshoot"), 0.0);
+    assert_eq!(
+        series(
+            &metrics,
+            "clawnode_presence_evictions_total{reason=\"max\"}"
+        ),
+        301.0
+    );
+    assert_eq!(gw.proc.count_log(OVER_CAP), 1, "{}", gw.proc.log_text());
+    assert_eq!(gw.proc.count_log(BACK_UNDER_CAP), 1);
     // Every node's connection closed cleanly: the gateway logged no error.
     assert_eq!(gw.proc.count_log(" ERROR "), 0, "{}", gw.proc.log_text());
+}
+
+/// Waits for a process to end: (exited with success, its log).
+fn wait_exit(mut p: Proc, within: Duration) -> (bool, String) {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = p.child.try_wait().unwrap() {
+            return (status.success(), p.log_text());
+        }
+        assert!(
+            started.elapsed() < within,
+            "{LOAD} did not end within {within:?}; log:\n{}",
+            p.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -111,25 +177,12 @@ async fn a_reconnect_storm_through_a_gateway_restart_brings_every_node_back() {
     let _ = gw.proc.child.wait();
     std::thread::sleep(Duration::from_secs(2));
     let gw = TestGateway::start_at(tmp.path(), &["--listen", &addr]);
-    let started = Instant::now();
-    let mut load = load;
-    let status = loop {
-        if let Some(status) = load.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "the storm did not end; log:\n{}",
-            load.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let log = load.log_text();
+    let (success, log) = wait_exit(load, Duration::from_secs(120));
     let report: Value = log
         .lines()
         .find_map(|l| serde_json::from_str(l).ok())
         .unwrap_or_else(|| panic!("no report; log:\n{log}"));
-    assert!(status.success(), "report: {report}\nlog:\n{log}");
+    assert!(success, "report: {report}\nlog:\n{log}");
     assert_eq!(report["storm"]["losses"], 150, "{report}");
     assert_eq!(report["storm"]["reconnects"], 150, "{report}");
     assert!(report["storm"]["all_back_s"].is_number(), "{report}");
@@ -142,7 +195,6 @@ async fn a_reconnect_storm_through_a_gateway_restart_brings_every_node_back() {
             "unexpected error {kind} x{n}: {report}"
         );
     }
-    // Rule 7 again: the restarted gateway lists at most 200 rows.
     let list = gw.presence().await;
     assert_eq!(list.len(), 151, "150 nodes and the self entry");
 }

@@ -613,3 +613,47 @@ pub fn run_cli(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// One HTTP/1.1 request over a fresh socket: (status, headers, body).
+///
+/// With `max_connections = 2`, the previous request's slot can still be held
+/// for a moment after its answer arrived; the listener then refuses with a
+/// 503 written before it reads the request, and closing with the request
+/// unread resets the socket. Such a reset is retried.
+pub fn http(addr: SocketAddr, request: &str) -> (u16, String, String) {
+    let mut attempts = 0;
+    let raw = loop {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut raw = Vec::new();
+        let sent = std::io::Write::write_all(&mut s, request.as_bytes());
+        match sent.and_then(|()| std::io::Read::read_to_end(&mut s, &mut raw)) {
+            Ok(_) => break raw,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset && attempts < 50 => {
+                attempts += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    let text = String::from_utf8(raw).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {head:?}"));
+    (status, head.to_string(), body.to_string())
+}
+
+pub fn get(addr: SocketAddr, path: &str) -> (u16, String, String) {
+    http(addr, &format!("GET {path} HTTP/1.1\r\nHost: gw\r\n\r\n"))
+}
+
+/// The value of one series in an exposition (`name{labels}`), or panic.
+pub fn series(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no series {name} in\n{metrics}"))
+}
