@@ -22,6 +22,8 @@ METRICS = {
     "clawnode_auth_failures_total",
     "clawnode_beacons_total",
     "clawnode_presence_evictions_total",
+    "clawnode_presence_max_entries",
+    "clawnode_presence_cap_overshoot",
     "clawnode_connections_refused_total",
 }
 NAME = re.compile(r"clawnode_[a-z_]+")
