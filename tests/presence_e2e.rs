@@ -238,24 +238,43 @@ async fn beacons_for_other_keys_need_operator_admin() {
     );
 }
 
+/// Rule 7 as part 7 changes it: the cap evicts the oldest row without a
+/// connection, never the self entry and never a connected client, even
+/// when that client's row is the oldest.
 #[tokio::test(flavor = "multi_thread")]
-async fn eviction_at_max_entries_drops_the_oldest_never_self() {
+async fn eviction_at_max_entries_drops_the_oldest_departed_row_never_self_or_a_live_one() {
     let gw = TestGateway::start(&["--presence-max-entries", "3"]);
-    let mut held = Vec::new();
-    for i in 0..4 {
-        held.push(open_operator(&gw, "ui", Some(&format!("inst-{i}")), &["operator.read"]).await);
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    let _live = open_operator(&gw, "ui", Some("inst-0"), &["operator.read"]).await;
+    for i in 1..4 {
+        let id = format!("inst-{i}");
+        let c = open_operator(&gw, "ui", Some(&id), &["operator.read"]).await;
+        drop(c);
+        gw.wait_presence_within(
+            &format!("{id} left (or evicted)"),
+            Duration::from_secs(10),
+            |l| {
+                !l.iter().any(|e| {
+                    e.instance_id.as_deref() == Some(id.as_str())
+                        && e.reason.as_deref() != Some("disconnect")
+                })
+            },
+        )
+        .await;
     }
     let list = gw.presence().await;
     assert_eq!(list.len(), 3, "{list:#?}");
     assert!(list.iter().any(|e| e.reason.as_deref() == Some("self")));
     let ids: Vec<_> = list.iter().filter_map(|e| e.instance_id.clone()).collect();
     assert!(
-        !ids.contains(&"inst-0".to_string()) && !ids.contains(&"inst-1".to_string()),
-        "{ids:?}"
+        ids.contains(&"inst-0".to_string()),
+        "the oldest row, but connected: {ids:?}"
     );
     assert!(
-        ids.contains(&"inst-3".to_string()) && ids.contains(&"inst-2".to_string()),
+        ids.contains(&"inst-3".to_string()),
+        "the newest departed: {ids:?}"
+    );
+    assert!(
+        !ids.contains(&"inst-1".to_string()) && !ids.contains(&"inst-2".to_string()),
         "{ids:?}"
     );
 }
