@@ -1,15 +1,22 @@
 #!/usr/bin/env bash
-# The installed unit under a real systemd: boots this machine's own file
-# system (with clawnode installed) as a throw-away systemd-nspawn container
-# (an overlay whose writes go to a tmpfs), runs clawnode.service there as
-# an agent against a gateway on the host, then as a gateway, and reads
-# what systemd says (state, status text, watchdog, user) and what the
-# journal holds. Called by install-test.sh with the package installed;
-# needs root and systemd-nspawn (package systemd-container).
+# The installed unit under a real systemd: boots a root file system with
+# clawnode installed as a throw-away systemd-nspawn container (an overlay
+# on it whose writes go to a tmpfs), runs clawnode.service there as an
+# agent against a gateway on the host, then as a gateway, and reads what
+# systemd says (state, status text, watchdog, user) and what the journal
+# holds.
+#   systemd-test.sh [LOWER]
+# LOWER is that root (default /): install-test.sh passes its throw-away
+# install root. Neither LOWER nor the host is written to. Needs root and
+# systemd-nspawn (package systemd-container).
 # Prints one line per check and "N passed, N failed".
 set -uo pipefail
+# shellcheck source=SCRIPTDIR/throwaway-root.sh
+. "$(dirname "$0")/throwaway-root.sh"
 
-BIN=/usr/bin/clawnode
+LOWER="${1:-/}"
+BIN=/usr/bin/clawnode        # inside the container
+HOST_BIN="${LOWER%/}$BIN"    # the same file, run on the host
 passed=0
 failed=0
 ok() { echo "ok   - $1"; passed=$((passed + 1)); }
@@ -20,7 +27,7 @@ expect() { # description, command...
     if out=$("$@" 2>&1); then ok "$what"; else fail "$what" "$out"; fi
 }
 
-if [ "$(id -u)" -ne 0 ] || ! command -v systemd-nspawn >/dev/null || [ ! -x "$BIN" ]; then
+if [ "$(id -u)" -ne 0 ] || ! command -v systemd-nspawn >/dev/null || [ ! -x "$HOST_BIN" ]; then
     echo "systemd-test: needs root, systemd-nspawn and the installed package; skipped"
     echo "0 passed, 0 failed"
     exit 0
@@ -35,21 +42,16 @@ cleanup() {
     [ -n "$NSPAWN_PID" ] && kill "$NSPAWN_PID" 2>/dev/null && sleep 2
     [ -n "$NSPAWN_PID" ] && kill -9 "$NSPAWN_PID" 2>/dev/null
     [ -n "$GW_PID" ] && kill "$GW_PID" 2>/dev/null
-    mountpoint -q "$ROOT" && umount -l "$ROOT"
-    mountpoint -q "$UPPER" && umount -l "$UPPER"
-    rm -rf "$WORK"
+    release_dir "$WORK"
 }
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
-# A container root: this machine's / read-only under an overlay, writes in
-# a tmpfs; /dev, /proc, /sys, /run and /tmp emptied (nspawn mounts its own).
+# A container root: LOWER read-only under an overlay, writes in a tmpfs;
+# /dev, /proc, /sys, /run and /tmp emptied (nspawn mounts its own).
 prepare_root() {
-    mkdir -p "$UPPER" "$ROOT"
-    mount -t tmpfs tmpfs "$UPPER" || return 1
-    mkdir -p "$UPPER/up" "$UPPER/work"
-    mount -t overlay overlay -o "lowerdir=/,upperdir=$UPPER/up,workdir=$UPPER/work" "$ROOT" || return 1
+    throwaway_root "$LOWER" "$UPPER" "$ROOT" || return 1
     for d in dev proc sys run tmp; do
         find "$ROOT/$d" -mindepth 1 -maxdepth 1 -exec rm -rf {} + 2>/dev/null
     done
@@ -108,11 +110,13 @@ prepare_root || { fail "prepare the container root (overlay on tmpfs)"; echo "$p
 
 # --- 1. The agent, against a gateway on the host ------------------------------
 GW_PORT=$(free_port)
-"$BIN" run --gateway --listen "127.0.0.1:$GW_PORT" --state-dir "$WORK/gw" --config /dev/null \
+"$HOST_BIN" run --gateway --listen "127.0.0.1:$GW_PORT" --state-dir "$WORK/gw" --config /dev/null \
     >"$WORK/gateway.log" 2>&1 &
 GW_PID=$!
 for _ in $(seq 1 50); do [ -s "$WORK/gw/gateway.token" ] && break; sleep 0.1; done
-install -m 0640 -g clawnode "$WORK/gw/gateway.token" "$ROOT/etc/clawnode/token"
+# The group as the container knows it (the host may have no such group).
+clawnode_gid=$(chroot "$LOWER" getent group clawnode | cut -d: -f3)
+install -m 0640 -g "${clawnode_gid:-clawnode}" "$WORK/gw/gateway.token" "$ROOT/etc/clawnode/token"
 cat >"$ROOT/etc/clawnode/clawnode.toml" <<EOF
 url = "ws://127.0.0.1:$GW_PORT"
 token_file = "/etc/clawnode/token"
@@ -130,7 +134,7 @@ if boot; then
         grep -Eq "^StatusText=connected to ws://127.0.0.1:$GW_PORT as [0-9a-f-]{36}$" "$ROOT/probe/status"
     instance=$(sed -n 's/^StatusText=connected to .* as //p' "$ROOT/probe/status")
     expect "agent: its row is in the gateway's presence list, with host facts read under the sandbox" sh -c "
-        '$BIN' presence --config /dev/null --url ws://127.0.0.1:$GW_PORT --token-file '$WORK/gw/gateway.token' --json |
+        '$HOST_BIN' presence --config /dev/null --url ws://127.0.0.1:$GW_PORT --token-file '$WORK/gw/gateway.token' --json |
         python3 -c 'import json,sys
 rows=[r for r in json.load(sys.stdin) if r.get(\"instanceId\")==\"$instance\"]
 assert rows, \"no row for $instance\"
@@ -168,7 +172,7 @@ if boot; then
     expect "gateway: status counts entries and connections" \
         grep -Eq '^StatusText=gateway: [0-9]+ (entry|entries), [0-9]+ connections?$' "$ROOT/probe/status"
     expect "gateway: answers system-presence with its self row" sh -c "
-        '$BIN' presence --config /dev/null --url ws://127.0.0.1:$GW2_PORT --token-file '$WORK/gw/gateway.token' | grep -q ' gateway '"
+        '$HOST_BIN' presence --config /dev/null --url ws://127.0.0.1:$GW2_PORT --token-file '$WORK/gw/gateway.token' | grep -q ' gateway '"
 else
     fail "gateway: clawnode.service did not become ready within 90 s" "$(tail -30 "$WORK/console.log")"
 fi
