@@ -49,15 +49,20 @@ empty_output() { local out; out="$("$@" 2>&1)" || { echo "$out"; return 1; }; [ 
 
 # The host's clawnode state, to compare before and after: for each path
 # whether it exists, every file's type, mode, owner, size, mtime, link
-# target and content hash; the user, the group and dpkg's record.
+# target and content hash; the user, the group and dpkg's record. A
+# clawnode running on the host may rewrite its own pins.json and
+# device-token.json while the test runs (an agent connects, a device token
+# is issued): for those two only their existence is compared.
 host_state() {
-    local p
+    local p live='-name pins.json -o -name device-token.json'
     for p in /var/lib/clawnode /etc/clawnode /usr/bin/clawnode \
         /usr/lib/systemd/system/clawnode.service \
         /etc/systemd/system/multi-user.target.wants/clawnode.service; do
         if [ -e "$p" ] || [ -L "$p" ]; then
-            find "$p" -printf '%p %y %m %U:%G %s %T@ -> %l\n' | sort
-            find "$p" -type f -exec sha256sum {} + | sort -k 2
+            # shellcheck disable=SC2086 # $live is find's expression, split on purpose
+            find "$p" \( $live \) -printf '%p exists\n' -o -printf '%p %y %m %U:%G %s %T@ -> %l\n' | sort
+            # shellcheck disable=SC2086
+            find "$p" -type f ! \( $live \) -exec sha256sum {} + | sort -k 2
         else
             echo "absent $p"
         fi

@@ -357,6 +357,32 @@ fn the_live_table_follows_nodes_and_survives_a_gateway_restart() {
     );
     drop(once);
 
+    // Scripting: a pipe gets plain words; --filter and --status select;
+    // --json stays the system-presence payload.
+    let (code, out, err) = run_cli(&base);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.lines().nth(1).unwrap().starts_with("Active  gw-7"),
+        "{out}"
+    );
+    let (code, out, err) = run_cli(&[&base[..], &["--filter", "mode=node"]].concat());
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 1, "only the header: {out}");
+    let (code, out, _) = run_cli(
+        &[
+            &base[..],
+            &["--json", "--status", "active", "--filter", "host=GW-*"],
+        ]
+        .concat(),
+    );
+    assert_eq!(code, 0);
+    let list: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    assert_eq!(list.len(), 1, "{out}");
+    assert_eq!(list[0]["mode"], "gateway");
+    let (code, _, err) = run_cli(&[&base[..], &["--filter", "colour=red"]].concat());
+    assert_eq!(code, 1);
+    assert!(err.contains("unknown field \"colour\""), "{err}");
+
     // The table fits: long names and platforms, at 80, 100 and 120 columns,
     // one-shot and live, and no line wraps (a wrapped line shows as one
     // line longer than the pane in `capture-pane -J`).
@@ -403,30 +429,5 @@ fn the_live_table_follows_nodes_and_survives_a_gateway_restart() {
         }
     }
 
-    // Scripting: a pipe gets plain words; --filter and --status select;
-    // --json stays the system-presence payload.
-    let (code, out, err) = run_cli(&base);
-    assert_eq!(code, 0, "{err}");
-    assert!(
-        out.lines().nth(1).unwrap().starts_with("Active  gw-7"),
-        "{out}"
-    );
-    let (code, out, err) = run_cli(&[&base[..], &["--filter", "mode=node"]].concat());
-    assert_eq!(code, 0, "{err}");
-    assert_eq!(out.lines().count(), 1, "only the header: {out}");
-    let (code, out, _) = run_cli(
-        &[
-            &base[..],
-            &["--json", "--status", "active", "--filter", "host=GW-*"],
-        ]
-        .concat(),
-    );
-    assert_eq!(code, 0);
-    let list: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
-    assert_eq!(list.len(), 1, "{out}");
-    assert_eq!(list[0]["mode"], "gateway");
-    let (code, _, err) = run_cli(&[&base[..], &["--filter", "colour=red"]].concat());
-    assert_eq!(code, 1);
-    assert!(err.contains("unknown field \"colour\""), "{err}");
     drop(gateway);
 }
