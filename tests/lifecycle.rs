@@ -241,7 +241,7 @@ impl FakeGateway {
                 tokio::spawn(async move {
                     let mut ws = tokio_tungstenite::accept_async(stream).await.unwrap();
                     let challenge = json!({"type":"event","event":"connect.challenge",
-                        "payload":{"nonce":"n","ts":clawnode::gateway::state::now_ms()}});
+                        "payload":{"nonce":"n","ts":clawnode::clock::now_ms()}});
                     ws.send(Message::text(challenge.to_string())).await.unwrap();
                     while let Some(Ok(m)) = ws.next().await {
                         let Message::Text(t) = m else { continue };

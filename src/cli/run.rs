@@ -225,7 +225,7 @@ pub fn self_entry(
         reason: Some("self".to_string()),
         device_id: Some(identity.device_id().to_string()),
         text: Some(text),
-        ts: crate::gateway::state::now_ms(),
+        ts: crate::clock::now_ms(),
         ..PresenceEntry::default()
     }
 }

@@ -1,4 +1,6 @@
-//! Fan-out of server events.
+//! Server events as sent: the payloads, built once and shared by every
+//! recipient, and each connection's frame around them. The fan-out itself
+//! is the state's ([`super::state::Shared::tick`], `shutdown`).
 //!
 //! `tick` and `shutdown` are queued to every connection: the payload is
 //! serialized once and shared, each handler wraps it with its own `seq`, and
@@ -14,9 +16,6 @@
 
 use std::sync::Arc;
 
-use tracing::{info, warn};
-
-use super::state::{now_ms, State};
 use crate::protocol::{event, TickEvent};
 
 /// The shortest gap between two `presence` events to one client.
@@ -52,90 +51,37 @@ fn json(v: impl serde::Serialize) -> Arc<str> {
         .into()
 }
 
-impl State {
-    /// Queues `out` to every connection; drops the ones whose queue is full.
-    fn fan_out(&mut self, out: Outbound) {
-        // One allocation shared by every queue: a queue slot is a pointer.
-        let out = Arc::new(out);
-        let mut overflowed = Vec::new();
-        for (conn_id, handle) in &self.connections {
-            if handle.tx.try_send(Arc::clone(&out)).is_err() {
-                overflowed.push(conn_id.clone());
-            }
-        }
-        for conn_id in overflowed {
-            if let Some(handle) = self.connections.remove(&conn_id) {
-                warn!(conn_id = %conn_id, "dropping slow client: send queue full");
-                handle.kill.notify_one();
-            }
-        }
+/// The `presence` event for `list` (the list's JSON text) at `version`.
+pub fn presence(list: &str, version: u64) -> Outbound {
+    let mut payload = String::with_capacity(list.len() + 16);
+    payload.push_str(r#"{"presence":"#);
+    payload.push_str(list);
+    payload.push('}');
+    Outbound {
+        event: event::PRESENCE,
+        payload: payload.into(),
+        state_version: Some(format!(r#"{{"presence":{version},"health":1}}"#).into()),
     }
+}
 
-    /// The presence list changed: wakes the connections that read it, and
-    /// logs once when live rows first hold the list over its cap (live rows
-    /// are never evicted) and once when it is back within it.
-    pub fn presence_changed(&mut self) {
-        self.presence_version += 1;
-        self.presence_changes.send_replace(self.presence_version);
-        let overshoot = self.presence.cap_overshoot();
-        if (overshoot > 0) != self.over_cap {
-            self.over_cap = overshoot > 0;
-            let max_entries = self.presence.limits().max_entries;
-            let rows = self.presence.len();
-            if self.over_cap {
-                warn!(
-                    rows,
-                    max_entries,
-                    "presence list over presence_max_entries: live hosts are never evicted, \
-                     so every connected host stays listed; rows without a connection are \
-                     evicted first (see clawnode_presence_cap_overshoot)"
-                );
-            } else {
-                info!(
-                    rows,
-                    max_entries, "presence list back within presence_max_entries"
-                );
-            }
-        }
+/// The `tick` event at `now_ms`.
+pub fn tick(now_ms: u64) -> Outbound {
+    Outbound {
+        event: event::TICK,
+        payload: json(TickEvent { ts: now_ms }),
+        state_version: None,
     }
+}
 
-    /// The `presence` event payload and `stateVersion` as they are now.
-    pub fn presence_event(&mut self) -> Outbound {
-        let list = self.presence.list_json(now_ms());
-        let mut payload = String::with_capacity(list.len() + 16);
-        payload.push_str(r#"{"presence":"#);
-        payload.push_str(&list);
-        payload.push('}');
-        Outbound {
-            event: event::PRESENCE,
-            payload: payload.into(),
-            state_version: Some(
-                format!(r#"{{"presence":{},"health":1}}"#, self.presence_version).into(),
-            ),
-        }
-    }
-
-    /// Sends `tick` to every connection.
-    pub fn broadcast_tick(&mut self) {
-        let out = Outbound {
-            event: event::TICK,
-            payload: json(TickEvent { ts: now_ms() }),
-            state_version: None,
-        };
-        self.fan_out(out);
-    }
-
-    /// Sends `shutdown` to every connection.
-    pub fn broadcast_shutdown(&mut self, reason: &str) {
-        let out = Outbound {
-            event: event::SHUTDOWN,
-            payload: json(crate::protocol::ShutdownEvent {
-                reason: reason.to_string(),
-                restart_expected_ms: None,
-            }),
-            state_version: None,
-        };
-        self.fan_out(out);
+/// The `shutdown` event.
+pub fn shutdown(reason: &str) -> Outbound {
+    Outbound {
+        event: event::SHUTDOWN,
+        payload: json(crate::protocol::ShutdownEvent {
+            reason: reason.to_string(),
+            restart_expected_ms: None,
+        }),
+        state_version: None,
     }
 }
 

@@ -282,7 +282,7 @@ pub fn respond(req: &PlainRequest, shared: &Shared, ready: Result<(), String>) -
             if shared.config.metrics_require_token {
                 if let Some(expected) = &shared.config.token {
                     let given = req.bearer.as_deref().unwrap_or_default();
-                    if !super::handler::tokens_match(given, expected.expose()) {
+                    if !super::auth::tokens_match(given, expected.expose()) {
                         let mut r = Response::text(
                             401,
                             "metrics need the gateway token: Authorization: Bearer <token>",
@@ -331,7 +331,7 @@ pub async fn refuse<S: AsyncWrite + Unpin>(stream: &mut S, bad: BadRequest) {
 /// Writes `response` and closes the write side (best effort, bounded).
 async fn send<S: AsyncWrite + Unpin>(stream: &mut S, response: &Response, head_only: bool) {
     let bytes = response.to_bytes(head_only);
-    let _ = tokio::time::timeout(super::handler::WRITE_TIMEOUT, async {
+    let _ = tokio::time::timeout(super::connection::WRITE_TIMEOUT, async {
         stream.write_all(&bytes).await?;
         stream.flush().await?;
         stream.shutdown().await

@@ -11,8 +11,9 @@ use tokio::task::JoinSet;
 use tracing::{info, warn};
 
 use super::admission::{Admission, REFUSAL_RESPONSE};
+use super::auth::canonical_ip;
 use super::handler;
-use super::state::{now_ms, Shared};
+use super::state::Shared;
 use crate::service::ServiceNotifier;
 
 /// How long handlers get to say goodbye on shutdown.
@@ -35,7 +36,7 @@ pub async fn serve(
     let mut refusals = RefusalLog::default();
     let mut handlers = JoinSet::new();
     let ticker = tokio::spawn(tick_loop(shared.clone(), stop_rx.clone()));
-    let pin_writer = tokio::spawn(shared.pins.clone().run_writer(stop_rx.clone()));
+    let pin_writer = tokio::spawn(shared.pin_writer(stop_rx.clone()));
     let mut watchdog = notifier.watchdog_timer();
     let mut status_timer = tokio::time::interval(STATUS_INTERVAL);
     status_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -47,7 +48,7 @@ pub async fn serve(
             _ = &mut shutdown => break,
             // The ping proves this loop runs and the state lock is free.
             _ = watchdog.tick() => {
-                drop(shared.lock());
+                shared.probe_lock();
                 notifier.watchdog();
             }
             _ = status_timer.tick(), if notifier.is_enabled() => {
@@ -61,7 +62,7 @@ pub async fn serve(
                 Ok((stream, peer)) => {
                     let admitted = match limit.clone().try_acquire_owned() {
                         Err(_) => Err(("connection limit reached", "connection_limit")),
-                        Ok(permit) => match admission.admit(handler::canonical_ip(peer.ip())) {
+                        Ok(permit) => match admission.admit(canonical_ip(peer.ip())) {
                             Ok(ticket) => Ok((permit, ticket)),
                             Err(refusal) => Err((refusal.as_str(), refusal.metric_label())),
                         },
@@ -96,7 +97,7 @@ pub async fn serve(
     }
 
     info!(connections = handlers.len(), "gateway shutting down");
-    shared.lock().broadcast_shutdown("gateway stopping");
+    shared.shutdown("gateway stopping");
     let _ = stop_tx.send(true);
     drop(listener);
     let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
@@ -152,9 +153,7 @@ impl RefusalLog {
 
 /// `gateway: 143 entries, 140 connections`.
 fn status_line(shared: &Shared) -> String {
-    let state = shared.lock();
-    let (entries, connections) = (state.presence.len(), state.connections.len());
-    drop(state);
+    let (entries, connections) = shared.counts();
     format!(
         "gateway: {entries} {}, {connections} {}",
         if entries == 1 { "entry" } else { "entries" },
@@ -166,8 +165,8 @@ fn status_line(shared: &Shared) -> String {
     )
 }
 
-/// Every tick: keep connected rows fresh, prune expired ones, tell
-/// presence readers if that changed the list, and send `tick`.
+/// Every tick: [`Shared::tick`] (connected rows fresh, expired ones gone,
+/// `tick` sent).
 async fn tick_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let period = shared.config.tick_interval;
     let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
@@ -177,16 +176,6 @@ async fn tick_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             _ = interval.tick() => {}
             _ = stop.changed() => return,
         }
-        let mut state = shared.lock();
-        let now = now_ms();
-        // Connected rows are fresh again, expired ones gone: either is a
-        // change live views (`presence --watch`, the Instances page) must
-        // see, or a quiet but connected node would age to Idle there.
-        let touched = state.presence.touch_connected(now);
-        let pruned = state.presence.prune(now) > 0;
-        if touched || pruned {
-            state.presence_changed();
-        }
-        state.broadcast_tick();
+        shared.tick();
     }
 }

@@ -7,7 +7,9 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::state::{now_ms, Shared};
+use super::auth::grants;
+use super::state::Shared;
+use crate::clock::now_ms;
 use crate::presence::PresenceKey;
 use crate::protocol::{
     event, method, scope, ClientInfo, ErrorCode, ErrorShape, Frame, HostStats, NodeEventParams,
@@ -53,7 +55,7 @@ impl ConnContext {
     /// and as `presence` events (operators with `operator.read`, as OpenClaw
     /// projects it; nodes get an empty snapshot and no events).
     pub fn reads_presence(&self) -> bool {
-        reads_presence(self.role, &self.scopes)
+        super::auth::reads_presence(self.role, &self.scopes)
     }
 
     fn require_operator_scope(&self, needed: &str) -> Result<(), ErrorShape> {
@@ -77,20 +79,6 @@ impl ConnContext {
     fn node_id(&self) -> &str {
         self.device_id.as_deref().unwrap_or(&self.conn_id)
     }
-}
-
-/// Whether `scopes` grant `needed`: `operator.admin` implies every scope,
-/// `operator.write` implies `operator.read`.
-fn grants(scopes: &[String], needed: &str) -> bool {
-    let has = |s: &str| scopes.iter().any(|x| x == s);
-    has(scope::OPERATOR_ADMIN)
-        || has(needed)
-        || (needed == scope::OPERATOR_READ && has(scope::OPERATOR_WRITE))
-}
-
-/// See [`ConnContext::reads_presence`].
-pub fn reads_presence(role: Role, scopes: &[String]) -> bool {
-    role == Role::Operator && grants(scopes, scope::OPERATOR_READ)
 }
 
 fn forbidden(message: impl Into<String>) -> ErrorShape {
@@ -232,7 +220,7 @@ fn handle_value(shared: &Shared, ctx: &ConnContext, req: &Request) -> Result<Val
             node_event(shared, ctx, parse_params(req)?)
         }
         method::NODE_LIST => node_list(shared, ctx),
-        method::HEALTH => Ok(health(shared)),
+        method::HEALTH => Ok(shared.health()),
         method::NODE_SKILLS_UPDATE => {
             ctx.require_node(method::NODE_SKILLS_UPDATE)?;
             Ok(skills_update(ctx.node_id(), parse_params(req)?))
@@ -274,7 +262,7 @@ fn instance_forget(
             "invalid clawnode.instance.forget params: instanceId is empty",
         ));
     }
-    let removed = shared.pins.forget(id).map_err(|e| {
+    let removed = shared.forget(id).map_err(|e| {
         tracing::error!(error = %e, "cannot save instance pins");
         ErrorShape::new(
             ErrorCode::Unavailable,
@@ -295,11 +283,7 @@ fn system_presence(shared: &Shared, ctx: &ConnContext, id: &str) -> Result<Strin
     if ctx.role != Role::Node {
         ctx.require_operator_scope(scope::OPERATOR_READ)?;
     }
-    let mut state = shared.lock();
-    let size = state.presence.len() * 320;
-    Ok(Frame::ok_text_with(id, size, |text| {
-        state.presence.write_list_json(text, now_ms())
-    }))
+    Ok(shared.presence_response(id))
 }
 
 /// Rule 3: a beacon. A node may only update its own row; an operator needs
@@ -331,12 +315,8 @@ fn system_event(
         Role::Operator if own => ctx.require_operator_scope(scope::OPERATOR_WRITE)?,
         Role::Operator => ctx.require_operator_scope(scope::OPERATOR_ADMIN)?,
     }
-    let mut state = shared.lock();
     let remote = if own { ctx.remote_ip } else { None };
-    state.presence.beacon(&target, &params, remote, now_ms());
-    state.presence_changed();
-    drop(state);
-    shared.metrics.beacon();
+    shared.beacon(&target, &params, remote);
     Ok(json!({ "ok": true }))
 }
 
@@ -358,13 +338,11 @@ fn node_event(
         .map_err(|e| invalid(e.to_string()))?;
     let stats: HostStats = serde_json::from_value(payload).map_err(|e| invalid(e.to_string()))?;
     stats.validate().map_err(invalid)?;
-    let mut state = shared.lock();
-    let Some(node) = state.nodes.get_mut(&ctx.conn_id) else {
+    if !shared.host_stats(&ctx.conn_id, stats) {
         return Ok(json!({
             "ok": true, "event": params.event, "handled": false, "reason": "stale_connection"
         }));
-    };
-    node.host_stats = Some((stats, now_ms()));
+    }
     Ok(json!({ "ok": true, "event": params.event, "handled": true, "reason": "updated" }))
 }
 
@@ -427,10 +405,9 @@ fn runner_inventory_update(node_id: &str, params: &Value) -> Result<Value, Error
 /// `node.list`: connected nodes with their latest host stats.
 fn node_list(shared: &Shared, ctx: &ConnContext) -> Result<Value, ErrorShape> {
     ctx.require_operator_scope(scope::OPERATOR_READ)?;
-    let state = shared.lock();
-    let mut nodes: Vec<Value> = state
-        .nodes
-        .values()
+    let mut nodes: Vec<Value> = shared
+        .nodes()
+        .iter()
         .map(|n| {
             let mut v = json!({
                 "nodeId": n.node_id,
@@ -467,23 +444,6 @@ fn strip_nulls(mut v: Value) -> Value {
         obj.retain(|_, x| !x.is_null());
     }
     v
-}
-
-/// `health`: liveness and counts.
-fn health(shared: &Shared) -> Value {
-    let mut state = shared.lock();
-    let now = now_ms();
-    state.presence.prune(now);
-    let entries = state.presence.len();
-    json!({
-        "ok": true,
-        "ts": now,
-        "uptimeMs": shared.uptime_ms(),
-        "version": super::SERVER_VERSION,
-        "connections": state.connections.len(),
-        "nodes": state.nodes.len(),
-        "presence": { "entries": entries, "stateVersion": state.presence_version },
-    })
 }
 
 #[cfg(test)]

@@ -1,14 +1,20 @@
 //! The gateway: a WebSocket server that keeps the presence list.
 //!
-//! Shape (after tokio's mini-redis): [`listener`] accepts and spawns one
-//! [`handler`] task per connection; a handler owns its socket and `select!`s
-//! over inbound frames, its bounded outbound queue and the shutdown signal.
-//! [`methods`] answers requests against the [`state::State`] behind one lock;
-//! [`broadcast`] fans presence and tick events out without ever waiting on a
-//! slow client.
+//! Shape (after tokio's mini-redis and bore): [`listener`] accepts and
+//! spawns one [`handler`] task per connection; a handler owns its socket
+//! (the sending half is a [`connection::Connection`]), lets [`auth`] decide
+//! the handshake, and `select!`s over inbound frames, its bounded event
+//! queue, presence changes and the shutdown signal. [`methods`] answers
+//! requests through the operations of [`state::Shared`], the one closed
+//! object that holds presence, connections and pins and announces every
+//! change it makes; [`broadcast`] builds the events it fans out. [`http`]
+//! serves the plain pages on the same port. docs/ARCHITECTURE.md follows one
+//! node's presence through these files in order.
 
 pub mod admission;
+pub mod auth;
 pub mod broadcast;
+pub mod connection;
 pub mod handler;
 pub mod http;
 pub mod listener;
@@ -125,10 +131,8 @@ impl Gateway {
     /// Pins the gateway's own instance id to its own device key, so no
     /// client can claim the gateway's row.
     pub fn pin_self(&self, instance_id: &str, device_id: &str) {
-        let now = state::now_ms();
         self.state
-            .pins
-            .check(Some(instance_id), Some(device_id), None, now);
+            .check_pin(Some(instance_id), Some(device_id), None);
     }
 
     pub fn local_addr(&self) -> Result<SocketAddr> {

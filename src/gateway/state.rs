@@ -1,36 +1,34 @@
-//! The gateway's shared state: the presence store, the live connections and
-//! the nodes' latest host stats, behind one lock so a change and the
-//! broadcast it causes are consistent. Critical sections never await.
+//! The gateway's state as one closed object (after mini-redis's `Db`): the
+//! presence store, the live connections, the nodes' latest host stats and
+//! the instance pins, behind private fields.
+//!
+//! Every operation that changes presence — [`Shared::register`],
+//! [`Shared::unregister`], [`Shared::beacon`], [`Shared::tick`] — changes
+//! the store *and* announces the change (bumps the presence version that
+//! every presence reader watches) in one step, under one lock, so no caller
+//! can change the list and forget to tell. Reads take `&self` and never
+//! prune: only [`Shared::tick`] drops expired rows (a read skips them).
+//! Critical sections never await.
+//!
+//! This is the seam a shared engine (several gateways on one presence, part
+//! 11) goes behind: handlers and methods see only these operations.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
+use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch, Notify};
+use tracing::{info, warn};
 
-use super::broadcast::Outbound;
+use super::broadcast::{self, Outbound};
 use super::metrics::{Metrics, Snapshot as MetricsSnapshot};
-use super::pins::PinStore;
+use super::pins::{Pin, PinCheck, PinStore};
 use super::GatewayConfig;
-use crate::presence::PresenceStore;
-use crate::protocol::{HostStats, Role};
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-/// What the broadcaster needs to reach one connection.
-pub struct ConnHandle {
-    pub role: Role,
-    pub tx: mpsc::Sender<Arc<Outbound>>,
-    /// Notified when the connection must close because its queue overflowed.
-    pub kill: Arc<Notify>,
-}
+use crate::clock::now_ms;
+use crate::presence::{ConnectionInfo, PresenceKey, PresenceStore};
+use crate::protocol::{ClientInfo, ConnectParams, Frame, HostStats, Role, SystemEventParams};
 
 /// A connected node, for `node.list`.
 #[derive(Debug, Clone)]
@@ -49,44 +47,85 @@ pub struct NodeRecord {
     pub host_stats: Option<(HostStats, u64)>,
 }
 
-/// Mutable state behind [`Shared::lock`].
-pub struct State {
-    pub presence: PresenceStore,
-    pub presence_version: u64,
-    /// The presence version, watched by every connection that reads
-    /// presence (see [`State::presence_changed`]).
-    pub presence_changes: watch::Sender<u64>,
-    pub connections: HashMap<String, ConnHandle>,
-    /// Keyed by connection id.
-    pub nodes: HashMap<String, NodeRecord>,
-    /// Failed auth attempts per remote address: (window start ms, count).
-    pub auth_failures: HashMap<IpAddr, (u64, u32)>,
-    /// Whether live rows alone hold the list over its cap, as last logged
-    /// (see [`State::presence_changed`]).
-    pub over_cap: bool,
+/// What the broadcaster needs to reach one connection.
+struct ConnHandle {
+    tx: mpsc::Sender<Arc<Outbound>>,
+    role: Role,
+    /// Notified when the connection must close because its queue overflowed.
+    kill: Arc<Notify>,
 }
 
-/// State shared by the listener, every handler and the ticker.
+/// A connection that passed its handshake, to register.
+pub struct Registration<'a> {
+    pub conn_id: &'a str,
+    pub params: &'a ConnectParams,
+    pub role: Role,
+    /// The scopes granted (none for nodes).
+    pub scopes: &'a [String],
+    pub device_id: Option<&'a str>,
+    pub remote_ip: IpAddr,
+    /// Whether it sees the presence list (snapshot and events).
+    pub reads_presence: bool,
+}
+
+/// What a registered connection is sent through, and its hello-ok snapshot.
+pub struct Registered {
+    /// Its presence row (`None` for `mode: cli`).
+    pub presence_key: Option<PresenceKey>,
+    /// Queued events: `tick`, `shutdown`.
+    pub events: mpsc::Receiver<Arc<Outbound>>,
+    /// Notified when the event queue overflowed.
+    pub kill: Arc<Notify>,
+    /// Presence changes, for clients that read presence.
+    pub presence: Option<watch::Receiver<u64>>,
+    /// The presence list as JSON text (`[]` for clients that do not read
+    /// presence, as OpenClaw projects it).
+    pub presence_json: String,
+    pub presence_version: u64,
+}
+
+/// Mutable state behind [`Shared`]'s lock; private to this module.
+struct State {
+    presence: PresenceStore,
+    presence_version: u64,
+    /// The presence version, watched by every connection that reads
+    /// presence.
+    presence_changes: watch::Sender<u64>,
+    connections: HashMap<String, ConnHandle>,
+    /// Keyed by connection id.
+    nodes: HashMap<String, NodeRecord>,
+    /// Failed auth attempts per remote address: (window start ms, count).
+    auth_failures: HashMap<IpAddr, (u64, u32)>,
+    /// Whether live rows alone hold the list over its cap, as last logged.
+    over_cap: bool,
+}
+
+/// The gateway's state, shared by the listener, every handler and the
+/// ticker. See the module docs.
 pub struct Shared {
     pub config: GatewayConfig,
-    pub started: Instant,
-    /// When the gateway started, in ms since the Unix epoch.
-    pub started_ms: u64,
     pub metrics: Metrics,
+    started: Instant,
+    /// When the gateway started, in ms since the Unix epoch.
+    started_ms: u64,
     /// Which device key owns which instance id (its own lock: never held
     /// with the state lock).
-    pub pins: Arc<PinStore>,
+    pins: Arc<PinStore>,
     state: Mutex<State>,
 }
+
+/// Auth rate limit: this many failures per window per remote address.
+pub const AUTH_FAILURE_LIMIT: u32 = 20;
+pub const AUTH_FAILURE_WINDOW_MS: u64 = 60_000;
 
 impl Shared {
     pub fn new(config: GatewayConfig, pins: PinStore) -> Shared {
         let presence = PresenceStore::new(config.self_entry.clone(), config.limits);
         Shared {
             config,
+            metrics: Metrics::default(),
             started: Instant::now(),
             started_ms: now_ms(),
-            metrics: Metrics::default(),
             pins: Arc::new(pins),
             state: Mutex::new(State {
                 presence,
@@ -103,12 +142,234 @@ impl Shared {
     /// Locks the state. A handler that panicked while holding the lock
     /// cannot leave it half-updated in a way that matters more than losing
     /// the whole gateway, so a poisoned lock is recovered.
-    pub fn lock(&self) -> MutexGuard<'_, State> {
+    fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn uptime_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
+    }
+
+    // --- operations that change presence, and announce it -------------------
+
+    /// A connection passed its handshake: its presence row (rules 2, 4, 5,
+    /// 8), its node record, its event queue; the change is announced, and
+    /// the new connection's own presence snapshot and watch are taken in
+    /// the same step, so it sees every later change and no earlier one twice.
+    pub fn register(&self, reg: Registration<'_>) -> Registered {
+        let now = now_ms();
+        let params = reg.params;
+        let (tx, events) = mpsc::channel(self.config.send_queue);
+        let kill = Arc::new(Notify::new());
+        let mut state = self.lock();
+        let presence_key = state.presence.connect(
+            &ConnectionInfo {
+                conn_id: reg.conn_id,
+                client: &params.client,
+                role: reg.role,
+                scopes: reg.scopes,
+                device_id: reg.device_id,
+                remote_ip: Some(reg.remote_ip),
+            },
+            now,
+        );
+        if reg.role == Role::Node {
+            state.nodes.insert(
+                reg.conn_id.to_string(),
+                node_record(reg.conn_id, &params.client, &reg, now),
+            );
+        }
+        state.connections.insert(
+            reg.conn_id.to_string(),
+            ConnHandle {
+                tx,
+                role: reg.role,
+                kill: kill.clone(),
+            },
+        );
+        if presence_key.is_some() {
+            state.presence_changed();
+        }
+        let presence = reg
+            .reads_presence
+            .then(|| state.presence_changes.subscribe());
+        let presence_json = if reg.reads_presence {
+            state.presence.list_json(now)
+        } else {
+            String::from("[]")
+        };
+        Registered {
+            presence_key,
+            events,
+            kill,
+            presence,
+            presence_json,
+            presence_version: state.presence_version,
+        }
+    }
+
+    /// A connection ended: its row stays with reason `disconnect` until the
+    /// TTL takes it (rule 6); its node record and queue go.
+    pub fn unregister(&self, conn_id: &str, presence_key: Option<&PresenceKey>) {
+        let mut state = self.lock();
+        state.connections.remove(conn_id);
+        state.nodes.remove(conn_id);
+        if let Some(key) = presence_key {
+            if state.presence.disconnect(key, now_ms()) {
+                state.presence_changed();
+            }
+        }
+    }
+
+    /// A `system-event` beacon merged into the row at `key` (rule 3); the
+    /// caller decided `key` and that the sender may write it.
+    pub fn beacon(&self, key: &PresenceKey, params: &SystemEventParams, remote: Option<IpAddr>) {
+        let mut state = self.lock();
+        state.presence.beacon(key, params, remote, now_ms());
+        state.presence_changed();
+        drop(state);
+        self.metrics.beacon();
+    }
+
+    /// A node's latest host stats; `false` when the connection is gone.
+    pub fn host_stats(&self, conn_id: &str, stats: HostStats) -> bool {
+        let mut state = self.lock();
+        match state.nodes.get_mut(conn_id) {
+            Some(node) => {
+                node.host_stats = Some((stats, now_ms()));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Every tick: connected rows are fresh again (rule 6) and expired ones
+    /// go — either is a change live views must see, or a quiet but
+    /// connected node would age to Idle there — and `tick` goes out.
+    pub fn tick(&self) {
+        let mut state = self.lock();
+        let now = now_ms();
+        let touched = state.presence.touch_connected(now);
+        let pruned = state.presence.prune(now) > 0;
+        if touched || pruned {
+            state.presence_changed();
+        }
+        let out = broadcast::tick(now);
+        state.fan_out(out);
+    }
+
+    /// Tells every connection the gateway is stopping (`shutdown` event).
+    pub fn shutdown(&self, reason: &str) {
+        let out = broadcast::shutdown(reason);
+        self.lock().fan_out(out);
+    }
+
+    // --- instance pins --------------------------------------------------------
+
+    /// Whether `instance_id` may be claimed by `device_id` (first claim pins).
+    pub fn check_pin(
+        &self,
+        instance_id: Option<&str>,
+        device_id: Option<&str>,
+        display_name: Option<&str>,
+    ) -> PinCheck {
+        self.pins
+            .check(instance_id, device_id, display_name, now_ms())
+    }
+
+    /// Drops an instance id's pin (a re-imaged host); saved before it returns.
+    pub fn forget(&self, instance_id: &str) -> anyhow::Result<Option<Pin>> {
+        self.pins.forget(instance_id)
+    }
+
+    /// The task that saves pins in batches until `stop`.
+    pub fn pin_writer(
+        &self,
+        stop: watch::Receiver<bool>,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        self.pins.clone().run_writer(stop)
+    }
+
+    // --- auth rate limit --------------------------------------------------------
+
+    /// If `ip` is rate limited now, the ms until it may retry.
+    pub fn auth_retry_after(&self, ip: IpAddr, now: u64) -> Option<u64> {
+        let mut state = self.lock();
+        let (start, count) = *state.auth_failures.get(&ip)?;
+        let end = start + AUTH_FAILURE_WINDOW_MS;
+        if now >= end {
+            state.auth_failures.remove(&ip);
+            return None;
+        }
+        (count >= AUTH_FAILURE_LIMIT).then(|| end - now)
+    }
+
+    pub fn record_auth_failure(&self, ip: IpAddr, now: u64) {
+        let mut state = self.lock();
+        let failures = &mut state.auth_failures;
+        let entry = failures.entry(ip).or_insert((now, 0));
+        if now >= entry.0 + AUTH_FAILURE_WINDOW_MS {
+            *entry = (now, 0);
+        }
+        entry.1 += 1;
+        // Bound the table: forget expired windows when it grows.
+        if failures.len() > 10_000 {
+            failures.retain(|_, (start, _)| now < *start + AUTH_FAILURE_WINDOW_MS);
+        }
+    }
+
+    // --- reads ----------------------------------------------------------------
+
+    /// Rule 9: the whole `system-presence` response to request `id`, the
+    /// list written from the store's cached rows into the response's buffer.
+    pub fn presence_response(&self, id: &str) -> String {
+        let mut state = self.lock();
+        let size = state.presence.len() * 320;
+        Frame::ok_text_with(id, size, |text| {
+            state.presence.write_list_json(text, now_ms())
+        })
+    }
+
+    /// The `presence` event as the list is now.
+    pub fn presence_event(&self) -> Outbound {
+        let mut state = self.lock();
+        let list = state.presence.list_json(now_ms());
+        broadcast::presence(&list, state.presence_version)
+    }
+
+    /// `health`: liveness and counts.
+    pub fn health(&self) -> Value {
+        let state = self.lock();
+        let now = now_ms();
+        json!({
+            "ok": true,
+            "ts": now,
+            "uptimeMs": self.uptime_ms(),
+            "version": super::SERVER_VERSION,
+            "connections": state.connections.len(),
+            "nodes": state.nodes.len(),
+            "presence": {
+                "entries": state.presence.len(),
+                "stateVersion": state.presence_version,
+            },
+        })
+    }
+
+    /// The connected nodes, for `node.list`.
+    pub fn nodes(&self) -> Vec<NodeRecord> {
+        self.lock().nodes.values().cloned().collect()
+    }
+
+    /// (presence rows, connections), for the systemd status line.
+    pub fn counts(&self) -> (usize, usize) {
+        let state = self.lock();
+        (state.presence.len(), state.connections.len())
+    }
+
+    /// Takes and releases the state lock: the watchdog's proof that no
+    /// handler holds it forever.
+    pub fn probe_lock(&self) {
+        drop(self.lock());
     }
 
     /// `GET /readyz`: whether a client would find a free connection slot
@@ -148,32 +409,69 @@ impl Shared {
     }
 }
 
-/// Auth rate limit: this many failures per window per remote address.
-pub const AUTH_FAILURE_LIMIT: u32 = 20;
-pub const AUTH_FAILURE_WINDOW_MS: u64 = 60_000;
-
 impl State {
-    /// If `ip` is rate limited now, the ms until it may retry.
-    pub fn auth_retry_after(&mut self, ip: IpAddr, now: u64) -> Option<u64> {
-        let (start, count) = *self.auth_failures.get(&ip)?;
-        let end = start + AUTH_FAILURE_WINDOW_MS;
-        if now >= end {
-            self.auth_failures.remove(&ip);
-            return None;
+    /// The presence list changed: wakes the connections that read it, and
+    /// logs once when live rows first hold the list over its cap (live rows
+    /// are never evicted) and once when it is back within it.
+    fn presence_changed(&mut self) {
+        self.presence_version += 1;
+        self.presence_changes.send_replace(self.presence_version);
+        let overshoot = self.presence.cap_overshoot();
+        if (overshoot > 0) != self.over_cap {
+            self.over_cap = overshoot > 0;
+            let max_entries = self.presence.limits().max_entries;
+            let rows = self.presence.len();
+            if self.over_cap {
+                warn!(
+                    rows,
+                    max_entries,
+                    "presence list over presence_max_entries: live hosts are never evicted, \
+                     so every connected host stays listed; rows without a connection are \
+                     evicted first (see clawnode_presence_cap_overshoot)"
+                );
+            } else {
+                info!(
+                    rows,
+                    max_entries, "presence list back within presence_max_entries"
+                );
+            }
         }
-        (count >= AUTH_FAILURE_LIMIT).then(|| end - now)
     }
 
-    pub fn record_auth_failure(&mut self, ip: IpAddr, now: u64) {
-        let entry = self.auth_failures.entry(ip).or_insert((now, 0));
-        if now >= entry.0 + AUTH_FAILURE_WINDOW_MS {
-            *entry = (now, 0);
+    /// Queues `out` to every connection; drops the ones whose queue is full
+    /// (a slow client is closed, never waited for).
+    fn fan_out(&mut self, out: Outbound) {
+        // One allocation shared by every queue: a queue slot is a pointer.
+        let out = Arc::new(out);
+        let mut overflowed = Vec::new();
+        for (conn_id, handle) in &self.connections {
+            if handle.tx.try_send(Arc::clone(&out)).is_err() {
+                overflowed.push(conn_id.clone());
+            }
         }
-        entry.1 += 1;
-        // Bound the table: forget expired windows when it grows.
-        if self.auth_failures.len() > 10_000 {
-            self.auth_failures
-                .retain(|_, (start, _)| now < *start + AUTH_FAILURE_WINDOW_MS);
+        for conn_id in overflowed {
+            if let Some(handle) = self.connections.remove(&conn_id) {
+                warn!(conn_id = %conn_id, "dropping slow client: send queue full");
+                handle.kill.notify_one();
+            }
         }
+    }
+}
+
+fn node_record(conn_id: &str, client: &ClientInfo, reg: &Registration<'_>, now: u64) -> NodeRecord {
+    let remote = (!crate::presence::is_loopback(reg.remote_ip)).then_some(reg.remote_ip);
+    NodeRecord {
+        node_id: reg.device_id.unwrap_or(conn_id).to_string(),
+        instance_id: client.instance_id.clone(),
+        display_name: client.display_name.clone(),
+        platform: client.platform.clone(),
+        version: client.version.clone(),
+        device_family: client.device_family.clone(),
+        model_identifier: client.model_identifier.clone(),
+        remote_ip: remote,
+        caps: reg.params.caps.clone(),
+        commands: reg.params.commands.clone(),
+        connected_at_ms: now,
+        host_stats: None,
     }
 }

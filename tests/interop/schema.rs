@@ -773,7 +773,7 @@ async fn agent_frames_conform() {
             return;
         };
         let mut ws = tokio_tungstenite::accept_async(stream).await.unwrap();
-        let now = clawnode::gateway::state::now_ms();
+        let now = clawnode::clock::now_ms();
         let challenge = json!({"type": "event", "event": "connect.challenge",
                                "payload": {"nonce": "schema-nonce", "ts": now}});
         ws.send(Message::text(challenge.to_string())).await.unwrap();

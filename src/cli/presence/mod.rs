@@ -31,7 +31,7 @@ pub async fn run(args: PresenceArgs) -> Result<()> {
         Value::Null,
     )
     .await?;
-    let now = crate::gateway::state::now_ms();
+    let now = crate::clock::now_ms();
     let list = Listed::parse(payload)?.filtered(&filter, now);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&list.raw)?);

@@ -18,8 +18,8 @@ use super::{Filter, Listed};
 use crate::agent::backoff::Backoff;
 use crate::cli::PresenceArgs;
 use crate::client::{ConnectError, Session};
+use crate::clock::now_ms;
 use crate::config::Secret;
-use crate::gateway::state::now_ms;
 use crate::protocol::{event, scope, ErrorDetailCode};
 use crate::tls::ClientTls;
 

@@ -1,0 +1,640 @@
+//! The handshake's decision, apart from its I/O: the first frame read as a
+//! `connect` request ([`parse_connect`]) and the pure auth step
+//! ([`authorize`]: protocol, shared token, device proof). Both return a
+//! typed [`Rejection`] that carries the error to answer, the close code and
+//! the metrics result, so nothing is guessed back from strings or close
+//! codes. Device admission (part 10) goes inside [`authorize`].
+
+use std::net::IpAddr;
+
+use sha2::{Digest, Sha256};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+use super::metrics::HandshakeResult;
+use super::pins::Pin;
+use crate::config::Secret;
+use crate::protocol::device_auth::{self, Expected};
+use crate::protocol::{
+    method, scope, ConnectParams, ErrorCode, ErrorDetailCode, ErrorShape, Frame, Role,
+    MIN_NODE_PROTOCOL_VERSION, PROTOCOL_VERSION,
+};
+
+/// Why a handshake ended without a session.
+#[derive(Debug)]
+pub struct Rejection {
+    /// The error response, when the peer sent a request it can be tied to
+    /// (boxed: a rejection travels through `Result`s).
+    pub response: Option<Box<Frame>>,
+    pub close: CloseCode,
+    /// The close reason (cut to 123 bytes when sent) and the log's reason.
+    pub reason: String,
+    /// How it counts in `clawnode_handshakes_total`.
+    pub result: HandshakeResult,
+    /// The detail code sent, when the answer carried one.
+    pub detail: Option<ErrorDetailCode>,
+}
+
+impl Rejection {
+    /// A close without an answer (nothing to tie an answer to).
+    pub fn close(close: CloseCode, reason: impl Into<String>, result: HandshakeResult) -> Self {
+        Rejection {
+            response: None,
+            close,
+            reason: reason.into(),
+            result,
+            detail: None,
+        }
+    }
+
+    /// The peer left, or the gateway stopped, before `connect`.
+    pub fn closed(close: CloseCode, reason: impl Into<String>) -> Self {
+        Rejection::close(close, reason, HandshakeResult::Closed)
+    }
+
+    /// No `connect` within the handshake deadline.
+    pub fn timed_out() -> Self {
+        Rejection::close(
+            CloseCode::Policy,
+            "handshake timeout",
+            HandshakeResult::Timeout,
+        )
+    }
+
+    /// An error answer to request `id`, then a close with `close`. A refused
+    /// credential (an `AUTH_*`/`DEVICE_*` detail) counts as `auth_failed`,
+    /// anything else as `rejected`.
+    pub fn reply(id: &str, error: ErrorShape, close: CloseCode) -> Self {
+        let detail = error.detail_code();
+        let result = if detail.is_some_and(ErrorDetailCode::is_auth_failure) {
+            HandshakeResult::AuthFailed
+        } else {
+            HandshakeResult::Rejected
+        };
+        Rejection {
+            reason: error.message.clone(),
+            response: Some(Box::new(Frame::err(id, error))),
+            close,
+            result,
+            detail,
+        }
+    }
+
+    /// Whether this refusal counts against the address's auth rate limit
+    /// (a missing or wrong shared token).
+    pub fn counts_against_rate_limit(&self) -> bool {
+        matches!(
+            self.detail,
+            Some(ErrorDetailCode::AuthTokenMissing | ErrorDetailCode::AuthTokenMismatch)
+        )
+    }
+
+    /// The code logged: the detail code, else the error code, else `-`.
+    pub fn log_code(&self) -> &str {
+        match (&self.detail, &self.response) {
+            (Some(d), _) => d.as_str(),
+            (None, Some(frame)) => match &**frame {
+                Frame::Res(res) => res.error.as_ref().map_or("-", |e| e.code.as_str()),
+                _ => "-",
+            },
+            _ => "-",
+        }
+    }
+}
+
+/// The first request of a connection: `connect` and its parameters.
+#[derive(Debug)]
+pub struct ConnectRequest {
+    pub id: String,
+    pub params: ConnectParams,
+}
+
+/// Reads the first text frame as a `connect` request: within the pre-auth
+/// size limit, a request (answered with its id when it can be found, else
+/// closed), method `connect`, valid parameters.
+pub fn parse_connect(text: &str, max_preauth_payload: usize) -> Result<ConnectRequest, Rejection> {
+    if text.len() > max_preauth_payload {
+        return Err(Rejection::close(
+            CloseCode::Size,
+            format!(
+                "frame of {} bytes exceeds the {max_preauth_payload} byte limit before connect",
+                text.len(),
+            ),
+            HandshakeResult::Rejected,
+        ));
+    }
+    let req = match Frame::parse(text) {
+        Ok(Frame::Req(req)) => req,
+        // A request we cannot read but can tie to its id is answered.
+        Err(e) => {
+            return Err(match Frame::request_id(text) {
+                Some(id) => Rejection::reply(
+                    &id,
+                    ErrorShape::invalid_request(format!("invalid request frame: {e}")),
+                    CloseCode::Policy,
+                ),
+                None => Rejection::close(
+                    CloseCode::Policy,
+                    "invalid request frame",
+                    HandshakeResult::Rejected,
+                ),
+            })
+        }
+        Ok(_) => {
+            return Err(Rejection::close(
+                CloseCode::Policy,
+                "invalid request frame",
+                HandshakeResult::Rejected,
+            ))
+        }
+    };
+    let invalid = |message: String| {
+        Rejection::reply(
+            &req.id,
+            ErrorShape::invalid_request(message),
+            CloseCode::Policy,
+        )
+    };
+    if req.method != method::CONNECT {
+        return Err(invalid(
+            "invalid handshake: first request must be connect".into(),
+        ));
+    }
+    let params = ConnectParams::from_value(req.params.clone())
+        .map_err(|e| invalid(format!("invalid connect params: {e}")))?;
+    params
+        .client
+        .validate()
+        .map_err(|e| invalid(format!("invalid connect params: {e}")))?;
+    Ok(ConnectRequest { id: req.id, params })
+}
+
+/// What the gateway knows when it decides.
+#[derive(Debug, Clone, Copy)]
+pub struct AuthInput<'a> {
+    /// The challenge this connection was sent.
+    pub nonce: &'a str,
+    pub now_ms: u64,
+    /// The shared token (`None`: auth disabled, loopback only).
+    pub token: Option<&'a Secret>,
+    /// The peer's address is rate limited for this long (ms), after too
+    /// many failed tokens.
+    pub rate_limited_for_ms: Option<u64>,
+}
+
+/// A connection let in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admitted {
+    /// The protocol version both speak.
+    pub protocol: u32,
+    pub role: Role,
+    /// The scopes granted: none for nodes; what an operator asked for (the
+    /// shared token is full trust, as in OpenClaw).
+    pub scopes: Vec<String>,
+    /// The device the connection proved it holds the key of.
+    pub device_id: Option<String>,
+}
+
+/// The auth step: protocol version, shared token (and its rate limit), and
+/// the device proof (a node must have one). Pure: the same request and
+/// input always give the same answer.
+pub fn authorize(req: &ConnectRequest, input: &AuthInput<'_>) -> Result<Admitted, Rejection> {
+    let params = &req.params;
+    let refuse = |error: ErrorShape| Rejection::reply(&req.id, error, CloseCode::Policy);
+    let role = params.role();
+    let protocol = negotiate(params).ok_or_else(|| {
+        Rejection::reply(
+            &req.id,
+            ErrorShape::invalid_request(format!(
+                "protocol mismatch: this gateway speaks {PROTOCOL_VERSION} (and {MIN_NODE_PROTOCOL_VERSION} for nodes), client offered {}..{}",
+                params.min_protocol, params.max_protocol
+            ))
+            .with_detail(ErrorDetailCode::ProtocolMismatch),
+            CloseCode::Protocol,
+        )
+    })?;
+
+    if let Some(expected) = input.token {
+        if let Some(retry_after) = input.rate_limited_for_ms {
+            return Err(refuse(
+                ErrorShape::invalid_request("unauthorized: too many failed attempts; retry later")
+                    .with_detail(ErrorDetailCode::AuthRateLimited)
+                    .with_retry_after(retry_after),
+            ));
+        }
+        let failure = match params.token() {
+            None | Some("") => Some((
+                ErrorDetailCode::AuthTokenMissing,
+                "unauthorized: gateway token missing (configure the client's token)",
+            )),
+            Some(given) if !tokens_match(given, expected.expose()) => Some((
+                ErrorDetailCode::AuthTokenMismatch,
+                "unauthorized: gateway token mismatch",
+            )),
+            Some(_) => None,
+        };
+        if let Some((detail, message)) = failure {
+            return Err(refuse(
+                ErrorShape::invalid_request(message).with_detail(detail),
+            ));
+        }
+    }
+
+    let device_id = match &params.device {
+        None if role == Role::Node => {
+            return Err(refuse(
+                ErrorShape::new(ErrorCode::NotPaired, "device identity required")
+                    .with_detail(ErrorDetailCode::DeviceIdentityRequired),
+            ))
+        }
+        None => None,
+        Some(device) => {
+            let expected = Expected {
+                nonce: input.nonce,
+                now_ms: input.now_ms,
+                client_id: &params.client.id,
+                client_mode: &params.client.mode,
+                role: role.as_str(),
+                scopes: &params.scopes,
+                token: params.token(),
+                platform: Some(&params.client.platform),
+                device_family: params.client.device_family.as_deref(),
+            };
+            device_auth::verify(device, &expected)
+                .map_err(|e| refuse(ErrorShape::invalid_request(e.message).with_detail(e.code)))?;
+            Some(device.id.clone())
+        }
+    };
+
+    let scopes = match role {
+        Role::Node => Vec::new(),
+        Role::Operator => params.scopes.clone(),
+    };
+    Ok(Admitted {
+        protocol,
+        role,
+        scopes,
+        device_id,
+    })
+}
+
+/// The refusal of an instance id pinned to another device key.
+pub fn pinned_elsewhere(req: &ConnectRequest, pin: &Pin) -> Rejection {
+    let id = req.params.client.instance_id.as_deref().unwrap_or_default();
+    Rejection::reply(
+        &req.id,
+        ErrorShape::invalid_request(format!(
+            "instance id {id} is pinned to another device key ({}, first seen{}); if this host \
+             was re-imaged, run `clawnode forget {id}` on the gateway host",
+            short(&pin.device_id),
+            pin.display_name
+                .as_deref()
+                .map(|n| format!(" as {n}"))
+                .unwrap_or_default(),
+        ))
+        .with_detail(ErrorDetailCode::InstanceIdPinned),
+        CloseCode::Policy,
+    )
+}
+
+/// Whether a client with `role` and `scopes` reads the presence list (its
+/// hello-ok snapshot and `presence` events): operators with
+/// `operator.read`, as OpenClaw projects it; nodes get an empty snapshot
+/// and no events.
+pub fn reads_presence(role: Role, scopes: &[String]) -> bool {
+    role == Role::Operator && grants(scopes, scope::OPERATOR_READ)
+}
+
+/// Whether `scopes` grant `needed`: `operator.admin` implies every scope,
+/// `operator.write` implies `operator.read`.
+pub fn grants(scopes: &[String], needed: &str) -> bool {
+    let has = |s: &str| scopes.iter().any(|x| x == s);
+    has(scope::OPERATOR_ADMIN)
+        || has(needed)
+        || (needed == scope::OPERATOR_READ && has(scope::OPERATOR_WRITE))
+}
+
+/// Picks the protocol version: 4 when the client's range allows it, 3 for
+/// nodes that only speak 3, otherwise none.
+fn negotiate(params: &ConnectParams) -> Option<u32> {
+    let offers = |v: u32| params.min_protocol <= v && v <= params.max_protocol;
+    if offers(PROTOCOL_VERSION) {
+        Some(PROTOCOL_VERSION)
+    } else if params.role() == Role::Node && offers(MIN_NODE_PROTOCOL_VERSION) {
+        Some(MIN_NODE_PROTOCOL_VERSION)
+    } else {
+        None
+    }
+}
+
+/// Compares tokens through their digests, so timing says nothing about
+/// how much of the token was right.
+pub fn tokens_match(given: &str, expected: &str) -> bool {
+    let a = Sha256::digest(given.as_bytes());
+    let b = Sha256::digest(expected.as_bytes());
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
+}
+
+/// The first 12 characters of a device id, for messages.
+fn short(device_id: &str) -> &str {
+    device_id.get(..12).unwrap_or(device_id)
+}
+
+/// IPv4-mapped IPv6 addresses are shown as IPv4.
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::DeviceIdentity;
+    use crate::protocol::{ClientInfo, ConnectAuth, DeviceProof};
+    use serde_json::json;
+
+    const NONCE: &str = "nonce-1";
+    const NOW: u64 = 1_800_000_000_000;
+
+    fn client(mode: &str) -> ClientInfo {
+        ClientInfo {
+            id: "x".into(),
+            display_name: None,
+            version: "1".into(),
+            platform: "linux".into(),
+            device_family: None,
+            model_identifier: None,
+            mode: mode.into(),
+            instance_id: None,
+        }
+    }
+
+    fn params(role: Role, min: u32, max: u32) -> ConnectParams {
+        ConnectParams {
+            min_protocol: min,
+            max_protocol: max,
+            client: client(if role == Role::Node { "node" } else { "ui" }),
+            role: Some(role),
+            scopes: vec![],
+            caps: vec![],
+            commands: vec![],
+            auth: None,
+            device: None,
+        }
+    }
+
+    fn request(params: ConnectParams) -> ConnectRequest {
+        ConnectRequest {
+            id: "c1".into(),
+            params,
+        }
+    }
+
+    fn input<'a>(token: Option<&'a Secret>) -> AuthInput<'a> {
+        AuthInput {
+            nonce: NONCE,
+            now_ms: NOW,
+            token,
+            rate_limited_for_ms: None,
+        }
+    }
+
+    fn with_token(mut p: ConnectParams, token: &str) -> ConnectParams {
+        p.auth = Some(ConnectAuth {
+            token: Some(token.into()),
+            ..ConnectAuth::default()
+        });
+        p
+    }
+
+    /// A node's connect with `scopes`, signed by `identity` for `nonce` at
+    /// `now` over what it sends (the v3 payload, as the agent signs).
+    fn signed_node(
+        identity: &DeviceIdentity,
+        token: &str,
+        nonce: &str,
+        now: u64,
+        scopes: &[String],
+    ) -> ConnectParams {
+        let mut p = with_token(params(Role::Node, 3, 4), token);
+        p.scopes = scopes.to_vec();
+        let signature = identity.sign(&crate::protocol::device_auth::DeviceAuthPayload {
+            device_id: identity.device_id(),
+            client_id: &p.client.id,
+            client_mode: &p.client.mode,
+            role: Role::Node.as_str(),
+            scopes,
+            signed_at_ms: now,
+            token: Some(token),
+            nonce,
+            platform: Some(&p.client.platform),
+            device_family: p.client.device_family.as_deref(),
+        });
+        p.device = Some(DeviceProof {
+            id: identity.device_id().to_string(),
+            public_key: identity.public_key().to_string(),
+            signature,
+            signed_at: now,
+            nonce: nonce.to_string(),
+        });
+        p
+    }
+
+    fn rejected(r: Result<Admitted, Rejection>) -> Rejection {
+        match r {
+            Ok(a) => panic!("admitted: {a:?}"),
+            Err(r) => r,
+        }
+    }
+
+    fn detail(r: &Rejection) -> Option<&'static str> {
+        r.detail.map(ErrorDetailCode::as_str)
+    }
+
+    #[test]
+    fn protocol_negotiation() {
+        assert_eq!(negotiate(&params(Role::Operator, 3, 4)), Some(4));
+        assert_eq!(negotiate(&params(Role::Operator, 4, 9)), Some(4));
+        assert_eq!(negotiate(&params(Role::Operator, 3, 3)), None);
+        assert_eq!(negotiate(&params(Role::Node, 3, 3)), Some(3));
+        assert_eq!(negotiate(&params(Role::Node, 5, 6)), None);
+        assert_eq!(negotiate(&params(Role::Node, 1, 2)), None);
+    }
+
+    #[test]
+    fn protocol_mismatch_is_rejected_with_a_protocol_close() {
+        let r = rejected(authorize(
+            &request(params(Role::Operator, 1, 2)),
+            &input(None),
+        ));
+        assert_eq!(detail(&r), Some("PROTOCOL_MISMATCH"));
+        assert_eq!(r.close, CloseCode::Protocol);
+        assert_eq!(r.result, HandshakeResult::Rejected);
+        assert!(r.reason.contains("client offered 1..2"), "{}", r.reason);
+    }
+
+    #[test]
+    fn a_missing_or_wrong_token_is_an_auth_failure_that_counts_against_the_rate_limit() {
+        let token = Secret::new("right");
+        let r = rejected(authorize(
+            &request(params(Role::Operator, 3, 4)),
+            &input(Some(&token)),
+        ));
+        assert_eq!(detail(&r), Some("AUTH_TOKEN_MISSING"));
+        assert_eq!(r.result, HandshakeResult::AuthFailed);
+        assert!(r.counts_against_rate_limit());
+        let wrong = with_token(params(Role::Operator, 3, 4), "wrong");
+        let r = rejected(authorize(&request(wrong), &input(Some(&token))));
+        assert_eq!(detail(&r), Some("AUTH_TOKEN_MISMATCH"));
+        assert_eq!(r.close, CloseCode::Policy);
+        assert!(r.counts_against_rate_limit());
+        let Some(Frame::Res(res)) = r.response.as_deref() else {
+            panic!("an answer to c1")
+        };
+        assert_eq!(res.id, "c1");
+    }
+
+    #[test]
+    fn a_rate_limited_address_is_told_when_to_retry_even_with_the_right_token() {
+        let token = Secret::new("right");
+        let right = with_token(params(Role::Operator, 3, 4), "right");
+        let limited = AuthInput {
+            rate_limited_for_ms: Some(1234),
+            ..input(Some(&token))
+        };
+        let r = rejected(authorize(&request(right), &limited));
+        assert_eq!(detail(&r), Some("AUTH_RATE_LIMITED"));
+        assert_eq!(r.result, HandshakeResult::AuthFailed);
+        assert!(!r.counts_against_rate_limit());
+        let Some(Frame::Res(res)) = r.response.as_deref() else {
+            panic!("an answer")
+        };
+        assert_eq!(
+            res.error.as_ref().and_then(|e| e.retry_after_ms),
+            Some(1234)
+        );
+    }
+
+    #[test]
+    fn without_auth_no_token_is_needed_and_the_operator_gets_its_scopes() {
+        let mut p = params(Role::Operator, 3, 4);
+        p.scopes = vec![scope::OPERATOR_READ.into()];
+        let a = authorize(&request(p), &input(None)).expect("admitted");
+        assert_eq!(a.protocol, PROTOCOL_VERSION);
+        assert_eq!(a.role, Role::Operator);
+        assert_eq!(a.scopes, vec![scope::OPERATOR_READ.to_string()]);
+        assert_eq!(a.device_id, None);
+    }
+
+    #[test]
+    fn a_node_without_a_device_identity_is_refused() {
+        let token = Secret::new("t");
+        let p = with_token(params(Role::Node, 3, 4), "t");
+        let r = rejected(authorize(&request(p), &input(Some(&token))));
+        assert_eq!(detail(&r), Some("DEVICE_IDENTITY_REQUIRED"));
+        assert_eq!(r.result, HandshakeResult::AuthFailed);
+        assert!(!r.counts_against_rate_limit());
+    }
+
+    #[test]
+    fn a_signed_node_is_admitted_with_its_device_and_no_scopes() {
+        let identity = DeviceIdentity::ephemeral("inst-1");
+        let token = Secret::new("t");
+        let p = signed_node(&identity, "t", NONCE, NOW, &[]);
+        let a = authorize(&request(p), &input(Some(&token))).expect("admitted");
+        assert_eq!(a.role, Role::Node);
+        assert!(a.scopes.is_empty());
+        assert_eq!(a.device_id.as_deref(), Some(identity.device_id()));
+        // A node asking for operator scopes gets none, signed or not.
+        let admin = [scope::OPERATOR_ADMIN.to_string()];
+        let p = signed_node(&identity, "t", NONCE, NOW, &admin);
+        let a = authorize(&request(p), &input(Some(&token))).expect("admitted");
+        assert!(a.scopes.is_empty(), "{a:?}");
+        // A proof that does not cover what is sent is refused.
+        let mut p = signed_node(&identity, "t", NONCE, NOW, &[]);
+        p.client.mode = "ui".into();
+        let r = rejected(authorize(&request(p), &input(Some(&token))));
+        assert_eq!(detail(&r), Some("DEVICE_AUTH_SIGNATURE_INVALID"));
+        assert_eq!(r.result, HandshakeResult::AuthFailed);
+    }
+
+    #[test]
+    fn a_proof_for_another_challenge_is_refused() {
+        let identity = DeviceIdentity::ephemeral("inst-1");
+        let token = Secret::new("t");
+        let p = signed_node(&identity, "t", "another-nonce", NOW, &[]);
+        let r = rejected(authorize(&request(p), &input(Some(&token))));
+        assert_eq!(detail(&r), Some("DEVICE_AUTH_NONCE_MISMATCH"));
+        assert_eq!(r.result, HandshakeResult::AuthFailed);
+    }
+
+    #[test]
+    fn the_first_frame_must_be_a_connect_request_within_the_preauth_limit() {
+        let big = format!(
+            r#"{{"type":"req","id":"a","method":"connect","params":{{"x":"{}"}}}}"#,
+            "y".repeat(100)
+        );
+        let r = parse_connect(&big, 64).unwrap_err();
+        assert_eq!(r.close, CloseCode::Size);
+        assert!(r.response.is_none());
+        let r = parse_connect(r#"{"type":"req","id":"a1","method":"health"}"#, 1024).unwrap_err();
+        assert!(
+            r.reason.contains("first request must be connect"),
+            "{}",
+            r.reason
+        );
+        assert_eq!(r.result, HandshakeResult::Rejected);
+        assert_eq!(r.log_code(), "INVALID_REQUEST");
+        let r = parse_connect("not json", 1024).unwrap_err();
+        assert!(r.response.is_none() && r.close == CloseCode::Policy);
+        let r = parse_connect(
+            r#"{"type":"req","id":"a2","method":"connect","params":{"minProtocol":"x"}}"#,
+            1024,
+        )
+        .unwrap_err();
+        assert!(
+            r.reason.starts_with("invalid connect params"),
+            "{}",
+            r.reason
+        );
+        let ok = json!({"type":"req","id":"a3","method":"connect","params":{
+            "minProtocol":3,"maxProtocol":4,
+            "client":{"id":"cli","version":"1","platform":"linux","mode":"cli"}}});
+        let req = parse_connect(&ok.to_string(), 1024).expect("a connect");
+        assert_eq!(req.id, "a3");
+    }
+
+    #[test]
+    fn a_pinned_instance_names_the_other_key_and_the_way_out() {
+        let mut p = params(Role::Node, 3, 4);
+        p.client.instance_id = Some("inst-1".into());
+        let pin = Pin {
+            device_id: "abcdef0123456789".into(),
+            pinned_at_ms: NOW,
+            display_name: Some("web-1".into()),
+        };
+        let r = pinned_elsewhere(&request(p), &pin);
+        assert_eq!(detail(&r), Some("INSTANCE_ID_PINNED"));
+        assert_eq!(r.result, HandshakeResult::Rejected);
+        assert!(r.reason.contains("abcdef012345") && r.reason.contains("clawnode forget inst-1"));
+    }
+
+    #[test]
+    fn token_comparison() {
+        assert!(tokens_match("abc", "abc"));
+        assert!(!tokens_match("abc", "abd"));
+        assert!(!tokens_match("", "abc"));
+    }
+
+    #[test]
+    fn mapped_addresses_become_v4() {
+        let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
+        assert_eq!(canonical_ip(mapped), "192.0.2.1".parse::<IpAddr>().unwrap());
+        let v6: IpAddr = "2001:db8::1".parse().unwrap();
+        assert_eq!(canonical_ip(v6), v6);
+    }
+}
