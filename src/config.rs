@@ -12,7 +12,6 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context as _, Result};
 use serde::Deserialize;
 
-use crate::gateway::admission::AdmissionLimits;
 use crate::logging::LogFormat;
 use crate::presence::{PresenceLimits, DEFAULT_MAX_ENTRIES, DEFAULT_TTL_MS};
 use crate::tls::{ClientTls, Fingerprint, ServerTlsFiles, FINGERPRINT_FORMAT};
@@ -306,6 +305,23 @@ impl TokenSource {
                 ),
             },
             TokenSource::Env { var, .. } => format!("environment variable {var}"),
+        }
+    }
+}
+
+/// Limits on connections still in their handshake (the gateway's
+/// pre-auth admission control, `gateway::admission`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdmissionLimits {
+    pub total: usize,
+    pub per_ip: usize,
+}
+
+impl Default for AdmissionLimits {
+    fn default() -> Self {
+        AdmissionLimits {
+            total: 1024,
+            per_ip: 64,
         }
     }
 }
