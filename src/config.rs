@@ -45,6 +45,10 @@ pub const DEFAULT_BEACON_INTERVAL: Duration = Duration::from_secs(60);
 pub const DEFAULT_STATS_INTERVAL: Duration = Duration::from_secs(60);
 pub const DEFAULT_TICK_INTERVAL: Duration = Duration::from_secs(30);
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A client that reads nothing for this long is dropped.
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The cap of an agent's reconnect backoff (waits of 15–30 s at the cap).
+pub const DEFAULT_RECONNECT_MAX: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
 /// Durations in seconds are at most a day.
 const MAX_SECS: u64 = 86_400;
@@ -83,6 +87,7 @@ pub struct FileConfig {
     pub log_format: Option<LogFormat>,
     pub beacon_interval_secs: Option<u64>,
     pub stats_interval_secs: Option<u64>,
+    pub reconnect_max_secs: Option<u64>,
     pub tls_fingerprint: Option<String>,
     pub allow_insecure_ws: Option<bool>,
     #[serde(default)]
@@ -100,6 +105,7 @@ pub struct GatewayFileConfig {
     pub presence_max_entries: Option<usize>,
     pub tick_interval_secs: Option<u64>,
     pub handshake_timeout_secs: Option<u64>,
+    pub write_timeout_secs: Option<u64>,
     pub max_connections: Option<usize>,
     pub max_pending_handshakes: Option<usize>,
     pub max_pending_handshakes_per_ip: Option<usize>,
@@ -359,6 +365,9 @@ pub struct GatewaySettings {
     pub limits: PresenceLimits,
     pub tick_interval: Duration,
     pub handshake_timeout: Duration,
+    /// A client that reads nothing of what it is sent for this long is
+    /// dropped.
+    pub write_timeout: Duration,
     pub max_connections: usize,
     pub admission: AdmissionLimits,
     /// `Some` when the gateway serves TLS (`wss://`).
@@ -414,6 +423,8 @@ pub struct Settings {
     pub log_format: LogFormat,
     pub beacon_interval: Duration,
     pub stats_interval: Duration,
+    /// The longest wait between an agent's reconnect attempts.
+    pub reconnect_max: Duration,
     /// `Some` when this process is the gateway.
     pub gateway: Option<GatewaySettings>,
 }
@@ -606,6 +617,11 @@ impl Settings {
                     g.handshake_timeout_secs,
                     DEFAULT_HANDSHAKE_TIMEOUT,
                 )?,
+                write_timeout: secs(
+                    "write_timeout_secs",
+                    g.write_timeout_secs,
+                    DEFAULT_WRITE_TIMEOUT,
+                )?,
                 max_connections: count(
                     "max_connections",
                     g.max_connections,
@@ -658,6 +674,11 @@ impl Settings {
                 "stats_interval_secs",
                 file.stats_interval_secs,
                 DEFAULT_STATS_INTERVAL,
+            )?,
+            reconnect_max: secs(
+                "reconnect_max_secs",
+                file.reconnect_max_secs,
+                DEFAULT_RECONNECT_MAX,
             )?,
             gateway,
         })
@@ -1124,6 +1145,14 @@ mod tests {
         assert_eq!(
             file.gateway.handshake_timeout_secs,
             Some(DEFAULT_HANDSHAKE_TIMEOUT.as_secs())
+        );
+        assert_eq!(
+            file.gateway.write_timeout_secs,
+            Some(DEFAULT_WRITE_TIMEOUT.as_secs())
+        );
+        assert_eq!(
+            file.reconnect_max_secs,
+            Some(DEFAULT_RECONNECT_MAX.as_secs())
         );
         assert_eq!(file.gateway.max_connections, Some(DEFAULT_MAX_CONNECTIONS));
         let admission = AdmissionLimits::default();

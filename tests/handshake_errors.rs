@@ -69,6 +69,7 @@ fn node_params(
         display_name: Some("raw-node".into()),
         beacon_interval: std::time::Duration::from_secs(60),
         stats_interval: std::time::Duration::from_secs(60),
+        reconnect_max: std::time::Duration::from_secs(30),
         disk_path: "/".into(),
         state_dir: "/nonexistent".into(),
     };

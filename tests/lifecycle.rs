@@ -345,7 +345,11 @@ async fn a_gateway_that_refuses_node_beacons_gets_one_and_no_more() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_that_stops_reading_is_dropped_without_slowing_the_others() {
-    let gw = TestGateway::start(&[]);
+    // A 2 s write timeout (10 s by default) keeps the test short.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(&config, "[gateway]\nwrite_timeout_secs = 2\n").unwrap();
+    let gw = TestGateway::start(&["--config", config.to_str().unwrap()]);
     // The slow client connects as an operator (it gets presence events) and
     // then never reads again.
     let slow = open_operator(&gw, "ui", Some("slow"), &["operator.read"]).await;
@@ -355,8 +359,9 @@ async fn a_client_that_stops_reading_is_dropped_without_slowing_the_others() {
     let big = "x".repeat(4096);
     // Each beacon changes the list (up to ~200 KiB). Presence events are
     // coalesced per client (the latest list, never a queue of them), so the
-    // slow client is dropped when a send to it has waited 10 s ("write timed
-    // out"); a full event queue ("dropping slow client") also counts.
+    // slow client is dropped when a send to it has waited the write timeout
+    // ("write timed out"); a full event queue ("dropping slow client") also
+    // counts.
     let dropped = |gw: &TestGateway| {
         gw.proc.count_log("dropping slow client") + gw.proc.count_log("write timed out")
     };

@@ -38,11 +38,12 @@ impl Backoff {
 
     /// 1 s to 30 s, seeded from the OS.
     pub fn reconnect_default() -> Self {
-        Backoff::new(
-            Duration::from_secs(1),
-            Duration::from_secs(30),
-            rand::random::<f64>,
-        )
+        Backoff::reconnect(crate::config::DEFAULT_RECONNECT_MAX)
+    }
+
+    /// 1 s (or `max`, if smaller) to `max`, seeded from the OS.
+    pub fn reconnect(max: Duration) -> Self {
+        Backoff::new(Duration::from_secs(1).min(max), max, rand::random::<f64>)
     }
 
     /// The upper bound of the next delay.

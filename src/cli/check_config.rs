@@ -109,6 +109,10 @@ pub fn render(s: &Settings, token_note: &str) -> String {
         s.stats_interval.as_secs()
     ));
     line(format!(
+        "reconnect_max_secs = {}",
+        s.reconnect_max.as_secs()
+    ));
+    line(format!(
         "log_level = {}",
         quote(s.log_level.as_deref().unwrap_or("info"))
     ));
@@ -134,6 +138,10 @@ pub fn render(s: &Settings, token_note: &str) -> String {
         line(format!(
             "handshake_timeout_secs = {}",
             g.handshake_timeout.as_secs()
+        ));
+        line(format!(
+            "write_timeout_secs = {}",
+            g.write_timeout.as_secs()
         ));
         line(format!("max_connections = {}", g.max_connections));
         line(format!("max_pending_handshakes = {}", g.admission.total));

@@ -121,6 +121,7 @@ async fn run_role(
                 display_name: settings.display_name.clone(),
                 beacon_interval: settings.beacon_interval,
                 stats_interval: settings.stats_interval,
+                reconnect_max: settings.reconnect_max,
                 disk_path: "/".into(),
                 state_dir: settings.state_dir.clone(),
             };
@@ -258,6 +259,7 @@ async fn run_gateway(
     config.limits = gw.limits;
     config.tick_interval = gw.tick_interval;
     config.handshake_timeout = gw.handshake_timeout;
+    config.write_timeout = gw.write_timeout;
     config.max_connections = gw.max_connections;
     config.metrics_require_token = gw.metrics_require_token;
     config.admission = gw.admission;

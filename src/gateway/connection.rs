@@ -17,9 +17,6 @@ use tracing::{debug, warn};
 use super::broadcast::{event_text, Outbound};
 use crate::tls::ServerStream;
 
-/// A write that takes longer than this means the peer stopped reading.
-pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// RFC 6455 limits a close reason to 123 bytes.
 const MAX_CLOSE_REASON: usize = 123;
 
@@ -29,13 +26,23 @@ pub struct Gone;
 
 pub struct Connection {
     sink: SplitSink<WebSocketStream<ServerStream>, Message>,
+    /// A write that takes longer than this means the peer stopped reading
+    /// (`[gateway] write_timeout_secs`).
+    write_timeout: Duration,
     /// This connection's event sequence number.
     seq: u64,
 }
 
 impl Connection {
-    pub fn new(sink: SplitSink<WebSocketStream<ServerStream>, Message>) -> Connection {
-        Connection { sink, seq: 0 }
+    pub fn new(
+        sink: SplitSink<WebSocketStream<ServerStream>, Message>,
+        write_timeout: Duration,
+    ) -> Connection {
+        Connection {
+            sink,
+            write_timeout,
+            seq: 0,
+        }
     }
 
     /// A response (or any frame) as text.
@@ -56,7 +63,7 @@ impl Connection {
     }
 
     async fn send(&mut self, message: Message) -> Result<(), Gone> {
-        match timeout(WRITE_TIMEOUT, self.sink.send(message)).await {
+        match timeout(self.write_timeout, self.sink.send(message)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => {
                 debug!(error = %e, "write failed");

@@ -100,7 +100,7 @@ async fn serve_connection(
         Ok(Err(bad)) => {
             debug!(reason = %bad.reason, "bad HTTP request");
             shared.metrics.handshake(HandshakeResult::Closed);
-            http::refuse(&mut stream, bad).await;
+            http::refuse(&mut stream, bad, &shared).await;
             return;
         }
         Err(_) => {
@@ -118,7 +118,7 @@ async fn serve_connection(
     )
     .await;
     let (sink, mut source) = ws.split();
-    let mut conn = Connection::new(sink);
+    let mut conn = Connection::new(sink, config.write_timeout);
     let remote_ip = auth::canonical_ip(peer.ip());
 
     let nonce = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());

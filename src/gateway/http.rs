@@ -318,20 +318,27 @@ pub async fn serve<S: AsyncWrite + Unpin>(
     };
     let response = respond(req, shared, ready);
     tracing::debug!(method = %req.method, path = %req.path, status = response.status, "HTTP request");
-    send(stream, &response, req.method == "HEAD").await;
+    send(stream, &response, req.method == "HEAD", shared.config.write_timeout).await;
 }
 
 /// Answers a request that could not be read, when it deserves an answer.
-pub async fn refuse<S: AsyncWrite + Unpin>(stream: &mut S, bad: BadRequest) {
+pub async fn refuse<S: AsyncWrite + Unpin>(stream: &mut S, bad: BadRequest, shared: &Shared) {
     if let Some(status) = bad.status {
-        send(stream, &Response::text(status, bad.reason), false).await;
+        let response = Response::text(status, bad.reason);
+        send(stream, &response, false, shared.config.write_timeout).await;
     }
 }
 
-/// Writes `response` and closes the write side (best effort, bounded).
-async fn send<S: AsyncWrite + Unpin>(stream: &mut S, response: &Response, head_only: bool) {
+/// Writes `response` and closes the write side (best effort, bounded by
+/// the write timeout).
+async fn send<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    response: &Response,
+    head_only: bool,
+    write_timeout: std::time::Duration,
+) {
     let bytes = response.to_bytes(head_only);
-    let _ = tokio::time::timeout(super::connection::WRITE_TIMEOUT, async {
+    let _ = tokio::time::timeout(write_timeout, async {
         stream.write_all(&bytes).await?;
         stream.flush().await?;
         stream.shutdown().await

@@ -48,6 +48,8 @@ pub struct GatewayConfig {
     pub limits: PresenceLimits,
     pub tick_interval: Duration,
     pub handshake_timeout: Duration,
+    /// A client that reads nothing for this long is dropped.
+    pub write_timeout: Duration,
     /// Largest frame before `connect` succeeds.
     pub max_preauth_payload: usize,
     /// Largest frame afterwards (advertised as `policy.maxPayload`).
@@ -75,6 +77,7 @@ impl GatewayConfig {
             limits: PresenceLimits::default(),
             tick_interval: crate::config::DEFAULT_TICK_INTERVAL,
             handshake_timeout: crate::config::DEFAULT_HANDSHAKE_TIMEOUT,
+            write_timeout: crate::config::DEFAULT_WRITE_TIMEOUT,
             max_preauth_payload: 64 * 1024,
             max_payload: 1024 * 1024,
             send_queue: 256,
