@@ -182,11 +182,9 @@ async fn a_long_outage_backs_off_to_the_cap_and_recovers_within_one_interval() {
     let gw = TestGateway::start_at(gw_state.path(), &["--listen", &listen]);
     // A capped wait may have just begun: poll past the bound checked
     // below, so the assertion, not the poll, decides.
-    gw.wait_presence_within(
-        "the agent back",
-        Duration::from_secs(cap + 10),
-        |l| instance_ids(l).contains(&id),
-    )
+    gw.wait_presence_within("the agent back", Duration::from_secs(cap + 10), |l| {
+        instance_ids(l).contains(&id)
+    })
     .await;
     let back_after = restarted.elapsed();
     eprintln!(

@@ -15,7 +15,7 @@ use super::pins::Pin;
 use crate::config::Secret;
 use crate::protocol::device_auth::{self, Expected};
 use crate::protocol::{
-    method, scope, ConnectParams, ErrorCode, ErrorDetailCode, ErrorShape, Frame, Role,
+    method, scope, ConnectParams, ErrorCode, ErrorDetailCode, ErrorShape, Frame, Request, Role,
     MIN_NODE_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
 
@@ -122,31 +122,19 @@ pub fn parse_connect(text: &str, max_preauth_payload: usize) -> Result<ConnectRe
             HandshakeResult::Rejected,
         ));
     }
-    let req = match Frame::parse(text) {
-        Ok(Frame::Req(req)) => req,
-        // A request we cannot read but can tie to its id is answered.
-        Err(e) => {
-            return Err(match Frame::request_id(text) {
-                Some(id) => Rejection::reply(
-                    &id,
-                    ErrorShape::invalid_request(format!("invalid request frame: {e}")),
-                    CloseCode::Policy,
-                ),
-                None => Rejection::close(
-                    CloseCode::Policy,
-                    "invalid request frame",
-                    HandshakeResult::Rejected,
-                ),
-            })
-        }
-        Ok(_) => {
-            return Err(Rejection::close(
-                CloseCode::Policy,
-                "invalid request frame",
-                HandshakeResult::Rejected,
-            ))
-        }
-    };
+    // A request we cannot read but can tie to its id is answered.
+    let req = Request::parse(text).map_err(|bad| match bad.request_id {
+        Some(id) => Rejection::reply(
+            &id,
+            ErrorShape::invalid_request(format!("invalid request frame: {}", bad.why)),
+            CloseCode::Policy,
+        ),
+        None => Rejection::close(
+            CloseCode::Policy,
+            "invalid request frame",
+            HandshakeResult::Rejected,
+        ),
+    })?;
     let invalid = |message: String| {
         Rejection::reply(
             &req.id,

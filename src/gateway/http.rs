@@ -318,7 +318,13 @@ pub async fn serve<S: AsyncWrite + Unpin>(
     };
     let response = respond(req, shared, ready);
     tracing::debug!(method = %req.method, path = %req.path, status = response.status, "HTTP request");
-    send(stream, &response, req.method == "HEAD", shared.config.write_timeout).await;
+    send(
+        stream,
+        &response,
+        req.method == "HEAD",
+        shared.config.write_timeout,
+    )
+    .await;
 }
 
 /// Answers a request that could not be read, when it deserves an answer.

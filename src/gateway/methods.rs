@@ -107,13 +107,15 @@ fn parse_params<T: DeserializeOwned>(req: &Request) -> Result<T, ErrorShape> {
 /// timed under load (docs/PERFORMANCE.md).
 pub fn handle_text(shared: &Shared, ctx: &ConnContext, text: &str) -> String {
     let started = std::time::Instant::now();
-    let req = match parse_request(text) {
+    let bad = |id: Option<&str>, why: &str| {
+        tracing::debug!(error = ?why, "invalid request frame");
+        let error = ErrorShape::invalid_request(format!("invalid request frame: {why}"));
+        Frame::err(id.unwrap_or("invalid"), error).to_text()
+    };
+    let req = match Request::parse(text) {
+        Ok(req) if req.method.is_empty() => return bad(Some(&req.id), "method must not be empty"),
         Ok(req) => req,
-        Err((id, why)) => {
-            tracing::debug!(error = ?why, "invalid request frame");
-            let error = ErrorShape::invalid_request(format!("invalid request frame: {why}"));
-            return Frame::err(id, error).to_text();
-        }
+        Err(e) => return bad(e.any_id.as_deref(), &e.why),
     };
     // The method name is the peer's text: quoted and escaped (`?`).
     match handle(shared, ctx, &req) {
@@ -169,37 +171,6 @@ impl Answer {
                 _ => Value::Null,
             },
         }
-    }
-}
-
-/// A request, or the id to answer a frame that is not one and why not.
-fn parse_request(text: &str) -> Result<Request, (String, String)> {
-    let invalid = |id: String, why: String| Err((id, why));
-    let value: Value = match serde_json::from_str(text) {
-        Ok(v) => v,
-        // The id may still be found in text that is JSON but not a value we
-        // can hold (a lone surrogate escape, a number out of range).
-        Err(e) => {
-            let id = Frame::request_id(text).unwrap_or_else(|| "invalid".into());
-            return invalid(id, format!("invalid JSON: {e}"));
-        }
-    };
-    // serde would also read a frame from an array (fields by position).
-    if !value.is_object() {
-        return invalid("invalid".into(), "a frame is a JSON object".into());
-    }
-    let id = match value.get("id") {
-        Some(Value::String(id)) if !id.is_empty() => id.clone(),
-        _ => "invalid".to_string(),
-    };
-    match serde_json::from_value::<Frame>(value) {
-        Ok(Frame::Req(req)) if req.id.is_empty() => invalid(id, "id must not be empty".into()),
-        Ok(Frame::Req(req)) if req.method.is_empty() => {
-            invalid(id, "method must not be empty".into())
-        }
-        Ok(Frame::Req(req)) => Ok(req),
-        Ok(_) => invalid(id, "clients send only type \"req\" frames".into()),
-        Err(e) => invalid(id, e.to_string()),
     }
 }
 

@@ -56,6 +56,49 @@ pub enum FrameError {
     Shape(serde_json::Error),
 }
 
+/// A text message that is not a valid request: why, and the ids an answer
+/// could be tied to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadRequest {
+    /// The `id` of a text meant as a request (see [`Frame::request_id`]).
+    pub request_id: Option<String>,
+    /// Any non-empty string `id` of a JSON object, whatever its `type`.
+    pub any_id: Option<String>,
+    pub why: String,
+}
+
+impl Request {
+    /// The one reading of a client's text message as a request, before and
+    /// after `connect`: a JSON object (serde would read a frame from an
+    /// array) of `type: "req"` with a non-empty string `id`. Otherwise why
+    /// not, and the ids the text ties to. (An empty `method` is the
+    /// caller's to judge: before `connect` it is "not connect".)
+    pub fn parse(text: &str) -> Result<Request, BadRequest> {
+        let bad = |why: String| {
+            let any_id = serde_json::from_str::<Value>(text)
+                .ok()
+                .and_then(|v| match v.get("id") {
+                    Some(Value::String(id)) if !id.is_empty() => Some(id.clone()),
+                    _ => None,
+                })
+                .or_else(|| Frame::request_id(text))
+                .filter(|id| !id.is_empty());
+            BadRequest {
+                request_id: Frame::request_id(text).filter(|id| !id.is_empty()),
+                any_id,
+                why,
+            }
+        };
+        match Frame::parse(text) {
+            Ok(Frame::Req(req)) if req.id.is_empty() => Err(bad("id must not be empty".into())),
+            Ok(Frame::Req(req)) => Ok(req),
+            Ok(_) => Err(bad("clients send only type \"req\" frames".into())),
+            Err(FrameError::Json(e)) => Err(bad(format!("invalid JSON: {e}"))),
+            Err(FrameError::Shape(e)) => Err(bad(e.to_string())),
+        }
+    }
+}
+
 impl Frame {
     /// Parses one text message. Distinguishes malformed JSON from JSON that
     /// is not a frame, so the peer gets an error it can act on.

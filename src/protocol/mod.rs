@@ -13,7 +13,7 @@ pub mod payloads;
 
 pub use connect::{ClientInfo, ConnectAuth, ConnectParams, DeviceProof, HelloOk, Role};
 pub use errors::{ErrorCode, ErrorDetailCode, ErrorShape};
-pub use frame::{EventFrame, Frame, FrameError, Request, Response};
+pub use frame::{BadRequest, EventFrame, Frame, FrameError, Request, Response};
 pub use payloads::{
     ConnectChallenge, HostStats, NodeEventParams, PresenceEntry, PresenceEvent, ShutdownEvent,
     SystemEventParams, TickEvent,
