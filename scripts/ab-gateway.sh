@@ -69,7 +69,7 @@ for build in ("before", "after"):
     print(json.dumps({
         "build": build,
         "handshakes_per_s_median": statistics.median(x["handshakes_per_s"] for x in r),
-        "handshakes_per_s": [round(x["handshakes_per_sec"]) for x in r],
+        "handshakes_per_s": [round(x["handshakes_per_s"]) for x in r],
         "bytes_per_connection_median": statistics.median(x["bytes_per_connection"] for x in r),
         "bytes_per_connection": [x["bytes_per_connection"] for x in r],
         "idle_rss_kib_median": statistics.median(x["idle_rss_kib"] for x in r),
