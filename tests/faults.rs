@@ -673,6 +673,34 @@ async fn an_operator_that_never_reads_is_dropped_and_memory_stays_bounded() {
         after < before + 64 * 1024,
         "RSS grew from {before} to {after} KiB"
     );
+    // The gateway closed the slow consumer itself: its row is marked
+    // disconnected while this test still holds its socket. The admin is
+    // still connected, and the list holds every row it wrote.
+    let reason = |l: &[clawnode::protocol::PresenceEntry], id: &str| {
+        l.iter()
+            .find(|e| e.instance_id.as_deref() == Some(id))
+            .map(|e| e.reason.clone().unwrap_or_default())
+    };
+    let list = gw
+        .wait_presence("the slow consumer's row marked disconnected", |l| {
+            reason(l, "slow-ui").as_deref() == Some("disconnect")
+        })
+        .await;
+    assert!(
+        reason(&list, "admin-ui").is_some_and(|r| r != "disconnect"),
+        "the admin's row is live: {list:#?}"
+    );
+    let written: Vec<_> = list
+        .iter()
+        .filter(|e| {
+            e.instance_id
+                .as_deref()
+                .is_some_and(|i| i.starts_with("row-"))
+        })
+        .collect();
+    assert_eq!(written.len(), sent.min(150), "{list:#?}");
+    assert!(written
+        .iter()
+        .all(|e| e.text.as_deref() == Some(text.as_str())));
     drop(slow);
-    assert!(!gw.presence().await.is_empty());
 }

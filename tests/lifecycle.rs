@@ -33,17 +33,20 @@ async fn operators_get_presence_events_when_the_list_changes() {
     let gw = TestGateway::start(&[]);
     let mut watcher = open_operator(&gw, "ui", Some("watcher"), &["operator.read"]).await;
     let _other = open_operator(&gw, "ui", Some("newcomer"), &["operator.read"]).await;
-    loop {
-        let ev = watcher
-            .next_event("presence")
-            .await
-            .expect("presence event");
-        assert!(ev.seq.is_some());
-        let list = ev.payload["presence"].as_array().unwrap().clone();
-        if list.iter().any(|e| e["instanceId"] == "newcomer") {
-            break;
+    wait_within("`presence` event listing the newcomer", RAW_WAIT, async {
+        loop {
+            let ev = watcher
+                .next_event("presence")
+                .await
+                .expect("presence event");
+            assert!(ev.seq.is_some());
+            let list = ev.payload["presence"].as_array().unwrap().clone();
+            if list.iter().any(|e| e["instanceId"] == "newcomer") {
+                break;
+            }
         }
-    }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -82,6 +82,20 @@ impl Receiver {
             .filter(|l| l == line)
             .count()
     }
+
+    /// Waits until at least `n` lines equal `line`; panics past `within`.
+    fn wait_count(&self, line: &str, n: usize, within: Duration) {
+        let deadline = Instant::now() + within;
+        while self.count_lines(line) < n {
+            if Instant::now() > deadline {
+                panic!(
+                    "fewer than {n} notification lines {line:?} within {within:?}; got {:#?}",
+                    self.texts()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 fn notify_env(socket: &Receiver, watchdog_usec: Option<&str>) -> Vec<(&'static str, String)> {
@@ -111,12 +125,7 @@ fn gateway_and_agent_tell_systemd_ready_status_watchdog_and_stopping() {
         Duration::from_secs(10),
     );
     // WATCHDOG_USEC=1s: pings every half second from the accept loop.
-    std::thread::sleep(Duration::from_millis(2200));
-    let pings = gw_socket.count_lines("WATCHDOG=1");
-    assert!(
-        pings >= 3,
-        "expected >= 3 watchdog pings in 2.2s, got {pings}"
-    );
+    gw_socket.wait_count("WATCHDOG=1", 3, Duration::from_millis(2200));
 
     // The agent is ready only once it has its hello-ok.
     let state = tempfile::tempdir().unwrap();
@@ -142,12 +151,7 @@ fn gateway_and_agent_tell_systemd_ready_status_watchdog_and_stopping() {
         format!("STATUS=connected to {} as {}", gw.url(), instance_id.trim())
     );
     assert_eq!(agent_socket.count_lines("READY=1"), 1);
-    std::thread::sleep(Duration::from_millis(1200));
-    assert!(
-        agent_socket.count_lines("WATCHDOG=1") >= 2,
-        "{:#?}",
-        agent_socket.texts()
-    );
+    agent_socket.wait_count("WATCHDOG=1", 2, Duration::from_millis(1200));
 
     // The gateway's status follows its rows and connections.
     gw_socket.wait_line(
@@ -413,10 +417,17 @@ fn auto_format_uses_the_journal_only_when_stderr_is_the_journal_stream() {
         );
         // Ready means it logged its start-up lines somewhere.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(&listen).is_err() && Instant::now() < deadline {
+        while !journal.texts().join("").contains("gateway listening")
+            && !std::fs::read_to_string(&stderr_path)
+                .unwrap()
+                .contains("gateway listening")
+        {
+            assert!(
+                Instant::now() < deadline,
+                "\"gateway listening\" neither in the journal nor on stderr within 10s"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
-        std::thread::sleep(Duration::from_millis(200));
         stop(child);
         let text = std::fs::read_to_string(&stderr_path).unwrap();
         (journal.texts().join(""), text)

@@ -17,13 +17,12 @@ fn row_for(host: &str) -> impl Fn(&[clawnode::protocol::PresenceEntry]) -> bool 
     }
 }
 
-/// Runs the binary with extra environment: (exit code, stdout, stderr).
+/// Runs the binary with extra environment (within [`CLI_WAIT`]): (exit
+/// code, nothing, its stdout and stderr read to the end).
 fn run_cli_env(args: &[&str], envs: &[(&str, &str)]) -> (i32, String, String) {
     let mut p = Proc::spawn(args, envs);
-    let status = p.child.wait().expect("wait");
-    // Let the reader threads drain the pipes.
-    std::thread::sleep(Duration::from_millis(50));
-    (status.code().unwrap_or(-1), String::new(), p.log_text())
+    let code = p.wait_exit(CLI_WAIT);
+    (code.unwrap_or(-1), String::new(), p.log_text())
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -253,13 +253,63 @@ mod tests {
         assert!(!is_loopback_url("not a url"));
     }
 
+    /// What `f` returns, and what it logs at any level, one line per event
+    /// (`LEVEL target: message fields`).
+    fn logs_of<T>(f: impl FnOnce() -> T) -> (T, String) {
+        #[derive(Clone, Default)]
+        struct Buf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .without_time()
+            .finish();
+        let out = tracing::subscriber::with_default(subscriber, f);
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        (out, text)
+    }
+
+    /// The level of each logged line.
+    fn levels(log: &str) -> Vec<&str> {
+        log.lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .collect()
+    }
+
     #[test]
     fn pairing_is_told_once() {
         let e = ErrorShape::new(ErrorCode::NotPaired, "pairing required")
             .with_detail(ErrorDetailCode::PairingRequired);
         let mut memory = SessionMemory::default();
-        retry_after_rejection(&e, &mut fixed(), &mut memory, "d");
+        let mut backoff = fixed();
+        let (first, told) = logs_of(|| retry_after_rejection(&e, &mut backoff, &mut memory, "d"));
         assert!(memory.pairing_logged);
+        assert_eq!(levels(&told), ["WARN"], "{told}");
+        assert!(
+            told.contains("waiting for pairing approval")
+                && told.contains("openclaw devices approve"),
+            "{told}"
+        );
+        // The next rejection is quiet: a debug line, no warning.
+        let (second, quiet) = logs_of(|| retry_after_rejection(&e, &mut backoff, &mut memory, "d"));
+        assert_eq!(levels(&quiet), ["DEBUG"], "{quiet}");
+        assert!(
+            quiet.contains("still waiting for pairing approval"),
+            "{quiet}"
+        );
+        assert!(memory.pairing_logged);
+        assert_eq!(second, first, "it keeps waiting as long");
     }
 
     #[test]

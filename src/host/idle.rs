@@ -52,8 +52,20 @@ const UTMP_RECORD_SIZE: usize = 384;
 /// `None` when utmp is unreadable, nobody is logged in on a terminal, or no
 /// terminal could be stat'ed.
 pub fn last_input_seconds(now: SystemTime) -> Option<u64> {
-    let utmp = read_utmp()?;
-    idle_seconds(&tty_lines_from_utmp(&utmp), Path::new("/dev"), now)
+    let utmp_paths = UTMP_PATHS.map(Path::new);
+    last_input_seconds_in(&utmp_paths, UTMP_RECORD_SIZE, Path::new("/dev"), now)
+}
+
+/// [`last_input_seconds`] from the first readable of `utmp_paths`, with
+/// records of `record_size` bytes, and terminals under `dev_dir`.
+fn last_input_seconds_in(
+    utmp_paths: &[&Path],
+    record_size: usize,
+    dev_dir: &Path,
+    now: SystemTime,
+) -> Option<u64> {
+    let utmp = read_utmp(utmp_paths)?;
+    idle_seconds(&tty_lines_from_records(&utmp, record_size), dev_dir, now)
 }
 
 /// The terminal names (`ut_line`, e.g. `pts/3`, `tty1`) of the
@@ -128,8 +140,8 @@ fn tty_access_time(path: &Path) -> Option<SystemTime> {
     meta.accessed().ok()
 }
 
-fn read_utmp() -> Option<Vec<u8>> {
-    UTMP_PATHS.iter().find_map(|path| {
+fn read_utmp(paths: &[&Path]) -> Option<Vec<u8>> {
+    paths.iter().find_map(|path| {
         let file = std::fs::File::open(path).ok()?;
         let mut bytes = Vec::new();
         file.take(MAX_UTMP_BYTES).read_to_end(&mut bytes).ok()?;
@@ -272,9 +284,100 @@ mod tests {
         assert_eq!(idle_seconds(&lines, dir.path(), SystemTime::now()), None);
     }
 
+    /// A pseudo-terminal of our own: its master end (the terminal lives as
+    /// long as it is open), its slave end, and its `ut_line` (`pts/N`).
+    fn own_pty() -> (std::fs::File, std::fs::File, String) {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::OpenOptionsExt;
+        let open = |path: &str| {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(libc::O_NOCTTY)
+                .open(path)
+                .unwrap_or_else(|e| panic!("open {path}: {e}"))
+        };
+        let master = open("/dev/ptmx");
+        let fd = master.as_raw_fd();
+        let mut name = [0 as libc::c_char; 64];
+        // SAFETY: `fd` is an open /dev/ptmx descriptor, and `name` is a
+        // writable buffer of the length passed.
+        let ok = unsafe {
+            libc::grantpt(fd) == 0
+                && libc::unlockpt(fd) == 0
+                && libc::ptsname_r(fd, name.as_mut_ptr(), name.len()) == 0
+        };
+        assert!(ok, "set up a pty: {}", std::io::Error::last_os_error());
+        let path: String = name
+            .iter()
+            .take_while(|&&c| c != 0)
+            .map(|&c| char::from(c as u8))
+            .collect();
+        let slave = open(&path);
+        let line = path.strip_prefix("/dev/").expect("under /dev").to_string();
+        (master, slave, line)
+    }
+
     #[test]
-    fn last_input_seconds_does_not_panic_here() {
-        let _ = last_input_seconds(SystemTime::now());
-        let _ = last_input_seconds(SystemTime::UNIX_EPOCH);
+    fn last_input_seconds_reads_utmp_and_the_newest_terminal_atime() {
+        // Two terminals of our own; their last input (atime) set in whole
+        // seconds: an hour ago on one, 100 s before that on the other.
+        let (_m1, older, older_line) = own_pty();
+        let (_m2, newer, newer_line) = own_pty();
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap();
+        let input = SystemTime::UNIX_EPOCH + Duration::from_secs(now.as_secs() - 3600);
+        let set_atime = |tty: &std::fs::File, at| {
+            tty.set_times(std::fs::FileTimes::new().set_accessed(at))
+                .expect("set the terminal's atime");
+        };
+        set_atime(&older, input - Duration::from_secs(100));
+        set_atime(&newer, input);
+        let dev = Path::new("/dev");
+        assert_eq!(tty_access_time(&dev.join(&newer_line)), Some(input));
+
+        for size in [384, 400] {
+            let dir = tempfile::tempdir().unwrap();
+            // The first path is missing: the second is read.
+            let missing = dir.path().join("var-run-utmp");
+            let utmp = dir.path().join("run-utmp");
+            let paths = [missing.as_path(), utmp.as_path()];
+            let mut bytes = record(size, BOOT_TIME, b"~", b"reboot");
+            bytes.extend(record(size, USER_PROCESS, older_line.as_bytes(), b"ivan"));
+            bytes.extend(record(size, USER_PROCESS, b"no0such0tty", b"judy"));
+            bytes.extend(record(size, DEAD_PROCESS, b"console", b""));
+            bytes.extend(record(size, USER_PROCESS, newer_line.as_bytes(), b"kim"));
+            std::fs::write(&utmp, &bytes).unwrap();
+
+            let later = input + Duration::from_secs(1234);
+            assert_eq!(
+                last_input_seconds_in(&paths, size, dev, later),
+                Some(1234),
+                "{size}-byte records"
+            );
+            // A clock behind the last input reads as just now.
+            assert_eq!(
+                last_input_seconds_in(&paths, size, dev, input - Duration::from_secs(5)),
+                Some(0),
+                "{size}-byte records"
+            );
+            // Only the older terminal logged in: its input counts.
+            let mut bytes = record(size, USER_PROCESS, older_line.as_bytes(), b"ivan");
+            bytes.extend(record(size, DEAD_PROCESS, newer_line.as_bytes(), b""));
+            std::fs::write(&utmp, &bytes).unwrap();
+            assert_eq!(
+                last_input_seconds_in(&paths, size, dev, later),
+                Some(1334),
+                "{size}-byte records"
+            );
+            // Nobody logged in on a terminal, or no utmp at all: no idle time.
+            std::fs::write(&utmp, record(size, BOOT_TIME, b"~", b"reboot")).unwrap();
+            assert_eq!(last_input_seconds_in(&paths, size, dev, later), None);
+            assert_eq!(
+                last_input_seconds_in(&[missing.as_path()], size, dev, later),
+                None
+            );
+        }
     }
 }

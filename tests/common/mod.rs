@@ -7,11 +7,13 @@ pub mod netns;
 pub mod openclaw;
 pub mod raw_ws;
 
-use std::io::{BufRead, BufReader};
+use std::future::Future;
+use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use clawnode::config::Secret;
@@ -31,6 +33,8 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_clawnode");
 pub struct Proc {
     pub child: Child,
     pub log: Arc<Mutex<Vec<String>>>,
+    /// The threads reading its stdout and stderr into `log`.
+    readers: Vec<JoinHandle<()>>,
 }
 
 impl Proc {
@@ -66,9 +70,15 @@ impl Proc {
         let log = Arc::new(Mutex::new(Vec::new()));
         let stdout = child.stdout.take().expect("stdout");
         let stderr = child.stderr.take().expect("stderr");
-        collect_lines(stdout, log.clone());
-        collect_lines(stderr, log.clone());
-        Proc { child, log }
+        let readers = vec![
+            collect_lines(stdout, log.clone()),
+            collect_lines(stderr, log.clone()),
+        ];
+        Proc {
+            child,
+            log,
+            readers,
+        }
     }
 
     pub fn log_text(&self) -> String {
@@ -125,15 +135,113 @@ impl Proc {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
+
+    /// Waits up to `within` for the process to exit by itself, then until
+    /// everything it wrote is in the log (its reader threads joined);
+    /// returns its exit code.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let deadline = Instant::now() + within;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "process did not exit by itself within {within:?}; log:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        // Its pipes close when it exits; reading what is left is quick.
+        let drain = Duration::from_secs(5);
+        let deadline = Instant::now() + drain;
+        for reader in std::mem::take(&mut self.readers) {
+            while !reader.is_finished() {
+                if Instant::now() > deadline {
+                    panic!(
+                        "the process exited but its output was not read to the end within {drain:?} \
+                         (does a child of it hold the pipes?); log so far:\n{}",
+                        self.log_text()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            reader.join().expect("log reader thread");
+        }
+        status.code()
+    }
 }
 
 /// Appends each line read from `source` to `log`, in a thread of its own.
-fn collect_lines(source: impl std::io::Read + Send + 'static, log: Arc<Mutex<Vec<String>>>) {
+fn collect_lines(
+    source: impl std::io::Read + Send + 'static,
+    log: Arc<Mutex<Vec<String>>>,
+) -> JoinHandle<()> {
     std::thread::spawn(move || {
         for line in BufReader::new(source).lines().map_while(Result::ok) {
             log.lock().unwrap().push(line);
         }
-    });
+    })
+}
+
+/// Runs `cmd` to completion (stdin empty, stdout and stderr collected, like
+/// [`Command::output`]) for up to `within`; past that, kills it and panics
+/// naming `what` it was running and what it had written.
+pub fn output_within(mut cmd: Command, within: Duration, what: &str) -> Output {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+    let read_all = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            bytes
+        })
+    };
+    let stdout = read_all(Box::new(child.stdout.take().expect("stdout")));
+    let stderr = read_all(Box::new(child.stderr.take().expect("stderr")));
+    let deadline = Instant::now() + within;
+    let mut timed_out = false;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for the child") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            timed_out = true;
+            break child.wait().expect("wait for the killed child");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    // Its pipes close when it exits; reading what is left is quick.
+    let drain = Duration::from_secs(5);
+    let drain_deadline = Instant::now() + drain;
+    while !(stdout.is_finished() && stderr.is_finished()) {
+        assert!(
+            Instant::now() < drain_deadline,
+            "{what} exited but its output was not read to the end within {drain:?} \
+             (does a child of it hold the pipes?)"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let output = Output {
+        status,
+        stdout: stdout.join().expect("stdout reader"),
+        stderr: stderr.join().expect("stderr reader"),
+    };
+    if timed_out {
+        panic!(
+            "{what} did not finish within {within:?}; stdout:\n{}\nstderr:\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    output
 }
 
 impl Drop for Proc {
@@ -433,30 +541,53 @@ pub fn operator_params(
     )
 }
 
+/// How long a raw client waits for one thing it expects: the socket and
+/// challenge, a response, an event, the close.
+pub const RAW_WAIT: Duration = Duration::from_secs(10);
+
+/// `fut`'s output if it is ready within `limit`; past that, panics saying
+/// what was waited for ("no `presence` event within 10s").
+pub async fn wait_within<T>(what: &str, limit: Duration, fut: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(out) => out,
+        Err(_) => panic!("no {what} within {limit:?}"),
+    }
+}
+
 impl RawClient {
-    /// Opens the socket and reads the challenge.
+    /// Opens the socket and reads the challenge (within [`RAW_WAIT`]).
     pub async fn open(url: &str) -> RawClient {
-        let (mut ws, _) = tokio_tungstenite::connect_async(url)
-            .await
-            .expect("connect");
-        let challenge = loop {
-            match next_frame(&mut ws).await {
-                Some(Frame::Event(e)) if e.event == "connect.challenge" => {
-                    break serde_json::from_value(e.payload).expect("challenge payload")
+        let what = format!("connection with a connect.challenge from {url}");
+        wait_within(&what, RAW_WAIT, async {
+            let (mut ws, _) = tokio_tungstenite::connect_async(url)
+                .await
+                .expect("connect");
+            let challenge = loop {
+                match next_frame(&mut ws).await {
+                    Some(Frame::Event(e)) if e.event == "connect.challenge" => {
+                        break serde_json::from_value(e.payload).expect("challenge payload")
+                    }
+                    Some(_) => continue,
+                    None => panic!("closed before challenge"),
                 }
-                Some(_) => continue,
-                None => panic!("closed before challenge"),
+            };
+            RawClient {
+                ws,
+                challenge,
+                next_id: 0,
             }
-        };
-        RawClient {
-            ws,
-            challenge,
-            next_id: 0,
-        }
+        })
+        .await
     }
 
     pub async fn send_text(&mut self, text: String) {
-        self.ws.send(Message::text(text)).await.expect("send");
+        wait_within(
+            "room to send a frame",
+            RAW_WAIT,
+            self.ws.send(Message::text(text)),
+        )
+        .await
+        .expect("send");
     }
 
     /// Sends `connect` and returns how it ended.
@@ -466,47 +597,50 @@ impl RawClient {
         self.await_response("c1").await
     }
 
-    /// Waits for the response to `id` (skipping events), or the close.
+    /// Waits (within [`RAW_WAIT`]) for the response to `id` (skipping
+    /// events), or the close.
     pub async fn await_response(&mut self, id: &str) -> Outcome {
-        loop {
-            match tokio::time::timeout(Duration::from_secs(10), self.ws.next())
-                .await
-                .expect("response in time")
-            {
-                Some(Ok(Message::Text(t))) => match Frame::parse(&t).expect("frame") {
-                    Frame::Res(r) if r.id == id => {
-                        if r.ok {
-                            return match serde_json::from_value(
-                                r.payload.clone().unwrap_or(Value::Null),
-                            ) {
-                                Ok(h) => Outcome::Hello(Box::new(h)),
-                                Err(_) => Outcome::Closed(None),
-                            };
-                        }
-                        let close = self.read_close().await;
-                        return Outcome::Error(r.error.expect("error"), close);
-                    }
-                    _ => continue,
-                },
-                Some(Ok(Message::Close(f))) => return Outcome::Closed(f),
-                Some(Ok(_)) => continue,
-                Some(Err(_)) | None => return Outcome::Closed(None),
+        let ws = &mut self.ws;
+        let what = format!("response to `{id}` (nor the close)");
+        let answer = wait_within(&what, RAW_WAIT, async {
+            loop {
+                match ws.next().await {
+                    Some(Ok(Message::Text(t))) => match Frame::parse(&t).expect("frame") {
+                        Frame::Res(r) if r.id == id => return Ok(r),
+                        _ => continue,
+                    },
+                    Some(Ok(Message::Close(f))) => return Err(f),
+                    Some(Ok(_)) => continue,
+                    Some(Err(_)) | None => return Err(None),
+                }
             }
+        })
+        .await;
+        match answer {
+            Ok(r) if r.ok => match serde_json::from_value(r.payload.unwrap_or(Value::Null)) {
+                Ok(h) => Outcome::Hello(Box::new(h)),
+                Err(_) => Outcome::Closed(None),
+            },
+            Ok(r) => {
+                let close = self.read_close().await;
+                Outcome::Error(r.error.expect("error"), close)
+            }
+            Err(close) => Outcome::Closed(close),
         }
     }
 
-    /// Reads until the close frame.
+    /// Reads until the close frame (within [`RAW_WAIT`]).
     pub async fn read_close(&mut self) -> Option<CloseFrame> {
-        loop {
-            match tokio::time::timeout(Duration::from_secs(10), self.ws.next())
-                .await
-                .expect("close in time")
-            {
-                Some(Ok(Message::Close(f))) => return f,
-                Some(Ok(_)) => continue,
-                Some(Err(_)) | None => return None,
+        wait_within("close frame (nor the end of the stream)", RAW_WAIT, async {
+            loop {
+                match self.ws.next().await {
+                    Some(Ok(Message::Close(f))) => return f,
+                    Some(Ok(_)) => continue,
+                    Some(Err(_)) | None => return None,
+                }
             }
-        }
+        })
+        .await
     }
 
     /// A request after connect; returns the response payload or error.
@@ -515,32 +649,38 @@ impl RawClient {
         let id = format!("r{}", self.next_id);
         self.send_text(Frame::request(id.clone(), method, params).to_text())
             .await;
-        loop {
-            match tokio::time::timeout(Duration::from_secs(10), next_frame(&mut self.ws))
-                .await
-                .expect("answer in time")
-            {
-                Some(Frame::Res(r)) if r.id == id => {
-                    return match r.error.filter(|_| !r.ok) {
-                        Some(e) => Err(e),
-                        None => Ok(r.payload.unwrap_or(Value::Null)),
+        let what = format!("answer to `{method}`");
+        wait_within(&what, RAW_WAIT, async {
+            loop {
+                match next_frame(&mut self.ws).await {
+                    Some(Frame::Res(r)) if r.id == id => {
+                        return match r.error.filter(|_| !r.ok) {
+                            Some(e) => Err(e),
+                            None => Ok(r.payload.unwrap_or(Value::Null)),
+                        }
                     }
+                    Some(_) => continue,
+                    None => panic!("connection closed while waiting for {method}"),
                 }
-                Some(_) => continue,
-                None => panic!("connection closed while waiting for {method}"),
             }
-        }
+        })
+        .await
     }
 
-    /// Waits for an event by name.
+    /// Waits (within [`RAW_WAIT`]) for an event by name; `None` when the
+    /// connection closes first.
     pub async fn next_event(&mut self, name: &str) -> Option<clawnode::protocol::EventFrame> {
-        loop {
-            match next_frame(&mut self.ws).await {
-                Some(Frame::Event(e)) if e.event == name => return Some(e),
-                Some(_) => continue,
-                None => return None,
+        let what = format!("`{name}` event");
+        wait_within(&what, RAW_WAIT, async {
+            loop {
+                match next_frame(&mut self.ws).await {
+                    Some(Frame::Event(e)) if e.event == name => return Some(e),
+                    Some(_) => continue,
+                    None => return None,
+                }
             }
-        }
+        })
+        .await
     }
 }
 
@@ -602,11 +742,16 @@ fn scrub_env(cmd: &mut Command) {
     cmd.env("CLAWNODE_CONFIG", "/dev/null");
 }
 
-/// Runs the binary to completion: (exit code, stdout, stderr).
+/// How long a CLI run may take (its network calls time out after 10 s).
+pub const CLI_WAIT: Duration = Duration::from_secs(30);
+
+/// Runs the binary to completion (within [`CLI_WAIT`]): (exit code, stdout,
+/// stderr).
 pub fn run_cli(args: &[&str]) -> (i32, String, String) {
     let mut cmd = Command::new(BIN);
     scrub_env(&mut cmd);
-    let out = cmd.args(args).output().expect("run clawnode");
+    cmd.args(args);
+    let out = output_within(cmd, CLI_WAIT, &format!("clawnode {args:?}"));
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -620,11 +765,17 @@ pub fn run_cli(args: &[&str]) -> (i32, String, String) {
 /// for a moment after its answer arrived; the listener then refuses with a
 /// 503 written before it reads the request, and closing with the request
 /// unread resets the socket. Such a reset is retried.
+///
+/// Each step (connect, send, every read) waits up to 10 s.
 pub fn http(addr: SocketAddr, request: &str) -> (u16, String, String) {
+    let step = Duration::from_secs(10);
+    let what = request.lines().next().unwrap_or(request);
     let mut attempts = 0;
     let raw = loop {
-        let mut s = std::net::TcpStream::connect(addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut s = std::net::TcpStream::connect_timeout(&addr, step)
+            .unwrap_or_else(|e| panic!("{what:?}: no connection to {addr} within {step:?}: {e}"));
+        s.set_read_timeout(Some(step)).unwrap();
+        s.set_write_timeout(Some(step)).unwrap();
         let mut raw = Vec::new();
         let sent = std::io::Write::write_all(&mut s, request.as_bytes());
         match sent.and_then(|()| std::io::Read::read_to_end(&mut s, &mut raw)) {
@@ -633,7 +784,10 @@ pub fn http(addr: SocketAddr, request: &str) -> (u16, String, String) {
                 attempts += 1;
                 std::thread::sleep(Duration::from_millis(20));
             }
-            Err(e) => panic!("{e}"),
+            Err(e) => panic!(
+                "{what:?} to {addr}: no complete answer ({e}; {attempts} resets retried, \
+                 each read waits up to {step:?})"
+            ),
         }
     };
     let text = String::from_utf8(raw).unwrap();

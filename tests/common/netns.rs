@@ -4,6 +4,7 @@
 //! test process id; everything is removed on drop.
 
 use std::process::Command;
+use std::time::Duration;
 
 /// Whether this process may create namespaces (root).
 pub fn available() -> bool {
@@ -48,10 +49,9 @@ pub struct Netns {
 }
 
 fn ip(args: &[&str]) {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .expect("run ip (iproute2)");
+    let mut cmd = Command::new("ip");
+    cmd.args(args);
+    let out = super::output_within(cmd, Duration::from_secs(10), &format!("ip {args:?}"));
     assert!(
         out.status.success(),
         "ip {args:?}: {}",

@@ -12,15 +12,23 @@ use serde_json::Value;
 
 use super::Proc;
 
+/// How long one `openclaw` CLI run may take (Node.js and OpenClaw start
+/// slowly on a loaded machine).
+pub const OPENCLAW_CLI_WAIT: Duration = Duration::from_secs(120);
+
 /// The peers' cache directory (installing them on first use).
 pub fn cache() -> &'static Path {
     static CACHE: OnceLock<PathBuf> = OnceLock::new();
     CACHE.get_or_init(|| {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/openclaw-peers.sh");
-        let out = Command::new("bash")
-            .arg(&script)
-            .output()
-            .expect("run scripts/openclaw-peers.sh");
+        let mut cmd = Command::new("bash");
+        cmd.arg(&script);
+        // The first run downloads and installs about 330 npm packages.
+        let out = super::output_within(
+            cmd,
+            Duration::from_secs(20 * 60),
+            "scripts/openclaw-peers.sh",
+        );
         assert!(
             out.status.success(),
             "scripts/openclaw-peers.sh failed:\n{}",
@@ -90,9 +98,14 @@ impl OpenClawHome {
         }
     }
 
-    /// Runs `openclaw ARGS` to completion; panics with its output on failure.
+    /// Runs `openclaw ARGS` to completion (within [`OPENCLAW_CLI_WAIT`]);
+    /// panics with its output on failure.
     pub fn run(&self, args: &[&str]) -> String {
-        let out = self.command(args).output().expect("run openclaw");
+        let out = super::output_within(
+            self.command(args),
+            OPENCLAW_CLI_WAIT,
+            &format!("openclaw {args:?}"),
+        );
         assert!(
             out.status.success(),
             "openclaw {args:?} failed ({}):\n{}\n{}",

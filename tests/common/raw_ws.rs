@@ -78,7 +78,13 @@ pub struct RawWs {
 impl RawWs {
     /// Connects and upgrades (RFC 6455 opening handshake).
     pub async fn connect(addr: std::net::SocketAddr) -> RawWs {
-        let mut stream = TcpStream::connect(addr).await.expect("tcp connect");
+        let mut stream = super::wait_within(
+            &format!("TCP connection to {addr}"),
+            super::RAW_WAIT,
+            TcpStream::connect(addr),
+        )
+        .await
+        .expect("tcp connect");
         let request = format!(
             "GET / HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
@@ -90,10 +96,13 @@ impl RawWs {
                 break i + 4;
             }
             let mut chunk = [0u8; 1024];
-            let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk))
-                .await
-                .expect("upgrade response in time")
-                .expect("read upgrade response");
+            let n = super::wait_within(
+                "upgrade response",
+                Duration::from_secs(5),
+                stream.read(&mut chunk),
+            )
+            .await
+            .expect("read upgrade response");
             assert!(n > 0, "closed during upgrade");
             buf.extend_from_slice(&chunk[..n]);
         };
@@ -108,9 +117,16 @@ impl RawWs {
         RawWs { stream, buf }
     }
 
-    /// Writes bytes; `false` when the server has already gone.
+    /// Writes bytes; `false` when the server has already gone. Panics when
+    /// the server neither takes them nor goes within [`super::RAW_WAIT`].
     pub async fn write(&mut self, bytes: &[u8]) -> bool {
-        self.stream.write_all(bytes).await.is_ok()
+        let what = format!(
+            "room to write {} bytes (the server neither read them nor closed)",
+            bytes.len()
+        );
+        super::wait_within(&what, super::RAW_WAIT, self.stream.write_all(bytes))
+            .await
+            .is_ok()
     }
 
     pub async fn send(&mut self, frame: &RawFrame) -> bool {
