@@ -7,8 +7,7 @@ use std::process::Command;
 
 /// Whether this process may create namespaces (root).
 pub fn available() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
+    rustix::process::geteuid().is_root()
 }
 
 /// For the tests marked `#[ignore = "needs root…"]`: they run only when
