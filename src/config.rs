@@ -198,8 +198,7 @@ impl Env {
     pub fn from_process() -> Env {
         Env {
             vars: std::env::vars().collect(),
-            // SAFETY: geteuid has no preconditions and cannot fail.
-            is_root: unsafe { libc::geteuid() } == 0,
+            is_root: rustix::process::geteuid().is_root(),
             default_config: Some(PathBuf::from(DEFAULT_CONFIG_FILE)),
         }
     }

@@ -5,6 +5,8 @@
 //! **gateway** itself (presence store + WebSocket server). Both speak the
 //! types in [`protocol`], the single definition of every frame.
 
+#![forbid(unsafe_code)]
+
 pub mod agent;
 pub mod cli;
 pub mod client;

@@ -231,8 +231,7 @@ fn parse_journal_entry(mut data: &[u8]) -> HashMap<String, String> {
 /// The journald tests run only when asked (see #[ignore]); then a missing
 /// piece fails them.
 fn require_mount_namespaces() {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
+    let root = rustix::process::geteuid().is_root();
     assert!(
         root,
         "the journald tests need root (a private mount namespace): cargo test -- --ignored as root"

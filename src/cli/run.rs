@@ -133,27 +133,23 @@ async fn run_role(
 /// Raises the soft open-file limit to the hard one (systemd's default soft
 /// limit is 1024, far below what a gateway holding a fleet needs; the hard
 /// limit is the administrator's real ceiling). Returns the limit now in force.
+/// An unlimited value reads as `u64::MAX` (`RLIM_INFINITY`).
 fn raise_open_file_limit() -> std::io::Result<u64> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit on our own process with a valid pointer.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        if lim.rlim_cur < lim.rlim_max {
-            let raised = libc::rlimit {
-                rlim_cur: lim.rlim_max,
-                rlim_max: lim.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                return Ok(raised.rlim_cur);
-            }
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    // `None` is RLIM_INFINITY, the largest limit.
+    let lim = getrlimit(Resource::Nofile);
+    let current = lim.current.unwrap_or(u64::MAX);
+    let maximum = lim.maximum.unwrap_or(u64::MAX);
+    if current < maximum {
+        let raised = Rlimit {
+            current: lim.maximum,
+            maximum: lim.maximum,
+        };
+        if setrlimit(Resource::Nofile, raised).is_ok() {
+            return Ok(maximum);
         }
     }
-    Ok(lim.rlim_cur)
+    Ok(current)
 }
 
 /// The gateway's token: the configured one, else `<state-dir>/gateway.token`,

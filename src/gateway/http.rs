@@ -232,10 +232,39 @@ fn reason_phrase(status: u16) -> &'static str {
     }
 }
 
-/// The Instances page's policy: its own inline script and style, WebSocket
-/// back to this origin, nothing else.
-const PAGE_CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
-     connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+/// The Instances page's policy: its own inline script and style (allowed by
+/// the SHA-256 of their text as served), WebSocket back to this origin,
+/// nothing else.
+fn page_csp() -> &'static str {
+    static CSP: OnceLock<String> = OnceLock::new();
+    CSP.get_or_init(|| {
+        format!(
+            "default-src 'none'; script-src {}; style-src {}; connect-src 'self'; img-src data:; \
+             base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+            inline_hashes(page(), "script"),
+            inline_hashes(page(), "style"),
+        )
+    })
+}
+
+/// The CSP hash sources (`'sha256-<base64>'`, space-separated) of the text
+/// of every `<tag>…</tag>` element (written without attributes) in `html`.
+fn inline_hashes(html: &str, tag: &str) -> String {
+    use base64::Engine as _;
+    use sha2::{Digest, Sha256};
+    let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
+    let mut sources = Vec::new();
+    let mut rest = html;
+    while let Some(start) = rest.find(&open) {
+        let body = &rest[start + open.len()..];
+        let Some(end) = body.find(&close) else { break };
+        let digest = Sha256::digest(&body.as_bytes()[..end]);
+        let b64 = base64::engine::general_purpose::STANDARD.encode(digest);
+        sources.push(format!("'sha256-{b64}'"));
+        rest = &body[end + close.len()..];
+    }
+    sources.join(" ")
+}
 
 /// The Instances page with this build's version and status thresholds.
 fn page() -> &'static str {
@@ -267,7 +296,7 @@ pub fn respond(req: &PlainRequest, shared: &Shared, ready: Result<(), String>) -
             status: 200,
             content_type: "text/html; charset=utf-8",
             headers: vec![
-                ("Content-Security-Policy", PAGE_CSP.into()),
+                ("Content-Security-Policy", page_csp().into()),
                 ("Referrer-Policy", "no-referrer".into()),
                 ("X-Frame-Options", "DENY".into()),
             ],
@@ -435,6 +464,66 @@ mod tests {
         }
         many.push_str("\r\n");
         assert_eq!(parse(many.as_bytes()).unwrap_err().status, Some(431));
+    }
+
+    #[test]
+    fn inline_elements_are_allowed_by_their_hash() {
+        // The example of the CSP specification.
+        assert_eq!(
+            inline_hashes("<p><script>alert('Hello, world.');</script>", "script"),
+            "'sha256-qznLcsROx4GACP2dm0UCKCzCG+HiZ1guq6ZZDob/Tng='"
+        );
+        assert_eq!(
+            inline_hashes("<style>a</style><style>b</style>", "style")
+                .matches("'sha256-")
+                .count(),
+            2
+        );
+        assert_eq!(inline_hashes("<p>no script</p>", "script"), "");
+    }
+
+    #[test]
+    fn the_page_policy_names_its_one_script_and_one_style() {
+        let csp = page_csp();
+        // No keyword that lifts the policy: only 'none', 'self' and hashes.
+        for source in csp.split([' ', ';']).filter(|s| s.starts_with('\'')) {
+            assert!(
+                source == "'none'" || source == "'self'" || source.starts_with("'sha256-"),
+                "{source} in {csp}"
+            );
+        }
+        for directive in ["script-src", "style-src"] {
+            let sources = csp
+                .split("; ")
+                .find_map(|d| d.strip_prefix(directive))
+                .unwrap_or_else(|| panic!("no {directive}: {csp}"));
+            assert_eq!(sources.matches("'sha256-").count(), 1, "{csp}");
+        }
+        // Hashes cover elements only: the markup must have no inline
+        // `style="…"` attributes or `on…=` event handlers, and no element
+        // with attributes that `inline_hashes` would skip.
+        let page = page();
+        let markup: String = page
+            .split("<script>")
+            .map(|part| {
+                part.split_once("</script>")
+                    .map_or(part, |(_, after)| after)
+            })
+            .collect();
+        let markup: String = markup
+            .split("<style>")
+            .map(|part| part.split_once("</style>").map_or(part, |(_, after)| after))
+            .collect();
+        assert!(!markup.contains(" style="), "an inline style attribute");
+        assert!(!markup.contains("<script ") && !markup.contains("<style "));
+        let handler = markup.split(|c: char| c.is_whitespace()).any(|word| {
+            word.strip_prefix("on").is_some_and(|rest| {
+                rest.split_once('=').is_some_and(|(name, _)| {
+                    !name.is_empty() && name.chars().all(|c| c.is_ascii_lowercase())
+                })
+            })
+        });
+        assert!(!handler, "an inline event handler");
     }
 
     #[test]

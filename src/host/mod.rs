@@ -140,20 +140,8 @@ fn kernel_release() -> Option<String> {
 }
 
 fn uname_release() -> Option<String> {
-    // SAFETY: `utsname` is plain arrays of `c_char`, for which all-zero bytes
-    // are a valid value; `uname` only writes into the struct we pass.
-    let mut uts: libc::utsname = unsafe { std::mem::zeroed() };
-    // SAFETY: `uts` is a valid, writable `utsname` for the whole call.
-    if unsafe { libc::uname(&mut uts) } != 0 {
-        return None;
-    }
-    let bytes: Vec<u8> = uts
-        .release
-        .iter()
-        .map(|c| c.to_ne_bytes()[0])
-        .take_while(|&b| b != 0)
-        .collect();
-    Some(String::from_utf8_lossy(&bytes).into_owned())
+    let uts = rustix::system::uname();
+    Some(uts.release().to_string_lossy().into_owned())
 }
 
 /// Picks the model identifier: a usable DMI product name, else a usable

@@ -1,8 +1,6 @@
 //! The `node.host.stats` resource snapshot.
 
-use std::ffi::CString;
 use std::fmt;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use sysinfo::{MemoryRefreshKind, System};
@@ -81,15 +79,19 @@ impl HostStatsSampler {
     }
 }
 
-/// Online logical CPUs: `sysconf(_SC_NPROCESSORS_ONLN)`, which counts the
+/// Where Linux lists the online CPUs, as ranges (`0-3,6,8-11`).
+const SYS_CPU_ONLINE: &str = "/sys/devices/system/cpu/online";
+
+/// Online logical CPUs: the ranges in `/sys/devices/system/cpu/online`
+/// (what glibc's `sysconf(_SC_NPROCESSORS_ONLN)` reads), which counts the
 /// host's CPUs the way Node does, rather than `available_parallelism`,
 /// which shrinks to our cgroup quota or affinity mask. Falls back to
 /// `available_parallelism`, then 1.
 fn cpu_count() -> u32 {
-    // SAFETY: `sysconf` has no preconditions; it only reads system config.
-    let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
-    let count = u64::try_from(online)
+    let online = std::fs::read_to_string(SYS_CPU_ONLINE)
         .ok()
+        .and_then(|text| count_cpu_list(&text));
+    let count = online
         .filter(|&n| n > 0)
         .or_else(|| {
             std::thread::available_parallelism()
@@ -98,6 +100,26 @@ fn cpu_count() -> u32 {
         })
         .unwrap_or(1);
     clamp_cpu_count(count)
+}
+
+/// The number of CPUs in a kernel CPU list (`0-3,6,8-11` is 9); `None` if
+/// it does not parse.
+fn count_cpu_list(text: &str) -> Option<u64> {
+    let text = text.trim();
+    if text.is_empty() {
+        return None;
+    }
+    text.split(',').try_fold(0u64, |total, part| {
+        let (first, last) = match part.split_once('-') {
+            Some((a, b)) => (a.trim().parse::<u64>().ok()?, b.trim().parse::<u64>().ok()?),
+            None => {
+                let n = part.trim().parse::<u64>().ok()?;
+                (n, n)
+            }
+        };
+        let span = last.checked_sub(first)?.checked_add(1)?;
+        total.checked_add(span)
+    })
 }
 
 fn clamp_cpu_count(count: u64) -> u32 {
@@ -132,24 +154,9 @@ fn disk_usage(path: &Path) -> Option<(u64, u64)> {
         .find_map(statvfs_usage)
 }
 
-// `fsblkcnt_t` and `c_ulong` are `u64` here but `u32` on some 32-bit
-// targets, so the `u64::from` calls are only useless on this one.
-#[allow(clippy::useless_conversion)]
 fn statvfs_usage(path: &Path) -> Option<(u64, u64)> {
-    let c_path = CString::new(path.as_os_str().as_bytes()).ok()?;
-    // SAFETY: `statvfs` is plain integers; all-zero bytes are a valid value.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c_path` is NUL-terminated and `st` is a valid, writable
-    // `statvfs` for the duration of the call.
-    if unsafe { libc::statvfs(c_path.as_ptr(), &mut st) } != 0 {
-        return None;
-    }
-    disk_from_counts(
-        u64::from(st.f_blocks),
-        u64::from(st.f_bavail),
-        u64::from(st.f_frsize),
-        u64::from(st.f_bsize),
-    )
+    let st = rustix::fs::statvfs(path).ok()?;
+    disk_from_counts(st.f_blocks, st.f_bavail, st.f_frsize, st.f_bsize)
 }
 
 /// Byte totals from `statvfs` block counts. The unit is `f_frsize`, or
@@ -235,6 +242,16 @@ mod tests {
         assert_eq!(load_triplet([f64::NAN, 1.0, 1.0]), None);
         assert_eq!(load_triplet([-1.0, 1.0, 1.0]), None);
         assert_eq!(load_triplet([1.0, 200_000.0, 1.0]), None);
+    }
+
+    #[test]
+    fn cpu_lists_are_counted() {
+        assert_eq!(count_cpu_list("0\n"), Some(1));
+        assert_eq!(count_cpu_list("0-3\n"), Some(4));
+        assert_eq!(count_cpu_list("0-3,6,8-11\n"), Some(9));
+        assert_eq!(count_cpu_list(""), None);
+        assert_eq!(count_cpu_list("3-1"), None);
+        assert_eq!(count_cpu_list("0-x"), None);
     }
 
     #[test]

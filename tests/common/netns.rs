@@ -8,8 +8,7 @@ use std::time::Duration;
 
 /// Whether this process may create namespaces (root).
 pub fn available() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
+    rustix::process::geteuid().is_root()
 }
 
 /// For the tests marked `#[ignore = "needs root…"]`: they run only when

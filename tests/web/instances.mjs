@@ -83,6 +83,16 @@ try {
   const page = await ctx.newPage();
   const requests = [];
   page.on("request", (r) => requests.push(r.url()));
+  // Chromium logs a blocked inline script or style (Content-Security-Policy)
+  // to the console: any such line fails the test.
+  const violations = [];
+  const watchPolicy = (p) => p.on("console", (m) => {
+    if (/Content.Security.Policy/i.test(m.text())) violations.push(m.text());
+  });
+  const checkPolicy = () => {
+    if (violations.length) fail(`Content-Security-Policy violations: ${JSON.stringify(violations)}`);
+  };
+  watchPolicy(page);
   await page.goto(GATEWAY + "/");
   await page.waitForSelector("#auth:not([hidden])", { timeout: 10000 });
   await page.fill("#token", "wrong-token");
@@ -96,6 +106,7 @@ try {
   // 2. The token in the fragment: taken, then removed from the address bar.
   const live = await ctx.newPage();
   live.on("request", (r) => requests.push(r.url()));
+  watchPolicy(live);
   await live.goto(`${GATEWAY}/#token=${encodeURIComponent(TOKEN)}`);
   const rows = await waitRows(live, "the gateway and both agents, all Active", (r) =>
     r.some((x) => x.mode === "gateway" && x.status === "Active") &&
@@ -104,6 +115,7 @@ try {
   if (requests.some((u) => u.includes(TOKEN))) fail("the token was sent in a request URL");
   if (rows[0].mode !== "gateway") fail(`the gateway is not first: ${JSON.stringify(rows)}`);
   const counts = await live.$eval("#counts", (e) => e.textContent.replace(/\s+/g, " ").trim());
+  checkPolicy();
   emit({ step: "ready", rows, counts });
 
   // 3. The test stops one agent: its row changes live (no reload).
@@ -139,6 +151,7 @@ try {
     if (filled && p.Active < 20) fail(`no green dot in the screenshot for ${p.instance}: ${JSON.stringify(p)}`);
     if (!filled && p.Active > 0) fail(`a left row has a filled green dot: ${JSON.stringify(p)}`);
   }
+  checkPolicy();
   emit({ step: "done", rows: after, counts: leftCounts, searched: searched.length, detail, pixels });
   await ctx.close();
 } finally {

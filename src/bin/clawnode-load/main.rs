@@ -16,6 +16,8 @@
 //! The token comes from `--token-file` or `CLAWNODE_TOKEN`, never argv.
 //! See scripts/load.sh and docs/PERFORMANCE.md.
 
+#![forbid(unsafe_code)]
+
 mod node;
 mod report;
 
@@ -105,16 +107,16 @@ fn token(args: &Args) -> Result<Option<Secret>> {
 
 /// Raises the soft open-file limit to the hard one: one socket per node.
 fn raise_nofile() {
-    // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
-    unsafe {
-        let mut lim = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    // `None` is RLIM_INFINITY, the largest limit.
+    let lim = getrlimit(Resource::Nofile);
+    if lim.current.unwrap_or(u64::MAX) < lim.maximum.unwrap_or(u64::MAX) {
+        let raised = Rlimit {
+            current: lim.maximum,
+            maximum: lim.maximum,
         };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
+        // Best effort: on failure the soft limit stays as it was.
+        let _ = setrlimit(Resource::Nofile, raised);
     }
 }
 

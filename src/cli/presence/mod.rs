@@ -59,10 +59,8 @@ fn style(args: &PresenceArgs) -> Style {
 
 /// The terminal's (columns, rows), if stdout is one.
 fn terminal_size() -> Option<(usize, usize)> {
-    // SAFETY: TIOCGWINSZ only writes a `winsize` into the struct we pass.
-    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
-    let ok = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut ws) } == 0;
-    (ok && ws.ws_col > 0).then_some((ws.ws_col as usize, ws.ws_row as usize))
+    let ws = rustix::termios::tcgetwinsize(std::io::stdout()).ok()?;
+    (ws.ws_col > 0).then_some((ws.ws_col as usize, ws.ws_row as usize))
 }
 
 /// A presence list as received: the raw objects (for `--json`, unchanged)

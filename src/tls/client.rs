@@ -1,116 +1,19 @@
-//! TLS for both roles, in one place.
-//!
-//! Client side (the agent and `clawnode presence`): [`client_connector`] is
-//! the one function that decides how a gateway URL is reached. `wss://` is
-//! verified either against the system roots (WebPKI: CA chain, host name,
-//! validity) or, with a pinned certificate fingerprint, only by the SHA-256
-//! of the server's certificate — as OpenClaw's `--tls-fingerprint` does
-//! (it connects with `rejectUnauthorized: false` and compares the peer
-//! certificate's `fingerprint256`). Plaintext `ws://` is refused to hosts
-//! that are not loopback, private or link-local ([`check_url`]), like
-//! OpenClaw's `isSecureWebSocketUrl`, unless explicitly allowed.
-//!
-//! Server side (the gateway): [`ServerTls::load`] reads the PEM pair once at
-//! start-up; [`accept`] runs the TLS handshake on an accepted socket (the
-//! caller bounds it by the connection's handshake deadline).
-//!
-//! The crypto provider is *ring*, passed explicitly to every config, so no
-//! process-wide default provider is needed.
+//! The client side (the agent and `clawnode presence`): how a gateway URL
+//! is reached, with the system roots or a pinned certificate.
 
 use std::fmt;
-use std::io;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use anyhow::{anyhow, bail, Result};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::{CertificateError, DigitallySignedStruct, OtherError, SignatureScheme};
-use rustls_pki_types::pem::PemObject as _;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use sha2::{Digest as _, Sha256};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio_tungstenite::tungstenite::http::Uri;
 use tokio_tungstenite::Connector;
 
-fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-// ---------------------------------------------------------------------------
-// Fingerprints
-// ---------------------------------------------------------------------------
-
-/// The SHA-256 of a certificate's DER encoding. Shown as `sha256:<hex>`.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub struct Fingerprint([u8; 32]);
-
-impl Fingerprint {
-    /// Parses a pin as OpenClaw's `normalizeTlsFingerprint` does: surrounding
-    /// whitespace and an optional `sha256:` prefix (any case) are ignored;
-    /// then either 64 hex digits or 32 colon-separated hex pairs, any case.
-    pub fn parse(text: &str) -> Option<Fingerprint> {
-        let t = text.trim();
-        let t = match t.get(..7) {
-            Some(p) if p.eq_ignore_ascii_case("sha256:") => &t[7..],
-            _ => t,
-        };
-        let hex: String = if t.len() == 64 {
-            t.to_string()
-        } else if t.len() == 95 && t.split(':').all(|pair| pair.len() == 2) {
-            t.split(':').collect()
-        } else {
-            return None;
-        };
-        let mut out = [0u8; 32];
-        for (i, byte) in out.iter_mut().enumerate() {
-            let pair = hex.get(2 * i..2 * i + 2)?;
-            if !pair.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return None;
-            }
-            *byte = u8::from_str_radix(pair, 16).ok()?;
-        }
-        Some(Fingerprint(out))
-    }
-
-    pub fn of_der(der: &[u8]) -> Fingerprint {
-        Fingerprint(Sha256::digest(der).into())
-    }
-
-    /// The fingerprint of the first (leaf) certificate in a PEM file.
-    pub fn of_cert_file(path: &Path) -> Result<Fingerprint> {
-        let certs = read_certs(path)?;
-        Ok(Fingerprint::of_der(&certs[0]))
-    }
-}
-
-impl fmt::Display for Fingerprint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("sha256:")?;
-        for b in self.0 {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
-    }
-}
-
-impl fmt::Debug for Fingerprint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
-}
-
-/// The hint shown with every invalid pin.
-pub const FINGERPRINT_FORMAT: &str =
-    "expected sha256:<64 hex digits> (colons between byte pairs and any case are accepted)";
-
-// ---------------------------------------------------------------------------
-// Client
-// ---------------------------------------------------------------------------
+use super::{provider, Fingerprint};
 
 /// How a client reaches the gateway: an optional certificate pin, and
 /// whether plaintext `ws://` to a public host is allowed.
@@ -395,168 +298,6 @@ fn describe_certificate_error(e: &CertificateError) -> String {
     }
 }
 
-// ---------------------------------------------------------------------------
-// Server
-// ---------------------------------------------------------------------------
-
-/// Where the gateway's certificate chain and private key are (PEM).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServerTlsFiles {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-}
-
-/// The gateway's loaded TLS identity: the acceptor and the fingerprint of
-/// its certificate (what agents pin).
-#[derive(Clone)]
-pub struct ServerTls {
-    acceptor: tokio_rustls::TlsAcceptor,
-    pub fingerprint: Fingerprint,
-}
-
-impl fmt::Debug for ServerTls {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ServerTls")
-            .field("fingerprint", &self.fingerprint)
-            .finish_non_exhaustive()
-    }
-}
-
-fn read_pem(path: &Path, what: &str) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|e| anyhow!("cannot read TLS {what} {}: {e}", path.display()))
-}
-
-fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
-    let pem = read_pem(path, "certificate")?;
-    let certs = CertificateDer::pem_slice_iter(&pem)
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| anyhow!("invalid TLS certificate {}: {e}", path.display()))?;
-    if certs.is_empty() {
-        bail!(
-            "invalid TLS certificate {}: no PEM CERTIFICATE block",
-            path.display()
-        );
-    }
-    Ok(certs)
-}
-
-impl ServerTls {
-    /// Reads and checks the PEM pair; every error is one line naming the
-    /// file (unreadable, not PEM, no key, key not matching the certificate).
-    pub fn load(files: &ServerTlsFiles) -> Result<ServerTls> {
-        let certs = read_certs(&files.cert)?;
-        let fingerprint = Fingerprint::of_der(&certs[0]);
-        let key_pem = read_pem(&files.key, "key")?;
-        let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
-            anyhow!(
-                "invalid TLS key {}: {}",
-                files.key.display(),
-                match e {
-                    rustls_pki_types::pem::Error::NoItemsFound =>
-                        "no PEM PRIVATE KEY block".to_string(),
-                    other => other.to_string(),
-                }
-            )
-        })?;
-        let config = rustls::ServerConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| anyhow!("TLS setup failed: {e}"))?
-            .with_no_client_auth()
-            .with_single_cert(certs, key)
-            .map_err(|e| match e {
-                rustls::Error::InconsistentKeys(_) => anyhow!(
-                    "TLS key {} does not match certificate {}",
-                    files.key.display(),
-                    files.cert.display()
-                ),
-                other => anyhow!(
-                    "invalid TLS key {} or certificate {}: {other}",
-                    files.key.display(),
-                    files.cert.display()
-                ),
-            })?;
-        Ok(ServerTls {
-            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
-            fingerprint,
-        })
-    }
-}
-
-/// An accepted gateway connection, with or without TLS.
-pub enum ServerStream {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
-}
-
-/// Runs the server side of the TLS handshake when `tls` is configured.
-/// Unbounded in time: the caller applies the handshake deadline.
-pub async fn accept(stream: TcpStream, tls: Option<&ServerTls>) -> io::Result<ServerStream> {
-    match tls {
-        None => Ok(ServerStream::Plain(stream)),
-        Some(tls) => Ok(ServerStream::Tls(Box::new(
-            tls.acceptor.accept(stream).await?,
-        ))),
-    }
-}
-
-impl AsyncRead for ServerStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ServerStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            ServerStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for ServerStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            ServerStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            ServerStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ServerStream::Plain(s) => Pin::new(s).poll_flush(cx),
-            ServerStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ServerStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            ServerStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            ServerStream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            ServerStream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            ServerStream::Plain(s) => s.is_write_vectored(),
-            ServerStream::Tls(s) => s.is_write_vectored(),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -587,38 +328,6 @@ mod tests {
     }
 
     const HEX: &str = "ab12cd34ef56ab12cd34ef56ab12cd34ef56ab12cd34ef56ab12cd34ef56ab12";
-
-    #[test]
-    fn fingerprints_parse_like_openclaw() {
-        let canonical = Fingerprint::parse(HEX).unwrap();
-        assert_eq!(canonical.to_string(), format!("sha256:{HEX}"));
-        let colons: String = HEX
-            .as_bytes()
-            .chunks(2)
-            .map(|c| std::str::from_utf8(c).unwrap())
-            .collect::<Vec<_>>()
-            .join(":");
-        for text in [
-            format!("sha256:{HEX}"),
-            format!("SHA256:{}", HEX.to_uppercase()),
-            format!("  {colons}\n"),
-            format!("sha256:{}", colons.to_uppercase()),
-        ] {
-            assert_eq!(Fingerprint::parse(&text), Some(canonical), "{text}");
-        }
-        for bad in [
-            "",
-            "sha256:",
-            &HEX[..62],
-            &format!("{HEX}00"),
-            &format!("sha1:{HEX}"),
-            &HEX.replace('a', "g"),
-            &format!("{}::", &colons[..92]),
-            &format!("sha256: {HEX}"),
-        ] {
-            assert_eq!(Fingerprint::parse(bad), None, "{bad:?}");
-        }
-    }
 
     #[test]
     fn plaintext_hosts_follow_openclaws_rule() {
@@ -696,50 +405,5 @@ mod tests {
             client_connector("wss://127.0.0.1:1", &pinned),
             Ok(Connector::Rustls(_))
         ));
-    }
-
-    #[test]
-    fn server_files_errors_name_the_file() {
-        let tmp = tempfile::tempdir().unwrap();
-        let cert = tmp.path().join("cert.pem");
-        let key = tmp.path().join("key.pem");
-        let files = ServerTlsFiles {
-            cert: cert.clone(),
-            key: key.clone(),
-        };
-        let err = |f: &ServerTlsFiles| format!("{:#}", ServerTls::load(f).unwrap_err());
-        let e = err(&files);
-        assert!(
-            e.contains("cannot read TLS certificate") && e.contains("cert.pem"),
-            "{e}"
-        );
-        std::fs::write(&cert, "not pem\n").unwrap();
-        let e = err(&files);
-        assert!(
-            e.contains("invalid TLS certificate") && e.contains("cert.pem"),
-            "{e}"
-        );
-
-        let a = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-        let b = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-        std::fs::write(&cert, a.cert.pem()).unwrap();
-        let e = err(&files);
-        assert!(
-            e.contains("cannot read TLS key") && e.contains("key.pem"),
-            "{e}"
-        );
-        std::fs::write(&key, a.cert.pem()).unwrap();
-        let e = err(&files);
-        assert!(
-            e.contains("invalid TLS key") && e.contains("key.pem"),
-            "{e}"
-        );
-        std::fs::write(&key, b.signing_key.serialize_pem()).unwrap();
-        let e = err(&files);
-        assert!(e.contains("does not match"), "{e}");
-        std::fs::write(&key, a.signing_key.serialize_pem()).unwrap();
-        let tls = ServerTls::load(&files).unwrap();
-        assert_eq!(tls.fingerprint, Fingerprint::of_der(a.cert.der()));
-        assert_eq!(Fingerprint::of_cert_file(&cert).unwrap(), tls.fingerprint);
     }
 }
