@@ -286,34 +286,20 @@ mod tests {
 
     /// A pseudo-terminal of our own: its master end (the terminal lives as
     /// long as it is open), its slave end, and its `ut_line` (`pts/N`).
-    fn own_pty() -> (std::fs::File, std::fs::File, String) {
-        use std::os::fd::AsRawFd;
+    fn own_pty() -> (std::os::fd::OwnedFd, std::fs::File, String) {
+        use rustix::pty::{grantpt, openpt, ptsname, unlockpt, OpenptFlags};
         use std::os::unix::fs::OpenOptionsExt;
-        let open = |path: &str| {
-            std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .custom_flags(libc::O_NOCTTY)
-                .open(path)
-                .unwrap_or_else(|e| panic!("open {path}: {e}"))
-        };
-        let master = open("/dev/ptmx");
-        let fd = master.as_raw_fd();
-        let mut name = [0 as libc::c_char; 64];
-        // SAFETY: `fd` is an open /dev/ptmx descriptor, and `name` is a
-        // writable buffer of the length passed.
-        let ok = unsafe {
-            libc::grantpt(fd) == 0
-                && libc::unlockpt(fd) == 0
-                && libc::ptsname_r(fd, name.as_mut_ptr(), name.len()) == 0
-        };
-        assert!(ok, "set up a pty: {}", std::io::Error::last_os_error());
-        let path: String = name
-            .iter()
-            .take_while(|&&c| c != 0)
-            .map(|&c| char::from(c as u8))
-            .collect();
-        let slave = open(&path);
+        let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY).expect("open /dev/ptmx");
+        grantpt(&master).expect("grantpt");
+        unlockpt(&master).expect("unlockpt");
+        let name = ptsname(&master, Vec::new()).expect("ptsname");
+        let path = name.to_string_lossy().into_owned();
+        let slave = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(rustix::fs::OFlags::NOCTTY.bits() as i32)
+            .open(&path)
+            .unwrap_or_else(|e| panic!("open {path}: {e}"));
         let line = path.strip_prefix("/dev/").expect("under /dev").to_string();
         (master, slave, line)
     }
