@@ -349,7 +349,7 @@ impl Shared {
             "connections": state.connections.len(),
             "nodes": state.nodes.len(),
             "presence": {
-                "entries": state.presence.len(),
+                "entries": state.presence.count(now),
                 "stateVersion": state.presence_version,
             },
         })
@@ -363,7 +363,7 @@ impl Shared {
     /// (presence rows, connections), for the systemd status line.
     pub fn counts(&self) -> (usize, usize) {
         let state = self.lock();
-        (state.presence.len(), state.connections.len())
+        (state.presence.count(now_ms()), state.connections.len())
     }
 
     /// Takes and releases the state lock: the watchdog's proof that no

@@ -99,6 +99,38 @@ impl RowsJson {
     }
 }
 
+/// Rule 9 as JSON text without the rows at `skip` (rows that expired and
+/// wait for the next prune): the slow path, sorted and joined on every call.
+pub(super) fn write_list_without(
+    out: &mut String,
+    rows: &mut HashMap<PresenceKey, Row>,
+    skip: &[PresenceKey],
+    self_entry: &PresenceEntry,
+    now_ms: u64,
+) {
+    let self_json = entry_json(self_entry);
+    out.push('[');
+    let mut self_pending = true;
+    for (ts, key, json) in sorted_rows(rows) {
+        if skip.contains(key) {
+            continue;
+        }
+        if self_pending && ts <= now_ms {
+            out.push_str(&self_json);
+            out.push(',');
+            self_pending = false;
+        }
+        out.push_str(json);
+        out.push(',');
+    }
+    if self_pending {
+        out.push_str(&self_json);
+    } else {
+        out.pop();
+    }
+    out.push(']');
+}
+
 /// The client rows newest first, ties by key, each with its JSON (made
 /// here for rows that changed since their last list).
 fn sorted_rows(rows: &mut HashMap<PresenceKey, Row>) -> Vec<(u64, &PresenceKey, &str)> {

@@ -206,10 +206,38 @@ impl PresenceStore {
     /// entry (always current) included.
     pub fn status_counts(&self, now_ms: u64) -> [usize; 4] {
         let mut counts = [1, 0, 0, 0];
-        for row in self.rows.values() {
-            counts[PresenceStatus::of_entry(row.entry(), now_ms) as usize] += 1;
+        for (key, row) in &self.rows {
+            if !self.expired(key, row.entry(), now_ms) {
+                counts[PresenceStatus::of_entry(row.entry(), now_ms) as usize] += 1;
+            }
         }
         counts
+    }
+
+    /// Whether the row at `key` has outlived the TTL (rule 6) and is only
+    /// waiting for the next [`PresenceStore::prune`]: reads leave it out.
+    fn expired(&self, key: &PresenceKey, entry: &PresenceEntry, now_ms: u64) -> bool {
+        now_ms > self.next_expiry_ms
+            && now_ms.saturating_sub(entry.ts) > self.limits.ttl_ms
+            && !self.open_connections.contains_key(key)
+    }
+
+    /// Whether some row may have expired since the last prune.
+    fn may_have_expired(&self, now_ms: u64) -> bool {
+        now_ms > self.next_expiry_ms
+    }
+
+    /// The rows a read shows now: every row but the expired ones, the self
+    /// entry included (what [`PresenceStore::len`] is after a prune).
+    pub fn count(&self, now_ms: u64) -> usize {
+        if !self.may_have_expired(now_ms) {
+            return self.len();
+        }
+        1 + self
+            .rows
+            .iter()
+            .filter(|(key, row)| !self.expired(key, row.entry(), now_ms))
+            .count()
     }
 
     /// The limits this store enforces.
@@ -393,20 +421,21 @@ impl PresenceStore {
         removed
     }
 
-    /// Rule 9: prunes, refreshes the self entry's `ts`, and returns every row
-    /// newest first. Ties go to the self entry, then to the smaller key, so
-    /// the order is deterministic.
+    /// Rule 9: every row newest first, expired ones left out (reads never
+    /// prune: only [`PresenceStore::prune`], on the gateway's tick, removes
+    /// rows), the self entry's `ts` now. Ties go to the self entry, then to
+    /// the smaller key, so the order is deterministic.
     ///
     /// The gateway answers with [`PresenceStore::list_json`]; this is the
     /// reference it is checked against (the tests) and measured against
     /// (`benches/hot_paths.rs`, which is why it is not test-only).
     pub fn list(&mut self, now_ms: u64) -> Vec<PresenceEntry> {
-        self.prune(now_ms);
         self.self_entry.ts = now_ms;
         // `None` marks the self entry, which sorts before any key on a tie.
         let mut rows: Vec<(Option<&PresenceKey>, &PresenceEntry)> = self
             .rows
             .iter()
+            .filter(|(key, row)| !self.expired(key, row.entry(), now_ms))
             .map(|(key, row)| (Some(key), row.entry()))
             .collect();
         rows.push((None, &self.self_entry));
@@ -424,10 +453,30 @@ impl PresenceStore {
     }
 
     /// [`PresenceStore::list_json`], appended to `out` (so a response is
-    /// built in one buffer).
+    /// built in one buffer). `&mut` only for the cached JSON: no row is
+    /// added or removed.
     pub fn write_list_json(&mut self, out: &mut String, now_ms: u64) {
-        self.prune(now_ms);
         self.self_entry.ts = now_ms;
+        if self.may_have_expired(now_ms) {
+            // Rows outlived the TTL since the last tick: this list leaves
+            // them out (the cached run of all rows would include them).
+            let expired: Vec<PresenceKey> = self
+                .rows
+                .iter()
+                .filter(|(key, row)| self.expired(key, row.entry(), now_ms))
+                .map(|(key, _)| key.clone())
+                .collect();
+            if !expired.is_empty() {
+                super::json::write_list_without(
+                    out,
+                    &mut self.rows,
+                    &expired,
+                    &self.self_entry,
+                    now_ms,
+                );
+                return;
+            }
+        }
         self.rows_json
             .write_list(out, &mut self.rows, &self.self_entry, now_ms);
     }

@@ -431,7 +431,15 @@ fn rule6_ttl_prunes_after_the_ttl_not_before() {
     s.beacon(&k, &text_beacon("x"), None, T0);
     assert_eq!(s.prune(T0 + 1_000), 0, "exactly the ttl is kept");
     assert!(s.get(&k).is_some());
-    assert_eq!(s.list(T0 + 1_001).len(), 1, "list prunes too");
+    // Past the TTL, reads leave the row out but never remove it: only a
+    // prune (the gateway's tick) does.
+    assert_eq!(s.list(T0 + 1_001).len(), 1, "the list leaves it out");
+    let json: Vec<PresenceEntry> = serde_json::from_str(&s.list_json(T0 + 1_001)).unwrap();
+    assert_eq!(json.len(), 1, "the JSON list too");
+    assert_eq!(s.count(T0 + 1_001), 1);
+    assert_eq!(s.status_counts(T0 + 1_001), [1, 0, 0, 0]);
+    assert!(s.get(&k).is_some(), "still stored until the prune");
+    assert_eq!(s.prune(T0 + 1_001), 1);
     assert!(s.get(&k).is_none());
 }
 
