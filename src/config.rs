@@ -25,22 +25,6 @@ pub const GATEWAY_TOKEN_FILE: &str = "gateway.token";
 /// The state directory of root and of the packaged service.
 pub const SYSTEM_STATE_DIR: &str = "/var/lib/clawnode";
 
-/// Whether a gateway URL names this host (a loopback address or
-/// `localhost`): only then may the local gateway's token be sent to it.
-pub fn url_is_local(url: &str) -> bool {
-    let Ok(uri) = url.parse::<tokio_tungstenite::tungstenite::http::Uri>() else {
-        return false;
-    };
-    match uri.host() {
-        Some(h) if h.eq_ignore_ascii_case("localhost") => true,
-        Some(h) => h
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback()),
-        None => false,
-    }
-}
 pub const DEFAULT_BEACON_INTERVAL: Duration = Duration::from_secs(60);
 pub const DEFAULT_STATS_INTERVAL: Duration = Duration::from_secs(60);
 pub const DEFAULT_TICK_INTERVAL: Duration = Duration::from_secs(30);
@@ -502,7 +486,9 @@ impl Settings {
             }
         } else if let Some(p) = &file.token_file {
             TokenSource::File(p.clone())
-        } else if !(flags.gateway || file.gateway.enabled.unwrap_or(false)) && url_is_local(&url) {
+        } else if !(flags.gateway || file.gateway.enabled.unwrap_or(false))
+            && crate::loopback::is_loopback_url(&url)
+        {
             let mut candidates = vec![state_dir.join(GATEWAY_TOKEN_FILE)];
             let defaults = [
                 default_state_dir(env).ok(),
@@ -897,27 +883,6 @@ mod tests {
         assert!(found
             .describe()
             .contains("gw/gateway.token (the local gateway's)"));
-    }
-
-    #[test]
-    fn only_loopback_urls_are_local() {
-        for url in [
-            "ws://127.0.0.1:18789",
-            "ws://127.3.4.5:1",
-            "ws://localhost:1",
-            "wss://LOCALHOST:1",
-            "ws://[::1]:18789",
-        ] {
-            assert!(url_is_local(url), "{url}");
-        }
-        for url in [
-            "ws://10.0.0.1:1",
-            "wss://gw.example.com:1",
-            "ws://[::2]:1",
-            "garbage",
-        ] {
-            assert!(!url_is_local(url), "{url}");
-        }
     }
 
     #[test]

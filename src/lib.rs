@@ -16,6 +16,7 @@ pub mod gateway;
 pub mod host;
 pub mod identity;
 pub mod logging;
+pub mod loopback;
 pub mod presence;
 pub mod protocol;
 pub mod service;

@@ -96,28 +96,10 @@ pub fn retry_after_rejection(
     }
 }
 
-/// Whether a gateway URL points at this host (where OpenClaw's clients
-/// trust a stored device token enough to retry with it).
-pub fn is_loopback_url(url: &str) -> bool {
-    let Ok(uri) = url.parse::<tokio_tungstenite::tungstenite::http::Uri>() else {
-        return false;
-    };
-    match uri
-        .host()
-        .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
-    {
-        Some("localhost") => true,
-        Some(h) => h
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback()),
-        None => false,
-    }
-}
-
 /// OpenClaw retries once with a stored device token only on trusted
 /// endpoints: loopback, or `wss://` with a pinned certificate.
 fn trusts_stored_device_token(config: &AgentConfig) -> bool {
-    is_loopback_url(&config.url)
+    crate::loopback::is_loopback_url(&config.url)
         || (config.url.starts_with("wss://") && config.tls.fingerprint.is_some())
 }
 
@@ -242,15 +224,6 @@ mod tests {
 
     fn fixed() -> Backoff {
         Backoff::new(Duration::from_secs(1), Duration::from_secs(30), || 0.5)
-    }
-
-    #[test]
-    fn loopback_urls() {
-        assert!(is_loopback_url("ws://127.0.0.1:18789"));
-        assert!(is_loopback_url("ws://localhost:1"));
-        assert!(is_loopback_url("ws://[::1]:1/x"));
-        assert!(!is_loopback_url("ws://198.51.100.2:1"));
-        assert!(!is_loopback_url("not a url"));
     }
 
     /// What `f` returns, and what it logs at any level, one line per event

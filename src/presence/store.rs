@@ -100,13 +100,7 @@ pub struct ConnectionInfo<'a> {
     pub remote_ip: Option<IpAddr>,
 }
 
-/// Rule 8: whether `ip` is a loopback address: 127.0.0.0/8, `::1`, or an
-/// IPv4-mapped `::ffff:127.x.y.z`. Such a remote address says nothing about
-/// where the client is (an SSH tunnel looks like this), so it never fills a
-/// row's `ip`.
-pub fn is_loopback(ip: IpAddr) -> bool {
-    ip.to_canonical().is_loopback()
-}
+pub use crate::loopback::is_loopback;
 
 /// The `ip` a remote address contributes to a row: `None` for loopback,
 /// IPv4-mapped addresses in dotted IPv4 form.

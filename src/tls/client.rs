@@ -38,23 +38,17 @@ pub fn is_trusted_plaintext_host(host: &str) -> bool {
         .trim_end_matches(']')
         .trim_end_matches('.')
         .to_ascii_lowercase();
-    if h == "localhost" || h.ends_with(".local") || h.ends_with(".ts.net") {
+    if crate::loopback::is_loopback_host(&h) || h.ends_with(".local") || h.ends_with(".ts.net") {
         return true;
     }
     match h.parse::<IpAddr>().map(|ip| ip.to_canonical()) {
         Ok(IpAddr::V4(ip)) => {
             let [a, b, ..] = ip.octets();
-            ip.is_loopback()
-                || ip.is_private()
-                || ip.is_link_local()
-                || (a == 100 && (64..128).contains(&b))
+            ip.is_private() || ip.is_link_local() || (a == 100 && (64..128).contains(&b))
         }
         Ok(IpAddr::V6(ip)) => {
             let first = ip.segments()[0];
-            ip.is_loopback()
-                || (first & 0xfe00) == 0xfc00
-                || (first & 0xffc0) == 0xfe80
-                || (first & 0xffc0) == 0xfec0
+            (first & 0xfe00) == 0xfc00 || (first & 0xffc0) == 0xfe80 || (first & 0xffc0) == 0xfec0
         }
         Err(_) => false,
     }
