@@ -531,26 +531,14 @@ mod tests {
             Some("PowerEdge R650")
         );
         let proof = params.device.as_ref().unwrap();
-        let expected = Expected {
-            nonce: &challenge.nonce,
-            now_ms: challenge.ts + 1_000,
-            client_id: &params.client.id,
-            client_mode: &params.client.mode,
-            role: "node",
-            scopes: &params.scopes,
-            token: params.token(),
-            platform: Some(&params.client.platform),
-            device_family: params.client.device_family.as_deref(),
-        };
+        let expected = Expected::for_connect(&params, &challenge.nonce, challenge.ts + 1_000);
         assert_eq!(
             device_auth::verify(proof, &expected),
             Ok(PayloadVersion::V3)
         );
         // A different token (or nonce) is a different payload.
-        let wrong = Expected {
-            token: Some("another-token"),
-            ..expected
-        };
+        let mut wrong = expected.clone();
+        wrong.token = Some("another-token");
         assert!(device_auth::verify(proof, &wrong).is_err());
     }
 

@@ -425,17 +425,7 @@ async fn handshake(
         }
         None => None,
         Some(device) => {
-            let expected = Expected {
-                nonce,
-                now_ms: now,
-                client_id: &params.client.id,
-                client_mode: &params.client.mode,
-                role: role.as_str(),
-                scopes: &params.scopes,
-                token: params.token(),
-                platform: Some(&params.client.platform),
-                device_family: params.client.device_family.as_deref(),
-            };
+            let expected = Expected::for_connect(&params, nonce, now);
             device_auth::verify(device, &expected).map_err(|e| {
                 policy_reply(ErrorShape::invalid_request(e.message).with_detail(e.code))
             })?;
