@@ -228,17 +228,11 @@ fn check_connect(signed: &SignedConnect) -> bool {
     let Some(proof) = &params.device else {
         return false;
     };
-    let expected = Expected {
-        nonce: &signed.nonce,
-        now_ms: NOW,
-        client_id: &params.client.id,
-        client_mode: &params.client.mode,
-        role: params.role().as_str(),
-        scopes: &params.scopes,
-        token: Some(&signed.token),
-        platform: Some(&params.client.platform),
-        device_family: params.client.device_family.as_deref(),
-    };
+    // The gateway checks the shared token before the proof, which covers it.
+    if params.token() != Some(signed.token.as_str()) {
+        return false;
+    }
+    let expected = Expected::for_connect(&params, &signed.nonce, NOW);
     device_auth::verify(proof, &expected).is_ok()
 }
 

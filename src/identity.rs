@@ -310,17 +310,30 @@ mod tests {
             signed_at: 5,
             nonce: "n".into(),
         };
-        let expected = device_auth::Expected {
-            nonce: "n",
-            now_ms: 5,
-            client_id: "node-host",
-            client_mode: "node",
-            role: "node",
-            scopes: &[],
-            token: Some("t"),
-            platform: Some("linux 6.1"),
-            device_family: Some("Linux"),
+        let params = crate::protocol::ConnectParams {
+            min_protocol: crate::protocol::PROTOCOL_VERSION,
+            max_protocol: crate::protocol::PROTOCOL_VERSION,
+            client: crate::protocol::ClientInfo {
+                id: "node-host".into(),
+                display_name: None,
+                version: crate::VERSION.into(),
+                platform: "linux 6.1".into(),
+                device_family: Some("Linux".into()),
+                model_identifier: None,
+                mode: "node".into(),
+                instance_id: None,
+            },
+            role: Some(crate::protocol::Role::Node),
+            scopes: Vec::new(),
+            caps: Vec::new(),
+            commands: Vec::new(),
+            auth: Some(crate::protocol::ConnectAuth {
+                token: Some("t".into()),
+                device_token: None,
+            }),
+            device: Some(proof.clone()),
         };
+        let expected = device_auth::Expected::for_connect(&params, "n", 5);
         assert_eq!(
             device_auth::verify(&proof, &expected),
             Ok(device_auth::PayloadVersion::V3)

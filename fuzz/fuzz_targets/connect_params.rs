@@ -17,20 +17,11 @@ fuzz_target!(|data: &[u8]| {
     if params.client.validate().is_err() {
         return;
     }
-    let role = params.role();
+    let _ = params.role();
     let _ = params.token();
     if let Some(device) = &params.device {
-        let expected = Expected {
-            nonce: "fuzz-nonce",
-            now_ms: 1_760_000_000_000,
-            client_id: &params.client.id,
-            client_mode: &params.client.mode,
-            role: role.as_str(),
-            scopes: &params.scopes,
-            token: params.token(),
-            platform: Some(&params.client.platform),
-            device_family: params.client.device_family.as_deref(),
-        };
+        // The gateway's own construction (src/gateway/handler.rs).
+        let expected = Expected::for_connect(&params, "fuzz-nonce", 1_760_000_000_000);
         let _ = device_auth::verify(device, &expected);
     }
 });

@@ -14,6 +14,7 @@ use tracing::{debug, info, warn};
 
 use super::device_token::DeviceTokenStore;
 use super::AgentConfig;
+use crate::client::handshake::{self, HandshakeError};
 use crate::config::Secret;
 use crate::host::{HostFacts, HostStatsSampler};
 use crate::identity::DeviceIdentity;
@@ -237,15 +238,9 @@ pub async fn run(
         Ok(c) => c,
         Err(e) => return lost(format!("{e:#}")),
     };
-    let connect = tokio_tungstenite::connect_async_tls_with_config(
-        url.as_str(),
-        Some(crate::protocol::ws_config(None)),
-        false,
-        Some(connector),
-    );
-    let ws = tokio::select! {
-        r = timeout(HANDSHAKE_TIMEOUT, connect) => match r {
-            Ok(Ok((ws, _))) => ws,
+    let mut ws = tokio::select! {
+        r = timeout(HANDSHAKE_TIMEOUT, handshake::open(url, Some(connector))) => match r {
+            Ok(Ok(ws)) => ws,
             Ok(Err(e)) => {
                 return lost(crate::tls::describe_connect_error(&e).unwrap_or_else(|| describe_ws_error(&e)));
             }
@@ -253,74 +248,54 @@ pub async fn run(
         },
         _ = shutdown.wait() => return SessionEnd::Shutdown,
     };
-    let (mut sink, mut source) = ws.split();
     let mut next_id: u64 = 0;
     let mut new_id = move || {
         next_id += 1;
         format!("{next_id}:{}", uuid::Uuid::new_v4())
     };
 
-    // Handshake: challenge -> connect -> hello-ok, under one deadline.
+    // Handshake: challenge -> connect -> hello-ok, under one deadline,
+    // answering the watchdog meanwhile.
     let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
     let connect_id = new_id();
-    let mut hello: Option<HelloOk> = None;
-    let mut challenged = false;
-    while hello.is_none() {
-        let msg = tokio::select! {
-            m = timeout_at_deadline(deadline, source.next()) => m,
-            _ = inputs.watchdog.tick() => {
-                inputs.notifier.watchdog();
-                continue;
+    let answer = {
+        let handshake = handshake::handshake(&mut ws, &connect_id, deadline, |challenge| {
+            connect_params(
+                inputs.config,
+                inputs.identity,
+                inputs.facts,
+                inputs.credentials,
+                challenge,
+            )
+        });
+        tokio::pin!(handshake);
+        loop {
+            tokio::select! {
+                r = &mut handshake => break Some(r),
+                _ = inputs.watchdog.tick() => inputs.notifier.watchdog(),
+                _ = shutdown.wait() => break None,
             }
-            _ = shutdown.wait() => {
-                let _ = sink.send(Message::Close(Some(CloseFrame { code: CloseCode::Normal, reason: "".into() }))).await;
-                return SessionEnd::Shutdown;
-            }
-        };
-        let text = match msg {
-            Err(()) => return lost("handshake timed out".into()),
-            Ok(None) => return lost("connection closed during handshake".into()),
-            Ok(Some(Err(e))) => return lost(describe_ws_error(&e)),
-            Ok(Some(Ok(Message::Close(frame)))) => return lost(describe_close(frame.as_ref())),
-            Ok(Some(Ok(Message::Text(t)))) => t,
-            Ok(Some(Ok(_))) => continue,
-        };
-        match Frame::parse(&text) {
-            Ok(Frame::Event(ev)) if ev.event == event::CONNECT_CHALLENGE && !challenged => {
-                let challenge: ConnectChallenge = match serde_json::from_value(ev.payload) {
-                    Ok(c) => c,
-                    Err(e) => return lost(format!("invalid connect.challenge: {e}")),
-                };
-                challenged = true;
-                let params = connect_params(
-                    inputs.config,
-                    inputs.identity,
-                    inputs.facts,
-                    inputs.credentials,
-                    &challenge,
-                );
-                let frame = Frame::request(connect_id.clone(), method::CONNECT, params);
-                if let Err(e) = sink.send(Message::text(frame.to_text())).await {
-                    return lost(describe_ws_error(&e));
-                }
-            }
-            Ok(Frame::Res(res)) if res.id == connect_id => {
-                if let Some(error) = res.error.filter(|_| !res.ok) {
-                    return SessionEnd::Rejected(error);
-                }
-                match res.payload.map(serde_json::from_value::<HelloOk>) {
-                    Some(Ok(h)) => hello = Some(h),
-                    Some(Err(e)) => return lost(format!("invalid hello-ok: {e}")),
-                    None => return lost("hello-ok without payload".into()),
-                }
-            }
-            Ok(_) => debug!("ignoring frame during handshake"),
-            Err(e) => return lost(format!("invalid frame from gateway: {e}")),
         }
-    }
-    let Some(hello) = hello else {
-        return lost("no hello-ok".into());
     };
+    let hello: HelloOk = match answer {
+        None => {
+            let _ = ws
+                .send(Message::Close(Some(CloseFrame {
+                    code: CloseCode::Normal,
+                    reason: "".into(),
+                })))
+                .await;
+            return SessionEnd::Shutdown;
+        }
+        Some(Err(HandshakeError::Refused(error))) => return SessionEnd::Rejected(error),
+        Some(Err(e)) => return lost(describe_handshake_error(&e)),
+        Some(Ok(None)) => return lost("hello-ok without payload".into()),
+        Some(Ok(Some(payload))) => match serde_json::from_value(payload) {
+            Ok(h) => h,
+            Err(e) => return lost(format!("invalid hello-ok: {e}")),
+        },
+    };
+    let (mut sink, mut source) = ws.split();
 
     if let Some(token) = &hello.auth.device_token {
         inputs.device_tokens.remember(
@@ -456,11 +431,15 @@ pub async fn run(
     }
 }
 
-async fn timeout_at_deadline<F: std::future::Future>(
-    deadline: Instant,
-    f: F,
-) -> Result<F::Output, ()> {
-    tokio::time::timeout_at(deadline, f).await.map_err(|_| ())
+/// A short human reason for a failed handshake (a refusal is not one: it
+/// ends the session as [`SessionEnd::Rejected`]).
+fn describe_handshake_error(e: &HandshakeError) -> String {
+    match e {
+        HandshakeError::Open(e) | HandshakeError::Ws(e) => describe_ws_error(e),
+        HandshakeError::Closed(frame) => describe_close(frame.as_ref()),
+        // Timeout, end of stream, invalid frame or challenge, refusals.
+        other => other.to_string(),
+    }
 }
 
 fn describe_close(frame: Option<&CloseFrame>) -> String {
@@ -531,26 +510,14 @@ mod tests {
             Some("PowerEdge R650")
         );
         let proof = params.device.as_ref().unwrap();
-        let expected = Expected {
-            nonce: &challenge.nonce,
-            now_ms: challenge.ts + 1_000,
-            client_id: &params.client.id,
-            client_mode: &params.client.mode,
-            role: "node",
-            scopes: &params.scopes,
-            token: params.token(),
-            platform: Some(&params.client.platform),
-            device_family: params.client.device_family.as_deref(),
-        };
+        let expected = Expected::for_connect(&params, &challenge.nonce, challenge.ts + 1_000);
         assert_eq!(
             device_auth::verify(proof, &expected),
             Ok(PayloadVersion::V3)
         );
         // A different token (or nonce) is a different payload.
-        let wrong = Expected {
-            token: Some("another-token"),
-            ..expected
-        };
+        let mut wrong = expected.clone();
+        wrong.token = Some("another-token");
         assert!(device_auth::verify(proof, &wrong).is_err());
     }
 

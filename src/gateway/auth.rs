@@ -236,17 +236,7 @@ pub fn authorize(req: &ConnectRequest, input: &AuthInput<'_>) -> Result<Admitted
         }
         None => None,
         Some(device) => {
-            let expected = Expected {
-                nonce: input.nonce,
-                now_ms: input.now_ms,
-                client_id: &params.client.id,
-                client_mode: &params.client.mode,
-                role: role.as_str(),
-                scopes: &params.scopes,
-                token: params.token(),
-                platform: Some(&params.client.platform),
-                device_family: params.client.device_family.as_deref(),
-            };
+            let expected = Expected::for_connect(params, input.nonce, input.now_ms);
             device_auth::verify(device, &expected)
                 .map_err(|e| refuse(ErrorShape::invalid_request(e.message).with_detail(e.code)))?;
             Some(device.id.clone())

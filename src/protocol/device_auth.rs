@@ -9,7 +9,7 @@ use base64::Engine as _;
 use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
 use sha2::{Digest, Sha256};
 
-use super::connect::DeviceProof;
+use super::connect::{ConnectParams, DeviceProof};
 use super::errors::ErrorDetailCode;
 
 /// How far `signedAt` may be from the verifier's clock (OpenClaw: 2 min).
@@ -121,6 +121,26 @@ pub struct Expected<'a> {
     pub device_family: Option<&'a str>,
 }
 
+impl<'a> Expected<'a> {
+    /// What the gateway checks the device proof of `params` against: the
+    /// challenge's `nonce`, its clock `now_ms`, and the fields the proof
+    /// must cover as `params` states them (client id and mode, role,
+    /// scopes, shared token, platform metadata).
+    pub fn for_connect(params: &'a ConnectParams, nonce: &'a str, now_ms: u64) -> Expected<'a> {
+        Expected {
+            nonce,
+            now_ms,
+            client_id: &params.client.id,
+            client_mode: &params.client.mode,
+            role: params.role().as_str(),
+            scopes: &params.scopes,
+            token: params.token(),
+            platform: Some(&params.client.platform),
+            device_family: params.client.device_family.as_deref(),
+        }
+    }
+}
+
 /// Which payload version a valid signature covered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PayloadVersion {
@@ -217,7 +237,7 @@ pub fn verify(
 mod tests {
     use super::*;
     use crate::protocol::test_vectors::wire;
-    use crate::protocol::{ConnectParams, Frame};
+    use crate::protocol::Frame;
 
     fn captured_node_connect() -> ConnectParams {
         let Frame::Req(req) = Frame::parse(&wire("02-node-host.connect.req.json")).unwrap() else {
@@ -226,28 +246,14 @@ mod tests {
         serde_json::from_value(req.params).unwrap()
     }
 
-    fn expected_for<'a>(p: &'a ConnectParams, now_ms: u64) -> Expected<'a> {
-        let device = p.device.as_ref().unwrap();
-        Expected {
-            nonce: &device.nonce,
-            now_ms,
-            client_id: &p.client.id,
-            client_mode: &p.client.mode,
-            role: p.role().as_str(),
-            scopes: &p.scopes,
-            token: p.token(),
-            platform: Some(&p.client.platform),
-            device_family: p.client.device_family.as_deref(),
-        }
-    }
-
     #[test]
     fn real_node_host_signature_verifies_as_v3() {
         let p = captured_node_connect();
         let device = p.device.clone().unwrap();
         let key = decode_public_key(&device.public_key).unwrap();
         assert_eq!(device_id_for(&key), device.id);
-        let v = verify(&device, &expected_for(&p, device.signed_at + 1_000)).unwrap();
+        let expected = Expected::for_connect(&p, &device.nonce, device.signed_at + 1_000);
+        let v = verify(&device, &expected).unwrap();
         assert_eq!(v, PayloadVersion::V3);
     }
 

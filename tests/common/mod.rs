@@ -16,16 +16,15 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use clawnode::client::handshake::{self, HandshakeError};
 use clawnode::config::Secret;
 use clawnode::protocol::{
     ClientInfo, ConnectChallenge, ConnectParams, ErrorShape, Frame, HelloOk, PresenceEntry,
 };
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_clawnode");
 
@@ -502,9 +501,11 @@ pub fn spawn_agent(url: &str, token_file: &Path, state: &Path, extra: &[&str]) -
     Proc::spawn(&args, &[])
 }
 
-pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub use clawnode::client::handshake::Ws;
 
-/// A raw protocol client for tests.
+/// A protocol client for tests: the shared client handshake in its two
+/// steps (so a test can build its `connect` from the challenge it got),
+/// and raw frames for what a well-behaved client does not send.
 pub struct RawClient {
     pub ws: Ws,
     pub challenge: ConnectChallenge,
@@ -555,22 +556,15 @@ pub async fn wait_within<T>(what: &str, limit: Duration, fut: impl Future<Output
 }
 
 impl RawClient {
-    /// Opens the socket and reads the challenge (within [`RAW_WAIT`]).
+    /// Opens the socket and reads the challenge (the first step of the
+    /// shared client handshake), within [`RAW_WAIT`].
     pub async fn open(url: &str) -> RawClient {
         let what = format!("connection with a connect.challenge from {url}");
         wait_within(&what, RAW_WAIT, async {
-            let (mut ws, _) = tokio_tungstenite::connect_async(url)
+            let mut ws = handshake::open(url, None).await.expect("connect");
+            let challenge = handshake::read_challenge(&mut ws, in_time())
                 .await
-                .expect("connect");
-            let challenge = loop {
-                match next_frame(&mut ws).await {
-                    Some(Frame::Event(e)) if e.event == "connect.challenge" => {
-                        break serde_json::from_value(e.payload).expect("challenge payload")
-                    }
-                    Some(_) => continue,
-                    None => panic!("closed before challenge"),
-                }
-            };
+                .expect("challenge");
             RawClient {
                 ws,
                 challenge,
@@ -590,11 +584,22 @@ impl RawClient {
         .expect("send");
     }
 
-    /// Sends `connect` and returns how it ended.
+    /// Sends `connect` (the second step of the shared client handshake)
+    /// and returns how it ended.
     pub async fn connect(&mut self, params: &ConnectParams) -> Outcome {
-        let frame = Frame::request("c1", "connect", params);
-        self.send_text(frame.to_text()).await;
-        self.await_response("c1").await
+        match handshake::send_connect(&mut self.ws, "c1", params, in_time()).await {
+            Ok(payload) => match serde_json::from_value(payload.unwrap_or(Value::Null)) {
+                Ok(h) => Outcome::Hello(Box::new(h)),
+                Err(_) => Outcome::Closed(None),
+            },
+            Err(HandshakeError::Refused(e)) => {
+                let close = self.read_close().await;
+                Outcome::Error(e, close)
+            }
+            Err(HandshakeError::Closed(f)) => Outcome::Closed(f),
+            Err(HandshakeError::Ws(_) | HandshakeError::Ended) => Outcome::Closed(None),
+            Err(e) => panic!("connect: {e}"),
+        }
     }
 
     /// Waits (within [`RAW_WAIT`]) for the response to `id` (skipping
@@ -682,6 +687,11 @@ impl RawClient {
         })
         .await
     }
+}
+
+/// The deadline of one step of the handshake: 10 s from now.
+fn in_time() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(10)
 }
 
 async fn next_frame(ws: &mut Ws) -> Option<Frame> {

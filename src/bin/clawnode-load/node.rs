@@ -5,25 +5,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clawnode::agent::session::{node_beacon, node_client, signed_node_connect, Credentials};
+use clawnode::client::cli_operator_params;
+use clawnode::client::handshake::{self, HandshakeError, Ws};
 use clawnode::config::Secret;
 use clawnode::host::HostFacts;
 use clawnode::identity::DeviceIdentity;
 use clawnode::protocol::{
-    event, method, mode, ClientInfo, ConnectChallenge, ConnectParams, Frame, HostStats,
-    NodeEventParams, Response,
+    event, method, scope, ErrorShape, Frame, HostStats, NodeEventParams, Response,
 };
 use futures_util::{SinkExt as _, StreamExt as _};
-use tokio::net::TcpStream;
 use tokio::sync::{watch, Semaphore};
 use tokio::time::{sleep_until, timeout, Instant};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::report::Stats;
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// TCP + WebSocket + challenge + hello-ok, as the agent allows.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -134,28 +131,30 @@ fn ws_error_kind(e: &WsError) -> String {
     }
 }
 
-/// The next text frame, parsed; `Err(kind)` when the connection ends.
-async fn next_frame(ws: &mut Ws) -> Result<Frame, String> {
-    loop {
-        match ws.next().await {
-            Some(Ok(Message::Text(text))) => match Frame::parse(&text) {
-                Ok(frame) => return Ok(frame),
-                Err(_) => return Err("bad_frame".into()),
-            },
-            Some(Ok(Message::Close(_))) | None => return Err("closed".into()),
-            Some(Ok(_)) => continue,
-            Some(Err(e)) => return Err(ws_error_kind(&e)),
-        }
+/// The error kind of a failed handshake.
+fn handshake_error_kind(e: &HandshakeError) -> String {
+    match e {
+        HandshakeError::Open(e) | HandshakeError::Ws(e) => ws_error_kind(e),
+        HandshakeError::Timeout => "timeout".into(),
+        HandshakeError::Ended | HandshakeError::Closed(_) => "closed".into(),
+        HandshakeError::InvalidFrame(_) => "bad_frame".into(),
+        HandshakeError::InvalidChallenge(_) => "bad_challenge".into(),
+        HandshakeError::Refused(e) => error_kind(e),
+        HandshakeError::RefusedWithoutError => "refused_without_error".into(),
     }
+}
+
+/// The error kind of an error answer: its detail code, else its code.
+fn error_kind(e: &ErrorShape) -> String {
+    e.detail_code_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| e.code.as_str().to_string())
 }
 
 /// The error kind of a refused response: its detail code, else its code.
 fn refusal_kind(res: &Response) -> String {
     match &res.error {
-        Some(e) => e
-            .detail_code_str()
-            .map(str::to_string)
-            .unwrap_or_else(|| e.code.as_str().to_string()),
+        Some(e) => error_kind(e),
         None => "refused_without_error".into(),
     }
 }
@@ -164,64 +163,27 @@ fn refusal_kind(res: &Response) -> String {
 /// latency of a success.
 async fn connect(shared: &Shared, identity: &DeviceIdentity) -> Result<Ws, String> {
     let started = Instant::now();
-    let result = timeout(HANDSHAKE_TIMEOUT, async {
-        let mut ws = open(&shared.url).await?;
-        let challenge: ConnectChallenge = loop {
-            if let Frame::Event(e) = next_frame(&mut ws).await? {
-                if e.event == event::CONNECT_CHALLENGE {
-                    break serde_json::from_value(e.payload).map_err(|_| "bad_challenge")?;
-                }
-            }
-        };
-        let credentials = Credentials {
-            shared: shared.token.clone(),
-            device_token: None,
-        };
-        let client = node_client(identity, identity.instance_id(), &shared.facts);
-        let params = signed_node_connect(identity, client, &credentials, &challenge);
-        send_connect(&mut ws, &params).await?;
-        Ok(ws)
-    })
+    let result = handshake::connect(
+        &shared.url,
+        None,
+        "c",
+        started + HANDSHAKE_TIMEOUT,
+        |challenge| {
+            let credentials = Credentials {
+                shared: shared.token.clone(),
+                device_token: None,
+            };
+            let client = node_client(identity, identity.instance_id(), &shared.facts);
+            signed_node_connect(identity, client, &credentials, challenge)
+        },
+    )
     .await;
     match result {
-        Ok(Ok(ws)) => {
+        Ok((ws, _)) => {
             shared.stats.handshake(started.elapsed());
             Ok(ws)
         }
-        Ok(Err(kind)) => Err(kind),
-        Err(_) => Err("timeout".into()),
-    }
-}
-
-/// Opens the WebSocket (TCP and upgrade), with the settings every
-/// connection of ours uses.
-async fn open(url: &str) -> Result<Ws, String> {
-    let (ws, _) = tokio_tungstenite::connect_async_with_config(
-        url,
-        Some(clawnode::protocol::ws_config(None)),
-        false,
-    )
-    .await
-    .map_err(|e| ws_error_kind(&e))?;
-    Ok(ws)
-}
-
-/// Sends `connect` and waits for its answer: `Err(kind)` when refused.
-async fn send_connect(ws: &mut Ws, params: &ConnectParams) -> Result<(), String> {
-    let text = Frame::request("c", method::CONNECT, params).to_text();
-    ws.send(Message::text(text))
-        .await
-        .map_err(|e| ws_error_kind(&e))?;
-    loop {
-        if let Frame::Res(res) = next_frame(ws).await? {
-            if res.id == "c" {
-                return if res.ok {
-                    Ok(())
-                } else {
-                    Err(refusal_kind(&res))
-                };
-            }
-        }
+        Err(e) => Err(handshake_error_kind(&e)),
     }
 }
 
@@ -309,31 +271,20 @@ async fn session(
 /// One operator connection calling `system-presence` `rate` times a second
 /// until stop; records each round trip and the list's length.
 pub async fn presence_caller(shared: Arc<Shared>, rate: f64, mut stop: watch::Receiver<bool>) {
-    let connected = timeout(HANDSHAKE_TIMEOUT, async {
-        let mut ws = open(&shared.url).await?;
-        let client = ClientInfo {
-            id: "cli".into(),
-            display_name: None,
-            version: clawnode::VERSION.into(),
-            platform: "linux".into(),
-            device_family: None,
-            model_identifier: None,
-            mode: mode::CLI.into(),
-            instance_id: None,
-        };
-        let params = ConnectParams::operator(
-            client,
-            vec!["operator.read".into()],
-            shared.token.as_ref().map(Secret::expose),
-        );
-        send_connect(&mut ws, &params).await?;
-        Ok::<Ws, String>(ws)
-    })
+    let connected = handshake::connect(
+        &shared.url,
+        None,
+        "c",
+        Instant::now() + HANDSHAKE_TIMEOUT,
+        |_| cli_operator_params(&[scope::OPERATOR_READ], shared.token.as_ref()),
+    )
     .await;
     let mut ws = match connected {
-        Ok(Ok(ws)) => ws,
-        Ok(Err(kind)) => return shared.stats.error(&format!("operator_{kind}")),
-        Err(_) => return shared.stats.error("operator_timeout"),
+        Ok((ws, _)) => ws,
+        Err(e) => {
+            let kind = handshake_error_kind(&e);
+            return shared.stats.error(&format!("operator_{kind}"));
+        }
     };
     let period = Duration::from_secs_f64(1.0 / rate.max(0.001));
     let mut ticker = tokio::time::interval(period);

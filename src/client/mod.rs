@@ -1,25 +1,28 @@
 //! The operator client: connect as `mode: cli` (so it never becomes a
 //! presence row), then make calls and read events ([`Session`]), or make one
 //! call and close ([`call`]). Used by the CLI commands and by tests.
+//!
+//! [`handshake`] is the client side of the handshake that every client of
+//! ours (this one, the agent, the load generator, the tests) goes through.
+
+pub mod handshake;
 
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::Value;
-use tokio::time::timeout;
+use tokio::time::{timeout_at, Instant};
 use tokio_tungstenite::tungstenite::Message;
 
 use futures_util::stream::{SplitSink, SplitStream};
-use tokio::net::TcpStream;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::config::Secret;
 use crate::protocol::{
-    event, method, mode, scope, ClientInfo, ConnectParams, ErrorShape, EventFrame, Frame,
-    CLI_CLIENT_ID,
+    mode, scope, ClientInfo, ConnectParams, ErrorShape, EventFrame, Frame, CLI_CLIENT_ID,
 };
 use crate::tls::ClientTls;
+use handshake::{HandshakeError, Ws};
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -53,10 +56,13 @@ pub async fn call_with_scopes(
     params: Value,
 ) -> Result<Value> {
     let connector = crate::tls::client_connector(url, tls)?;
-    timeout(
-        CALL_TIMEOUT,
-        call_inner(url, connector, token, scopes, method_name, params),
-    )
+    let deadline = Instant::now() + CALL_TIMEOUT;
+    let (mut session, _) = Session::open(url, connector, token, scopes, deadline).await?;
+    timeout_at(deadline, async {
+        let answer = session.call(method_name, params).await;
+        session.close().await;
+        answer
+    })
     .await
     .map_err(|_| no_answer(url))?
 }
@@ -69,18 +75,23 @@ fn no_answer(url: &str) -> anyhow::Error {
     )
 }
 
-async fn call_inner(
-    url: &str,
-    connector: tokio_tungstenite::Connector,
-    token: Option<&Secret>,
-    scopes: &[&str],
-    method_name: &str,
-    params: Value,
-) -> Result<Value> {
-    let (mut session, _) = Session::open(url, connector, token, scopes).await?;
-    let answer = session.call(method_name, params).await;
-    session.close().await;
-    answer
+/// The operator's `connect` parameters: `mode: cli`, these scopes, the
+/// shared token if any.
+pub fn cli_operator_params(scopes: &[&str], token: Option<&Secret>) -> ConnectParams {
+    ConnectParams::operator(
+        ClientInfo {
+            id: CLI_CLIENT_ID.to_string(),
+            display_name: None,
+            version: crate::VERSION.to_string(),
+            platform: std::env::consts::OS.to_string(),
+            device_family: None,
+            model_identifier: None,
+            mode: mode::CLI.to_string(),
+            instance_id: None,
+        },
+        scopes.iter().map(|s| s.to_string()).collect(),
+        token.map(Secret::expose),
+    )
 }
 
 /// Why a [`Session`] could not be opened.
@@ -98,8 +109,8 @@ pub enum ConnectError {
 /// An open operator connection (`mode: cli`, so never a presence row):
 /// calls and the events the gateway pushes.
 pub struct Session {
-    sink: SplitSink<WebSocketStream<MaybeTlsStream<TcpStream>>, Message>,
-    source: SplitStream<WebSocketStream<MaybeTlsStream<TcpStream>>>,
+    sink: SplitSink<Ws, Message>,
+    source: SplitStream<Ws>,
     next_id: u64,
 }
 
@@ -113,9 +124,7 @@ impl Session {
         scopes: &[&str],
     ) -> Result<(Session, Value), ConnectError> {
         let connector = crate::tls::client_connector(url, tls)?;
-        timeout(CALL_TIMEOUT, Session::open(url, connector, token, scopes))
-            .await
-            .map_err(|_| ConnectError::Other(no_answer(url)))?
+        Session::open(url, connector, token, scopes, Instant::now() + CALL_TIMEOUT).await
     }
 
     async fn open(
@@ -123,63 +132,23 @@ impl Session {
         connector: tokio_tungstenite::Connector,
         token: Option<&Secret>,
         scopes: &[&str],
+        deadline: Instant,
     ) -> Result<(Session, Value), ConnectError> {
-        let (ws, _) = tokio_tungstenite::connect_async_tls_with_config(
-            url,
-            Some(crate::protocol::ws_config(None)),
-            false,
-            Some(connector),
-        )
+        let (ws, hello) = handshake::connect(url, Some(connector), "connect", deadline, |_| {
+            cli_operator_params(scopes, token)
+        })
         .await
-        .map_err(|e| match crate::tls::describe_connect_error(&e) {
-            Some(tls) => anyhow!("cannot connect to gateway {url}: {tls}"),
-            // Keep an I/O error as the source, so callers can tell
-            // "nothing listening" from other failures.
-            None => match e {
-                tokio_tungstenite::tungstenite::Error::Io(io) => {
-                    anyhow::Error::new(io).context(format!("cannot connect to gateway {url}"))
-                }
-                e => anyhow!("cannot connect to gateway {url}: {e}"),
-            },
+        .map_err(|e| match e {
+            HandshakeError::Refused(e) => ConnectError::Refused(e),
+            e => ConnectError::Other(describe_handshake_error(url, e)),
         })?;
         let (sink, source) = ws.split();
-        let mut session = Session {
+        let session = Session {
             sink,
             source,
             next_id: 1,
         };
-        let connect = Frame::request(
-            "connect",
-            method::CONNECT,
-            ConnectParams::operator(
-                ClientInfo {
-                    id: CLI_CLIENT_ID.to_string(),
-                    display_name: None,
-                    version: crate::VERSION.to_string(),
-                    platform: std::env::consts::OS.to_string(),
-                    device_family: None,
-                    model_identifier: None,
-                    mode: mode::CLI.to_string(),
-                    instance_id: None,
-                },
-                scopes.iter().map(|s| s.to_string()).collect(),
-                token.map(Secret::expose),
-            ),
-        );
-        loop {
-            match session.next_frame().await? {
-                Frame::Event(ev) if ev.event == event::CONNECT_CHALLENGE => {
-                    session.send(connect.to_text()).await?;
-                }
-                Frame::Res(res) if res.id == "connect" => {
-                    if let Some(e) = res.error.filter(|_| !res.ok) {
-                        return Err(ConnectError::Refused(e));
-                    }
-                    return Ok((session, res.payload.unwrap_or(Value::Null)));
-                }
-                _ => {}
-            }
-        }
+        Ok((session, hello.unwrap_or(Value::Null)))
     }
 
     /// Calls `method_name`; events that arrive meanwhile are dropped.
@@ -242,5 +211,38 @@ impl Session {
             };
             return Frame::parse(&text).context("gateway sent an invalid frame");
         }
+    }
+}
+
+/// A failed handshake in the operator's words.
+fn describe_handshake_error(url: &str, e: HandshakeError) -> anyhow::Error {
+    match e {
+        HandshakeError::Open(e) => match crate::tls::describe_connect_error(&e) {
+            Some(tls) => anyhow!("cannot connect to gateway {url}: {tls}"),
+            // Keep an I/O error as the source, so callers can tell
+            // "nothing listening" from other failures.
+            None => match e {
+                tokio_tungstenite::tungstenite::Error::Io(io) => {
+                    anyhow::Error::new(io).context(format!("cannot connect to gateway {url}"))
+                }
+                e => anyhow!("cannot connect to gateway {url}: {e}"),
+            },
+        },
+        HandshakeError::Timeout => no_answer(url),
+        HandshakeError::Ended => anyhow!("gateway closed the connection"),
+        HandshakeError::Closed(frame) => anyhow!(
+            "gateway closed the connection{}",
+            frame
+                .filter(|f| !f.reason.is_empty())
+                .map(|f| format!(": {}", f.reason))
+                .unwrap_or_default()
+        ),
+        HandshakeError::Ws(e) => anyhow::Error::new(e).context("connection to gateway failed"),
+        HandshakeError::InvalidFrame(e) => {
+            anyhow::Error::new(e).context("gateway sent an invalid frame")
+        }
+        e @ (HandshakeError::InvalidChallenge(_)
+        | HandshakeError::Refused(_)
+        | HandshakeError::RefusedWithoutError) => anyhow::Error::new(e),
     }
 }
