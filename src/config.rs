@@ -13,7 +13,7 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use serde::Deserialize;
 
 mod table;
-use table::{settings_table, AtLeastOne, Bool, Count, Secs};
+use table::{settings_table, AtLeastOne, Bool, Count, Secs, Whole};
 
 use crate::logging::LogFormat;
 use crate::presence::{PresenceLimits, DEFAULT_MAX_ENTRIES, DEFAULT_TTL_MS};
@@ -104,6 +104,9 @@ settings_table! {
         /// Caps on connections still in their handshake.
         max_pending_handshakes (max_pending_handshakes): Count = AdmissionLimits::default().total,
         max_pending_handshakes_per_ip (max_pending_handshakes_per_ip): Count = AdmissionLimits::default().per_ip,
+        /// The largest frame a client may send after `connect` (advertised
+        /// as `policy.maxPayload`), 64 KiB to 64 MiB.
+        max_payload (max_payload_bytes): Whole<65_536, 67_108_864> = 1024 * 1024,
         /// `GET /metrics` needs `Authorization: Bearer <token>`.
         metrics_require_token (metrics_require_token): Bool = false,
     }

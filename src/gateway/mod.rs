@@ -46,7 +46,8 @@ pub struct GatewayConfig {
     pub token: Option<Secret>,
     /// Largest frame before `connect` succeeds.
     pub max_preauth_payload: usize,
-    /// Largest frame afterwards (advertised as `policy.maxPayload`).
+    /// Largest frame afterwards (advertised as `policy.maxPayload`;
+    /// `[gateway] max_payload_bytes`).
     pub max_payload: usize,
     /// Per-connection outbound queue, in frames.
     pub send_queue: usize,
@@ -71,10 +72,10 @@ impl GatewayConfig {
         self_entry: PresenceEntry,
     ) -> Self {
         GatewayConfig {
+            max_payload: settings.tuning.max_payload,
             settings,
             token,
             max_preauth_payload: 64 * 1024,
-            max_payload: 1024 * 1024,
             send_queue: 256,
             pins_file: None,
             self_entry,
