@@ -119,9 +119,7 @@ async fn run_role(
                 tls: settings.client_tls.clone(),
                 token: settings.token.clone(),
                 display_name: settings.display_name.clone(),
-                beacon_interval: settings.agent.beacon_interval,
-                stats_interval: settings.agent.stats_interval,
-                reconnect_max: settings.agent.reconnect_max,
+                tuning: settings.agent,
                 disk_path: "/".into(),
                 state_dir: settings.state_dir.clone(),
             };
