@@ -12,6 +12,9 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context as _, Result};
 use serde::Deserialize;
 
+mod table;
+use table::{settings_table, AtLeastOne, Bool, Count, Secs, Whole};
+
 use crate::logging::LogFormat;
 use crate::presence::{PresenceLimits, DEFAULT_MAX_ENTRIES, DEFAULT_TTL_MS};
 use crate::tls::{ClientTls, Fingerprint, ServerTlsFiles, FINGERPRINT_FORMAT};
@@ -34,10 +37,6 @@ pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The cap of an agent's reconnect backoff (waits of 15–30 s at the cap).
 pub const DEFAULT_RECONNECT_MAX: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
-/// Durations in seconds are at most a day.
-const MAX_SECS: u64 = 86_400;
-/// Counts (connections, handshakes) are at most this.
-const MAX_COUNT: usize = 1_000_000;
 
 /// A secret string (a gateway token). `Debug` and `Display` never show it.
 #[derive(Clone, PartialEq, Eq)]
@@ -58,44 +57,59 @@ impl std::fmt::Debug for Secret {
     }
 }
 
-/// The config file (`/etc/clawnode/clawnode.toml` or `--config PATH`; the
-/// packaged copy documents every key). Unknown keys are errors.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileConfig {
-    pub url: Option<String>,
-    pub token_file: Option<PathBuf>,
-    pub state_dir: Option<PathBuf>,
-    pub display_name: Option<String>,
-    pub log_level: Option<String>,
-    pub log_format: Option<LogFormat>,
-    pub beacon_interval_secs: Option<u64>,
-    pub stats_interval_secs: Option<u64>,
-    pub reconnect_max_secs: Option<u64>,
-    pub tls_fingerprint: Option<String>,
-    pub allow_insecure_ws: Option<bool>,
-    #[serde(default)]
-    pub gateway: GatewayFileConfig,
+settings_table! {
+    /// The config file (`/etc/clawnode/clawnode.toml` or `--config PATH`; the
+    /// packaged copy documents every key). Unknown keys are errors.
+    file FileConfig {
+        url: Option<String>,
+        token_file: Option<PathBuf>,
+        state_dir: Option<PathBuf>,
+        display_name: Option<String>,
+        log_level: Option<String>,
+        log_format: Option<LogFormat>,
+        tls_fingerprint: Option<String>,
+        allow_insecure_ws: Option<bool>,
+        #[serde(default)]
+        gateway: GatewayFileConfig,
+    }
+    /// The agent's numbers, resolved (file over defaults).
+    table AgentTuning {
+        beacon_interval (beacon_interval_secs): Secs = DEFAULT_BEACON_INTERVAL,
+        stats_interval (stats_interval_secs): Secs = DEFAULT_STATS_INTERVAL,
+        /// The longest wait between an agent's reconnect attempts.
+        reconnect_max (reconnect_max_secs): Secs = DEFAULT_RECONNECT_MAX,
+    }
 }
 
-/// The `[gateway]` table.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GatewayFileConfig {
-    pub enabled: Option<bool>,
-    pub listen: Option<String>,
-    pub auth: Option<AuthMode>,
-    pub presence_ttl_secs: Option<u64>,
-    pub presence_max_entries: Option<usize>,
-    pub tick_interval_secs: Option<u64>,
-    pub handshake_timeout_secs: Option<u64>,
-    pub write_timeout_secs: Option<u64>,
-    pub max_connections: Option<usize>,
-    pub max_pending_handshakes: Option<usize>,
-    pub max_pending_handshakes_per_ip: Option<usize>,
-    pub tls_cert: Option<PathBuf>,
-    pub tls_key: Option<PathBuf>,
-    pub metrics_require_token: Option<bool>,
+settings_table! {
+    /// The `[gateway]` table.
+    file GatewayFileConfig {
+        enabled: Option<bool>,
+        listen: Option<String>,
+        auth: Option<AuthMode>,
+        tls_cert: Option<PathBuf>,
+        tls_key: Option<PathBuf>,
+    }
+    /// The gateway's numbers and switches, resolved (flags over file over
+    /// defaults; only the presence limits have flags).
+    table GatewayTuning {
+        presence_ttl (presence_ttl_secs): Secs = Duration::from_millis(DEFAULT_TTL_MS),
+        presence_max_entries (presence_max_entries): AtLeastOne = DEFAULT_MAX_ENTRIES,
+        tick_interval (tick_interval_secs): Secs = DEFAULT_TICK_INTERVAL,
+        handshake_timeout (handshake_timeout_secs): Secs = DEFAULT_HANDSHAKE_TIMEOUT,
+        /// A client that reads nothing of what it is sent for this long is
+        /// dropped.
+        write_timeout (write_timeout_secs): Secs = DEFAULT_WRITE_TIMEOUT,
+        max_connections (max_connections): Count = DEFAULT_MAX_CONNECTIONS,
+        /// Caps on connections still in their handshake.
+        max_pending_handshakes (max_pending_handshakes): Count = AdmissionLimits::default().total,
+        max_pending_handshakes_per_ip (max_pending_handshakes_per_ip): Count = AdmissionLimits::default().per_ip,
+        /// The largest frame a client may send after `connect` (advertised
+        /// as `policy.maxPayload`), 64 KiB to 64 MiB.
+        max_payload (max_payload_bytes): Whole<65_536, 67_108_864> = 1024 * 1024,
+        /// `GET /metrics` needs `Authorization: Bearer <token>`.
+        metrics_require_token (metrics_require_token): Bool = false,
+    }
 }
 
 /// How the gateway authenticates clients.
@@ -345,21 +359,38 @@ pub fn read_token_file(path: &Path) -> Result<Secret> {
 pub struct GatewaySettings {
     pub listen: SocketAddr,
     pub auth: AuthMode,
-    pub limits: PresenceLimits,
-    pub tick_interval: Duration,
-    pub handshake_timeout: Duration,
-    /// A client that reads nothing of what it is sent for this long is
-    /// dropped.
-    pub write_timeout: Duration,
-    pub max_connections: usize,
-    pub admission: AdmissionLimits,
     /// `Some` when the gateway serves TLS (`wss://`).
     pub tls: Option<ServerTlsFiles>,
-    /// `GET /metrics` needs `Authorization: Bearer <token>`.
-    pub metrics_require_token: bool,
+    /// The numbers and switches of the `[gateway]` table.
+    pub tuning: GatewayTuning,
 }
 
 impl GatewaySettings {
+    /// The settings of a gateway on `listen` with every default (tests,
+    /// benches).
+    pub fn new(listen: SocketAddr) -> Self {
+        GatewaySettings {
+            listen,
+            auth: AuthMode::Token,
+            tls: None,
+            tuning: GatewayTuning::default(),
+        }
+    }
+
+    pub fn limits(&self) -> PresenceLimits {
+        PresenceLimits {
+            ttl_ms: self.tuning.presence_ttl.as_millis() as u64,
+            max_entries: self.tuning.presence_max_entries,
+        }
+    }
+
+    pub fn admission(&self) -> AdmissionLimits {
+        AdmissionLimits {
+            total: self.tuning.max_pending_handshakes,
+            per_ip: self.tuning.max_pending_handshakes_per_ip,
+        }
+    }
+
     /// How a client on this host reaches the gateway at [`Self::local_url`]:
     /// with TLS, pinned to the fingerprint of the gateway's own certificate
     /// file (so a self-signed certificate works). Plaintext is allowed: the
@@ -404,10 +435,8 @@ pub struct Settings {
     pub display_name: Option<String>,
     pub log_level: Option<String>,
     pub log_format: LogFormat,
-    pub beacon_interval: Duration,
-    pub stats_interval: Duration,
-    /// The longest wait between an agent's reconnect attempts.
-    pub reconnect_max: Duration,
+    /// The agent's numbers (the file's top-level table rows).
+    pub agent: AgentTuning,
     /// `Some` when this process is the gateway.
     pub gateway: Option<GatewaySettings>,
 }
@@ -420,7 +449,7 @@ impl Settings {
             .clone()
             .or_else(|| env.get("CLAWNODE_CONFIG").map(PathBuf::from))
             .or_else(|| env.default_config.clone().filter(|p| p.exists()));
-        let file = match &config_path {
+        let mut file = match &config_path {
             Some(p) => FileConfig::load(p)?,
             None => FileConfig::default(),
         };
@@ -521,28 +550,11 @@ impl Settings {
             _ => {}
         }
 
-        let secs = |name: &str, v: Option<u64>, default: Duration| -> Result<Duration> {
-            match v {
-                Some(s) if !(1..=MAX_SECS).contains(&s) => {
-                    bail!("{name} must be a whole number of seconds from 1 to {MAX_SECS}, not {s}")
-                }
-                Some(s) => Ok(Duration::from_secs(s)),
-                None => Ok(default),
-            }
-        };
-
-        let count = |name: &str, v: Option<usize>, default: usize| -> Result<usize> {
-            match v {
-                Some(n) if !(1..=MAX_COUNT).contains(&n) => {
-                    bail!("{name} must be a whole number from 1 to {MAX_COUNT}, not {n}")
-                }
-                Some(n) => Ok(n),
-                None => Ok(default),
-            }
-        };
-
-        let g = &file.gateway;
-        let gateway = if flags.gateway || g.enabled.unwrap_or(false) {
+        let gateway = if flags.gateway || file.gateway.enabled.unwrap_or(false) {
+            // The flags that set table rows, over the file.
+            let mut g = std::mem::take(&mut file.gateway);
+            g.presence_ttl_secs = flags.presence_ttl_secs.or(g.presence_ttl_secs);
+            g.presence_max_entries = flags.presence_max_entries.or(g.presence_max_entries);
             let listen_text = flags
                 .listen
                 .clone()
@@ -557,14 +569,7 @@ impl Settings {
                     "refusing to listen on {listen} without authentication: use a loopback address or token auth"
                 );
             }
-            let ttl_secs = flags.presence_ttl_secs.or(g.presence_ttl_secs);
-            let max_entries = flags
-                .presence_max_entries
-                .or(g.presence_max_entries)
-                .unwrap_or(DEFAULT_MAX_ENTRIES);
-            if max_entries == 0 {
-                bail!("presence_max_entries must be at least 1");
-            }
+            let tuning = GatewayTuning::resolve(&g)?;
             let tls = match (
                 flags.tls_cert.clone().or(g.tls_cert.clone()),
                 flags.tls_key.clone().or(g.tls_key.clone()),
@@ -574,56 +579,14 @@ impl Settings {
                 (Some(_), None) => bail!("tls_cert is set but tls_key is not: the gateway needs both (--tls-key, [gateway] tls_key)"),
                 (None, Some(_)) => bail!("tls_key is set but tls_cert is not: the gateway needs both (--tls-cert, [gateway] tls_cert)"),
             };
-            let metrics_require_token = g.metrics_require_token.unwrap_or(false);
-            if metrics_require_token && auth == AuthMode::None {
+            if tuning.metrics_require_token && auth == AuthMode::None {
                 bail!("metrics_require_token = true needs auth = \"token\": without auth there is no token to require");
             }
             Some(GatewaySettings {
-                tls,
-                metrics_require_token,
                 listen,
                 auth,
-                limits: PresenceLimits {
-                    ttl_ms: secs(
-                        "presence_ttl_secs",
-                        ttl_secs,
-                        Duration::from_millis(DEFAULT_TTL_MS),
-                    )?
-                    .as_millis() as u64,
-                    max_entries,
-                },
-                tick_interval: secs(
-                    "tick_interval_secs",
-                    g.tick_interval_secs,
-                    DEFAULT_TICK_INTERVAL,
-                )?,
-                handshake_timeout: secs(
-                    "handshake_timeout_secs",
-                    g.handshake_timeout_secs,
-                    DEFAULT_HANDSHAKE_TIMEOUT,
-                )?,
-                write_timeout: secs(
-                    "write_timeout_secs",
-                    g.write_timeout_secs,
-                    DEFAULT_WRITE_TIMEOUT,
-                )?,
-                max_connections: count(
-                    "max_connections",
-                    g.max_connections,
-                    DEFAULT_MAX_CONNECTIONS,
-                )?,
-                admission: AdmissionLimits {
-                    total: count(
-                        "max_pending_handshakes",
-                        g.max_pending_handshakes,
-                        AdmissionLimits::default().total,
-                    )?,
-                    per_ip: count(
-                        "max_pending_handshakes_per_ip",
-                        g.max_pending_handshakes_per_ip,
-                        AdmissionLimits::default().per_ip,
-                    )?,
-                },
+                tls,
+                tuning,
             })
         } else {
             None
@@ -650,21 +613,7 @@ impl Settings {
             display_name,
             log_level,
             log_format,
-            beacon_interval: secs(
-                "beacon_interval_secs",
-                file.beacon_interval_secs,
-                DEFAULT_BEACON_INTERVAL,
-            )?,
-            stats_interval: secs(
-                "stats_interval_secs",
-                file.stats_interval_secs,
-                DEFAULT_STATS_INTERVAL,
-            )?,
-            reconnect_max: secs(
-                "reconnect_max_secs",
-                file.reconnect_max_secs,
-                DEFAULT_RECONNECT_MAX,
-            )?,
+            agent: AgentTuning::resolve(&file)?,
             gateway,
         })
     }
@@ -722,7 +671,7 @@ mod tests {
             ))
         );
         assert!(s.gateway.is_none());
-        assert_eq!(s.beacon_interval, Duration::from_secs(60));
+        assert_eq!(s.agent.beacon_interval, Duration::from_secs(60));
     }
 
     #[test]
@@ -1094,36 +1043,15 @@ mod tests {
             .collect();
         let file = FileConfig::parse(&uncommented).unwrap();
         assert_eq!(file.url.as_deref(), Some(DEFAULT_URL));
-        assert_eq!(
-            file.beacon_interval_secs,
-            Some(DEFAULT_BEACON_INTERVAL.as_secs())
-        );
         assert_eq!(file.log_format, Some(LogFormat::Auto));
         assert_eq!(file.gateway.listen.as_deref(), Some(DEFAULT_LISTEN));
-        assert_eq!(file.gateway.presence_ttl_secs, Some(DEFAULT_TTL_MS / 1000));
-        assert_eq!(file.gateway.presence_max_entries, Some(DEFAULT_MAX_ENTRIES));
+        // Every table row is documented, with its default.
+        assert_eq!(AgentTuning::unset(&file), Vec::<&str>::new());
+        assert_eq!(GatewayTuning::unset(&file.gateway), Vec::<&str>::new());
+        assert_eq!(AgentTuning::resolve(&file).unwrap(), AgentTuning::default());
         assert_eq!(
-            file.gateway.tick_interval_secs,
-            Some(DEFAULT_TICK_INTERVAL.as_secs())
-        );
-        assert_eq!(
-            file.gateway.handshake_timeout_secs,
-            Some(DEFAULT_HANDSHAKE_TIMEOUT.as_secs())
-        );
-        assert_eq!(
-            file.gateway.write_timeout_secs,
-            Some(DEFAULT_WRITE_TIMEOUT.as_secs())
-        );
-        assert_eq!(
-            file.reconnect_max_secs,
-            Some(DEFAULT_RECONNECT_MAX.as_secs())
-        );
-        assert_eq!(file.gateway.max_connections, Some(DEFAULT_MAX_CONNECTIONS));
-        let admission = AdmissionLimits::default();
-        assert_eq!(file.gateway.max_pending_handshakes, Some(admission.total));
-        assert_eq!(
-            file.gateway.max_pending_handshakes_per_ip,
-            Some(admission.per_ip)
+            GatewayTuning::resolve(&file.gateway).unwrap(),
+            GatewayTuning::default()
         );
         assert_eq!(file.gateway.enabled, Some(false));
         assert_eq!(file.allow_insecure_ws, Some(false));

@@ -67,9 +67,7 @@ fn node_params(
             token: token.clone(),
         },
         display_name: Some("raw-node".into()),
-        beacon_interval: std::time::Duration::from_secs(60),
-        stats_interval: std::time::Duration::from_secs(60),
-        reconnect_max: std::time::Duration::from_secs(30),
+        tuning: Default::default(),
         disk_path: "/".into(),
         state_dir: "/nonexistent".into(),
     };

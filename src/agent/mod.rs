@@ -33,10 +33,8 @@ pub struct AgentConfig {
     pub tls: crate::tls::ClientTls,
     pub token: TokenSource,
     pub display_name: Option<String>,
-    pub beacon_interval: Duration,
-    pub stats_interval: Duration,
-    /// The cap of the reconnect backoff.
-    pub reconnect_max: Duration,
+    /// Beacon and stats intervals, the cap of the reconnect backoff.
+    pub tuning: crate::config::AgentTuning,
     /// Disk statistics are reported for the filesystem holding this path.
     pub disk_path: PathBuf,
     /// Where the device token issued by the gateway is kept.
@@ -112,7 +110,7 @@ pub async fn run(
     mut shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let mut watchdog = notifier.watchdog_timer();
-    let mut backoff = Backoff::reconnect(config.reconnect_max);
+    let mut backoff = Backoff::reconnect(config.tuning.reconnect_max);
     let mut memory = SessionMemory::default();
     let mut sampler = HostStatsSampler::new(config.disk_path.clone());
     let device_tokens = DeviceTokenStore::new(&config.state_dir);

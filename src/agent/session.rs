@@ -358,7 +358,7 @@ pub async fn run(
                                 debug!(error = %e, "host stats not accepted yet");
                             }
                             next_stats = Instant::now() + stats_retry;
-                            stats_retry = (stats_retry * 2).min(inputs.config.stats_interval);
+                            stats_retry = (stats_retry * 2).min(inputs.config.tuning.stats_interval);
                         }
                         (Some(Pending::Stats), None) => {
                             if stats_retry != STATS_RETRY {
@@ -391,7 +391,7 @@ pub async fn run(
                 if let Err(e) = sink.send(Message::text(Frame::request(id, method::SYSTEM_EVENT, params).to_text())).await {
                     return ended(describe_ws_error(&e));
                 }
-                next_beacon = Instant::now() + inputs.config.beacon_interval;
+                next_beacon = Instant::now() + inputs.config.tuning.beacon_interval;
             }
             _ = sleep_until(next_stats) => {
                 let stats = inputs.sampler.sample();
@@ -405,7 +405,7 @@ pub async fn run(
                 if let Err(e) = sink.send(Message::text(Frame::request(id, method::NODE_EVENT, params).to_text())).await {
                     return ended(describe_ws_error(&e));
                 }
-                next_stats = Instant::now() + inputs.config.stats_interval;
+                next_stats = Instant::now() + inputs.config.tuning.stats_interval;
             }
             _ = inputs.watchdog.tick() => inputs.notifier.watchdog(),
             _ = sleep_until(last_heard + silence_limit) => {

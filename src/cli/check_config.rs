@@ -100,18 +100,9 @@ pub fn render(s: &Settings, token_note: &str) -> String {
         "state_dir = {}",
         quote(&s.state_dir.to_string_lossy())
     ));
-    line(format!(
-        "beacon_interval_secs = {}",
-        s.beacon_interval.as_secs()
-    ));
-    line(format!(
-        "stats_interval_secs = {}",
-        s.stats_interval.as_secs()
-    ));
-    line(format!(
-        "reconnect_max_secs = {}",
-        s.reconnect_max.as_secs()
-    ));
+    for l in s.agent.lines() {
+        line(l);
+    }
     line(format!(
         "log_level = {}",
         quote(s.log_level.as_deref().unwrap_or("info"))
@@ -129,30 +120,9 @@ pub fn render(s: &Settings, token_note: &str) -> String {
                 crate::config::AuthMode::None => "none",
             })
         ));
-        line(format!("presence_ttl_secs = {}", g.limits.ttl_ms / 1000));
-        line(format!("presence_max_entries = {}", g.limits.max_entries));
-        line(format!(
-            "tick_interval_secs = {}",
-            g.tick_interval.as_secs()
-        ));
-        line(format!(
-            "handshake_timeout_secs = {}",
-            g.handshake_timeout.as_secs()
-        ));
-        line(format!(
-            "write_timeout_secs = {}",
-            g.write_timeout.as_secs()
-        ));
-        line(format!("max_connections = {}", g.max_connections));
-        line(format!("max_pending_handshakes = {}", g.admission.total));
-        line(format!(
-            "max_pending_handshakes_per_ip = {}",
-            g.admission.per_ip
-        ));
-        line(format!(
-            "metrics_require_token = {}",
-            g.metrics_require_token
-        ));
+        for l in g.tuning.lines() {
+            line(l);
+        }
         match &g.tls {
             Some(files) => {
                 line(format!(

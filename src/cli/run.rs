@@ -119,9 +119,7 @@ async fn run_role(
                 tls: settings.client_tls.clone(),
                 token: settings.token.clone(),
                 display_name: settings.display_name.clone(),
-                beacon_interval: settings.beacon_interval,
-                stats_interval: settings.stats_interval,
-                reconnect_max: settings.reconnect_max,
+                tuning: settings.agent,
                 disk_path: "/".into(),
                 state_dir: settings.state_dir.clone(),
             };
@@ -237,9 +235,9 @@ async fn run_gateway(
 ) -> Result<()> {
     let facts = HostFacts::collect();
     match raise_open_file_limit() {
-        Ok(limit) if (limit as usize) < gw.max_connections + 64 => warn!(
+        Ok(limit) if (limit as usize) < gw.tuning.max_connections + 64 => warn!(
             open_file_limit = limit,
-            max_connections = gw.max_connections,
+            max_connections = gw.tuning.max_connections,
             "the open-file limit is below max_connections; connections past it will fail (raise LimitNOFILE)"
         ),
         Ok(limit) => info!(open_file_limit = limit, "open-file limit"),
@@ -251,20 +249,15 @@ async fn run_gateway(
         tls,
         ..
     } = parts;
-    let mut config = GatewayConfig::new(gw.listen, token, self_entry(settings, identity, &facts));
-    config.limits = gw.limits;
-    config.tick_interval = gw.tick_interval;
-    config.handshake_timeout = gw.handshake_timeout;
-    config.write_timeout = gw.write_timeout;
-    config.max_connections = gw.max_connections;
-    config.metrics_require_token = gw.metrics_require_token;
-    config.admission = gw.admission;
-    config.pins_file = Some(settings.state_dir.join(gateway::pins::PINS_FILE));
     let tls_note = match &tls {
         Some(t) => format!("wss (certificate {})", t.fingerprint),
         None => "none (ws://)".to_string(),
     };
-    config.tls = tls;
+    let config = GatewayConfig {
+        pins_file: Some(settings.state_dir.join(gateway::pins::PINS_FILE)),
+        tls,
+        ..GatewayConfig::from_settings(gw.clone(), token, self_entry(settings, identity, &facts))
+    };
     let gateway = Gateway::new(listener, config)?.with_notifier(notifier.clone());
     gateway.pin_self(identity.instance_id(), identity.device_id());
     info!(
@@ -272,8 +265,8 @@ async fn run_gateway(
         auth = gateway::describe_auth(gw.auth),
         tls = %tls_note,
         instance_id = identity.instance_id(),
-        ttl_secs = gw.limits.ttl_ms / 1000,
-        max_entries = gw.limits.max_entries,
+        ttl_secs = gw.tuning.presence_ttl.as_secs(),
+        max_entries = gw.tuning.presence_max_entries,
         "gateway listening"
     );
     let page = browse_url(gateway.local_addr()?, tls_note.starts_with("wss"));

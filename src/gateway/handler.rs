@@ -65,7 +65,7 @@ async fn serve_connection(
     ticket: Ticket,
 ) {
     let config = &shared.config;
-    let deadline = Instant::now() + config.handshake_timeout;
+    let deadline = Instant::now() + config.settings.tuning.handshake_timeout;
     // TLS (when configured) is part of the handshake and its deadline.
     let mut stream =
         match timeout_at(deadline, crate::tls::accept(stream, config.tls.as_ref())).await {
@@ -118,7 +118,7 @@ async fn serve_connection(
     )
     .await;
     let (sink, mut source) = ws.split();
-    let mut conn = Connection::new(sink, config.write_timeout);
+    let mut conn = Connection::new(sink, config.settings.tuning.write_timeout);
     let remote_ip = auth::canonical_ip(peer.ip());
 
     let nonce = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
@@ -371,7 +371,7 @@ fn hello_ok(
         policy: Policy {
             max_payload: config.max_payload as u64,
             max_buffered_bytes: (config.send_queue * config.max_payload) as u64,
-            tick_interval_ms: config.tick_interval.as_millis() as u64,
+            tick_interval_ms: config.settings.tuning.tick_interval.as_millis() as u64,
         },
     }
 }
@@ -408,7 +408,7 @@ impl Handler<'_> {
         // long fails the socket (ETIMEDOUT). A live client that is merely
         // busy still acknowledges at the TCP level and is not dropped (a
         // full queue is handled apart).
-        let tick = self.shared.config.tick_interval;
+        let tick = self.shared.config.settings.tuning.tick_interval;
         let mut liveness = tokio::time::interval_at(Instant::now() + tick, tick);
         liveness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

@@ -308,7 +308,7 @@ pub fn respond(req: &PlainRequest, shared: &Shared, ready: Result<(), String>) -
             Err(why) => Response::text(503, format!("not ready: {why}")),
         },
         "/metrics" => {
-            if shared.config.metrics_require_token {
+            if shared.config.settings.tuning.metrics_require_token {
                 if let Some(expected) = &shared.config.token {
                     let given = req.bearer.as_deref().unwrap_or_default();
                     if !super::auth::tokens_match(given, expected.expose()) {
@@ -351,7 +351,7 @@ pub async fn serve<S: AsyncWrite + Unpin>(
         stream,
         &response,
         req.method == "HEAD",
-        shared.config.write_timeout,
+        shared.config.settings.tuning.write_timeout,
     )
     .await;
 }
@@ -360,7 +360,13 @@ pub async fn serve<S: AsyncWrite + Unpin>(
 pub async fn refuse<S: AsyncWrite + Unpin>(stream: &mut S, bad: BadRequest, shared: &Shared) {
     if let Some(status) = bad.status {
         let response = Response::text(status, bad.reason);
-        send(stream, &response, false, shared.config.write_timeout).await;
+        send(
+            stream,
+            &response,
+            false,
+            shared.config.settings.tuning.write_timeout,
+        )
+        .await;
     }
 }
 

@@ -31,8 +31,10 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
-    let limit = Arc::new(Semaphore::new(shared.config.max_connections));
-    let admission = Admission::new(shared.config.admission);
+    let limit = Arc::new(Semaphore::new(
+        shared.config.settings.tuning.max_connections,
+    ));
+    let admission = Admission::new(shared.config.settings.admission());
     let mut refusals = RefusalLog::default();
     let mut handlers = JoinSet::new();
     let ticker = tokio::spawn(tick_loop(shared.clone(), stop_rx.clone()));
@@ -74,7 +76,7 @@ pub async fn serve(
                             // stops acknowledging the pings the handler sends
                             // every tick: the kernel then fails the socket.
                             let _ = socket2::SockRef::from(&stream)
-                                .set_tcp_user_timeout(Some(shared.config.tick_interval * 2));
+                                .set_tcp_user_timeout(Some(shared.config.settings.tuning.tick_interval * 2));
                             handlers.spawn(handler::run(stream, peer, shared.clone(), stop_rx.clone(), permit, ticket));
                         }
                         Err((why, label)) => {
@@ -141,8 +143,8 @@ impl RefusalLog {
             warn!(
                 refused = %summary,
                 pending_handshakes = pending,
-                limits = ?shared.config.admission,
-                max_connections = shared.config.max_connections,
+                limits = ?shared.config.settings.admission(),
+                max_connections = shared.config.settings.tuning.max_connections,
                 "refusing connections (HTTP 503)"
             );
             self.counts.clear();
@@ -168,7 +170,7 @@ fn status_line(shared: &Shared) -> String {
 /// Every tick: [`Shared::tick`] (connected rows fresh, expired ones gone,
 /// `tick` sent).
 async fn tick_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
-    let period = shared.config.tick_interval;
+    let period = shared.config.settings.tuning.tick_interval;
     let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -25,68 +25,61 @@ pub mod state;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use tokio::net::TcpListener;
 
-use crate::config::{AuthMode, Secret};
-use crate::presence::PresenceLimits;
+use crate::config::{AuthMode, GatewaySettings, Secret};
 use crate::protocol::PresenceEntry;
 use crate::service::ServiceNotifier;
 
 /// The version we report in `hello-ok.server.version` and presence rows.
 pub const SERVER_VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// Everything the gateway needs to run.
+/// Everything the gateway needs to run: the resolved settings and what is
+/// made at start (token, own row, pins file, TLS acceptor).
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
-    /// Where to listen when the gateway binds itself ([`Gateway::bind`]).
-    pub listen: SocketAddr,
+    /// Listen address, auth and the `[gateway]` table's numbers.
+    pub settings: GatewaySettings,
     /// `None` when auth is disabled (loopback only; checked by config).
     pub token: Option<Secret>,
-    pub limits: PresenceLimits,
-    pub tick_interval: Duration,
-    pub handshake_timeout: Duration,
-    /// A client that reads nothing for this long is dropped.
-    pub write_timeout: Duration,
     /// Largest frame before `connect` succeeds.
     pub max_preauth_payload: usize,
-    /// Largest frame afterwards (advertised as `policy.maxPayload`).
+    /// Largest frame afterwards (advertised as `policy.maxPayload`;
+    /// `[gateway] max_payload_bytes`).
     pub max_payload: usize,
     /// Per-connection outbound queue, in frames.
     pub send_queue: usize,
-    pub max_connections: usize,
     /// Where instance pins are kept (`None`: in memory only).
     pub pins_file: Option<std::path::PathBuf>,
-    /// Caps on connections still in their handshake.
-    pub admission: admission::AdmissionLimits,
     /// The gateway's own presence row (rule 1).
     pub self_entry: PresenceEntry,
     /// Serve `wss://`: the TLS handshake runs inside `handshake_timeout`.
     pub tls: Option<crate::tls::ServerTls>,
-    /// `GET /metrics` needs the token (as `Authorization: Bearer`).
-    pub metrics_require_token: bool,
 }
 
 impl GatewayConfig {
+    /// A gateway on `listen` with the default settings (tests, benches).
     pub fn new(listen: SocketAddr, token: Option<Secret>, self_entry: PresenceEntry) -> Self {
+        GatewayConfig::from_settings(GatewaySettings::new(listen), token, self_entry)
+    }
+
+    /// A gateway with resolved settings; no pins file, no TLS.
+    pub fn from_settings(
+        settings: GatewaySettings,
+        token: Option<Secret>,
+        self_entry: PresenceEntry,
+    ) -> Self {
         GatewayConfig {
-            listen,
+            max_payload: settings.tuning.max_payload,
+            settings,
             token,
-            limits: PresenceLimits::default(),
-            tick_interval: crate::config::DEFAULT_TICK_INTERVAL,
-            handshake_timeout: crate::config::DEFAULT_HANDSHAKE_TIMEOUT,
-            write_timeout: crate::config::DEFAULT_WRITE_TIMEOUT,
             max_preauth_payload: 64 * 1024,
-            max_payload: 1024 * 1024,
             send_queue: 256,
-            max_connections: crate::config::DEFAULT_MAX_CONNECTIONS,
-            admission: admission::AdmissionLimits::default(),
             pins_file: None,
             self_entry,
             tls: None,
-            metrics_require_token: false,
         }
     }
 }
@@ -106,9 +99,9 @@ pub async fn bind(listen: SocketAddr) -> Result<TcpListener> {
 }
 
 impl Gateway {
-    /// Binds `config.listen`.
+    /// Binds `config.settings.listen`.
     pub async fn bind(config: GatewayConfig) -> Result<Gateway> {
-        Gateway::new(bind(config.listen).await?, config)
+        Gateway::new(bind(config.settings.listen).await?, config)
     }
 
     /// A gateway on an already bound listener (bind first, so a port in

@@ -120,7 +120,7 @@ pub const AUTH_FAILURE_WINDOW_MS: u64 = 60_000;
 
 impl Shared {
     pub fn new(config: GatewayConfig, pins: PinStore) -> Shared {
-        let presence = PresenceStore::new(config.self_entry.clone(), config.limits);
+        let presence = PresenceStore::new(config.self_entry.clone(), config.settings.limits());
         Shared {
             config,
             metrics: Metrics::default(),
@@ -377,10 +377,10 @@ impl Shared {
     /// answers 503).
     pub fn readiness(&self) -> Result<(), String> {
         let connections = self.lock().connections.len();
-        if connections + 1 >= self.config.max_connections {
+        if connections + 1 >= self.config.settings.tuning.max_connections {
             return Err(format!(
                 "no free connection slot ({connections} connected, max_connections {})",
-                self.config.max_connections
+                self.config.settings.tuning.max_connections
             ));
         }
         Ok(())
