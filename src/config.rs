@@ -106,7 +106,7 @@ settings_table! {
         max_pending_handshakes_per_ip (max_pending_handshakes_per_ip): Count = AdmissionLimits::default().per_ip,
         /// The largest frame a client may send after `connect` (advertised
         /// as `policy.maxPayload`), 64 KiB to 64 MiB.
-        max_payload (max_payload_bytes): Whole<65_536, 67_108_864> = 1024 * 1024,
+        max_payload (max_payload_bytes): Whole<65_536, 16_777_216> = 1024 * 1024,
         /// `GET /metrics` needs `Authorization: Bearer <token>`.
         metrics_require_token (metrics_require_token): Bool = false,
     }

@@ -249,3 +249,22 @@ async fn handshake_timeout_closes_silent_clients() {
         "closed after {after:?}, before the 2 s deadline"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn max_payload_bytes_reaches_the_policy_clients_are_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(&config, "[gateway]\nmax_payload_bytes = 131072\n").unwrap();
+    let gw = TestGateway::start(&["--config", config.to_str().unwrap()]);
+    let mut c = RawClient::open(&gw.url()).await;
+    let params = operator_params(
+        "ui",
+        Some("policy-1"),
+        &["operator.read"],
+        Some(&gw.token()),
+    );
+    match c.connect(&params).await {
+        Outcome::Hello(hello) => assert_eq!(hello.policy.max_payload, 131_072),
+        other => panic!("connect failed: {other:?}"),
+    }
+}
