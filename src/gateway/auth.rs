@@ -550,6 +550,33 @@ mod tests {
         assert_eq!(r.result, HandshakeResult::AuthFailed);
     }
 
+    /// Every device-proof failure reaches the client with its own code and
+    /// counts as an auth failure, never against the token rate limit.
+    #[test]
+    fn each_device_proof_failure_is_refused_with_its_code() {
+        let identity = DeviceIdentity::ephemeral("inst-1");
+        let token = Secret::new("t");
+        let cases: [(&str, fn(&mut DeviceProof)); 4] = [
+            ("DEVICE_AUTH_PUBLIC_KEY_INVALID", |d| {
+                d.public_key = "not-a-key".into()
+            }),
+            ("DEVICE_AUTH_DEVICE_ID_MISMATCH", |d| d.id = "0".repeat(64)),
+            ("DEVICE_AUTH_SIGNATURE_EXPIRED", |d| {
+                d.signed_at -= 11 * 60 * 1000
+            }),
+            ("DEVICE_AUTH_NONCE_REQUIRED", |d| d.nonce.clear()),
+        ];
+        for (code, spoil) in cases {
+            let mut p = signed_node(&identity, "t", NONCE, NOW, &[]);
+            spoil(p.device.as_mut().expect("a proof"));
+            let r = rejected(authorize(&request(p), &input(Some(&token))));
+            assert_eq!(detail(&r), Some(code));
+            assert_eq!(r.result, HandshakeResult::AuthFailed, "{code}");
+            assert!(!r.counts_against_rate_limit(), "{code}");
+            assert_eq!(r.close, CloseCode::Policy, "{code}");
+        }
+    }
+
     #[test]
     fn the_first_frame_must_be_a_connect_request_within_the_preauth_limit() {
         let big = format!(
