@@ -556,7 +556,8 @@ mod tests {
     fn each_device_proof_failure_is_refused_with_its_code() {
         let identity = DeviceIdentity::ephemeral("inst-1");
         let token = Secret::new("t");
-        let cases: [(&str, fn(&mut DeviceProof)); 4] = [
+        type Spoil = fn(&mut DeviceProof);
+        let cases: [(&str, Spoil); 4] = [
             ("DEVICE_AUTH_PUBLIC_KEY_INVALID", |d| {
                 d.public_key = "not-a-key".into()
             }),
