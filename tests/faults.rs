@@ -629,10 +629,7 @@ async fn the_total_pending_handshake_cap_refuses_with_503_and_frees_slots() {
 async fn an_operator_that_never_reads_is_dropped_and_memory_stays_bounded() {
     // A 2 s write timeout (10 s by default): the test is about being
     // dropped and bounded, not about the default's length.
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("gateway.toml");
-    std::fs::write(&config, "[gateway]\nwrite_timeout_secs = 2\n").unwrap();
-    let gw = TestGateway::start(&["--config", config.to_str().unwrap()]);
+    let gw = TestGateway::start_with_config("[gateway]\nwrite_timeout_secs = 2\n");
     let pid = gw.proc.child.id();
     // The slow consumer: connected, subscribed to presence, never reads.
     let slow = open_operator(&gw, "ui", Some("slow-ui"), &["operator.read"]).await;

@@ -233,10 +233,7 @@ async fn handshake_timeout_closes_silent_clients() {
     // handshake deadline (2 s here, 10 s by default) and the gateway keeps
     // serving others meanwhile. `read_close` waits up to 10 s: a margin
     // for a loaded machine, not the deadline under test.
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("clawnode.toml");
-    std::fs::write(&config, "[gateway]\nhandshake_timeout_secs = 2\n").unwrap();
-    let gw = TestGateway::start(&["--config", config.to_str().unwrap()]);
+    let gw = TestGateway::start_with_config("[gateway]\nhandshake_timeout_secs = 2\n");
     let opened = std::time::Instant::now();
     let mut c = RawClient::open(&gw.url()).await;
     still_serving(&gw).await;
@@ -252,10 +249,7 @@ async fn handshake_timeout_closes_silent_clients() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn max_payload_bytes_reaches_the_policy_clients_are_sent() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("gateway.toml");
-    std::fs::write(&config, "[gateway]\nmax_payload_bytes = 131072\n").unwrap();
-    let gw = TestGateway::start(&["--config", config.to_str().unwrap()]);
+    let gw = TestGateway::start_with_config("[gateway]\nmax_payload_bytes = 131072\n");
     let mut c = RawClient::open(&gw.url()).await;
     let params = operator_params(
         "ui",

@@ -349,10 +349,7 @@ async fn a_gateway_that_refuses_node_beacons_gets_one_and_no_more() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_that_stops_reading_is_dropped_without_slowing_the_others() {
     // A 2 s write timeout (10 s by default) keeps the test short.
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("gateway.toml");
-    std::fs::write(&config, "[gateway]\nwrite_timeout_secs = 2\n").unwrap();
-    let gw = TestGateway::start(&["--config", config.to_str().unwrap()]);
+    let gw = TestGateway::start_with_config("[gateway]\nwrite_timeout_secs = 2\n");
     // The slow client connects as an operator (it gets presence events) and
     // then never reads again.
     let slow = open_operator(&gw, "ui", Some("slow"), &["operator.read"]).await;

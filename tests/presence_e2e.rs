@@ -353,10 +353,7 @@ async fn node_list_shows_the_agents_host_stats() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_config_file_sets_the_tick_interval_and_every_client_gets_ticks() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("clawnode.toml");
-    std::fs::write(&cfg, "[gateway]\ntick_interval_secs = 1\n").unwrap();
-    let gw = TestGateway::start(&["--config", cfg.to_str().unwrap()]);
+    let gw = TestGateway::start_with_config("[gateway]\ntick_interval_secs = 1\n");
     let mut c = RawClient::open(&gw.url()).await;
     let hello = match c
         .connect(&operator_params(

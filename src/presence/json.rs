@@ -66,34 +66,19 @@ impl RowsJson {
             }
             (joined, newest)
         });
-        out.reserve(3 + self_json.len() + joined_rows.len());
-        out.push('[');
-        if *newest <= now_ms || joined_rows.is_empty() {
-            // The usual case: the self entry (ts now) is the newest row.
-            out.push_str(&self_json);
-            if !joined_rows.is_empty() {
-                out.push(',');
-                out.push_str(joined_rows);
-            }
-            out.push(']');
+        if *newest > now_ms && !joined_rows.is_empty() {
+            // The wall clock stepped back: rows newer than now come before
+            // the self entry (ties go to the self entry, as in `list`).
+            write_list_without(out, rows, &[], self_entry, now_ms);
             return;
         }
-        // The wall clock stepped back: rows newer than now come before the
-        // self entry (ties go to the self entry, as in `list`).
-        let mut self_pending = true;
-        for (ts, _, json) in sorted_rows(rows) {
-            if self_pending && ts <= now_ms {
-                out.push_str(&self_json);
-                out.push(',');
-                self_pending = false;
-            }
-            out.push_str(json);
+        // The usual case: the self entry (ts now) is the newest row.
+        out.reserve(3 + self_json.len() + joined_rows.len());
+        out.push('[');
+        out.push_str(&self_json);
+        if !joined_rows.is_empty() {
             out.push(',');
-        }
-        if self_pending {
-            out.push_str(&self_json);
-        } else {
-            out.pop();
+            out.push_str(joined_rows);
         }
         out.push(']');
     }

@@ -345,6 +345,17 @@ impl TestGateway {
         gw
     }
 
+    /// A gateway with a fresh state dir and `toml` as its config file
+    /// (e.g. `"[gateway]\nwrite_timeout_secs = 2\n"`: shorter timers).
+    pub fn start_with_config(toml: &str) -> TestGateway {
+        let tmp = tempfile::tempdir().unwrap();
+        let config = tmp.path().join("test-config.toml");
+        std::fs::write(&config, toml).unwrap();
+        let mut gw = Self::start_at(tmp.path(), &["--config", config.to_str().unwrap()]);
+        gw._tmp = Some(tmp);
+        gw
+    }
+
     /// A gateway with a fresh state dir and extra environment (e.g. `RUST_LOG`).
     pub fn start_with_env(extra: &[&str], envs: &[(&str, &str)]) -> TestGateway {
         let tmp = tempfile::tempdir().unwrap();
