@@ -154,20 +154,22 @@ impl Metrics {
             "Presence rows by status (left: the client disconnected; else by the age of the last update: active <= 90 s, idle <= 180 s, stale older)",
             entries,
         );
-        let max_entries: Gauge = Gauge::default();
-        max_entries.set(snapshot.max_entries as i64);
-        registry.register(
-            "presence_max_entries",
-            "The presence cap (presence_max_entries): rows without a live connection beyond it are evicted",
-            max_entries,
-        );
-        let overshoot: Gauge = Gauge::default();
-        overshoot.set(snapshot.overshoot as i64);
-        registry.register(
-            "presence_cap_overshoot",
-            "Presence rows beyond presence_max_entries: rows of live connections, which are never evicted",
-            overshoot,
-        );
+        for (name, help, value) in [
+            (
+                "presence_max_entries",
+                "The presence cap (presence_max_entries): rows without a live connection beyond it are evicted",
+                snapshot.max_entries,
+            ),
+            (
+                "presence_cap_overshoot",
+                "Presence rows beyond presence_max_entries: rows of live connections, which are never evicted",
+                snapshot.overshoot,
+            ),
+        ] {
+            let gauge: Gauge = Gauge::default();
+            gauge.set(value as i64);
+            registry.register(name, help, gauge);
+        }
         let connections = Family::<Label, Gauge>::default();
         for (role, n) in [
             (Role::Node, snapshot.nodes),
