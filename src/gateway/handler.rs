@@ -33,7 +33,7 @@ use super::pins::PinCheck;
 use super::state::{Registration, Shared};
 use super::SERVER_VERSION;
 use crate::clock::now_ms;
-use crate::presence::PresenceKey;
+use crate::presence::{ConnectionInfo, PresenceKey};
 use crate::protocol::connect::{Features, HelloAuth, Policy, ServerInfo, Snapshot, StateVersion};
 use crate::protocol::{event, ConnectChallenge, ErrorShape, Frame, HelloOk};
 use crate::tls::ServerStream;
@@ -241,15 +241,17 @@ async fn handshake(
     check_pin(shared, &req, admitted.device_id.as_deref())?;
 
     let params = &req.params;
-    let reads_presence = auth::reads_presence(admitted.role, &admitted.scopes);
     let registered = shared.register(Registration {
-        conn_id,
-        params,
-        role: admitted.role,
-        scopes: &admitted.scopes,
-        device_id: admitted.device_id.as_deref(),
-        remote_ip,
-        reads_presence,
+        conn: ConnectionInfo {
+            conn_id,
+            client: &params.client,
+            role: admitted.role,
+            scopes: &admitted.scopes,
+            device_id: admitted.device_id.as_deref(),
+            remote_ip: Some(remote_ip),
+        },
+        caps: &params.caps,
+        commands: &params.commands,
     });
     let hello = hello_ok(shared, conn_id, &admitted, registered.presence_version, now);
     let hello_text = hello.response_text(&req.id, &registered.presence_json);

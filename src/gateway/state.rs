@@ -28,7 +28,7 @@ use super::pins::{Pin, PinCheck, PinStore};
 use super::GatewayConfig;
 use crate::clock::now_ms;
 use crate::presence::{ConnectionInfo, PresenceKey, PresenceStore};
-use crate::protocol::{ClientInfo, ConnectParams, Frame, HostStats, Role, SystemEventParams};
+use crate::protocol::{Frame, HostStats, Role, SystemEventParams};
 
 /// A connected node, for `node.list`.
 #[derive(Debug, Clone)]
@@ -55,17 +55,12 @@ struct ConnHandle {
     kill: Arc<Notify>,
 }
 
-/// A connection that passed its handshake, to register.
+/// A connection that passed its handshake, to register: what its presence
+/// row is made from, and what `node.list` shows of a node besides.
 pub struct Registration<'a> {
-    pub conn_id: &'a str,
-    pub params: &'a ConnectParams,
-    pub role: Role,
-    /// The scopes granted (none for nodes).
-    pub scopes: &'a [String],
-    pub device_id: Option<&'a str>,
-    pub remote_ip: IpAddr,
-    /// Whether it sees the presence list (snapshot and events).
-    pub reads_presence: bool,
+    pub conn: ConnectionInfo<'a>,
+    pub caps: &'a [String],
+    pub commands: &'a [String],
 }
 
 /// What a registered connection is sent through, and its hello-ok snapshot.
@@ -158,42 +153,30 @@ impl Shared {
     /// the same step, so it sees every later change and no earlier one twice.
     pub fn register(&self, reg: Registration<'_>) -> Registered {
         let now = now_ms();
-        let params = reg.params;
+        let conn = &reg.conn;
+        let reads_presence = super::auth::reads_presence(conn.role, conn.scopes);
         let (tx, events) = mpsc::channel(self.config.send_queue);
         let kill = Arc::new(Notify::new());
         let mut state = self.lock();
-        let presence_key = state.presence.connect(
-            &ConnectionInfo {
-                conn_id: reg.conn_id,
-                client: &params.client,
-                role: reg.role,
-                scopes: reg.scopes,
-                device_id: reg.device_id,
-                remote_ip: Some(reg.remote_ip),
-            },
-            now,
-        );
-        if reg.role == Role::Node {
-            state.nodes.insert(
-                reg.conn_id.to_string(),
-                node_record(reg.conn_id, &params.client, &reg, now),
-            );
+        let presence_key = state.presence.connect(conn, now);
+        if conn.role == Role::Node {
+            state
+                .nodes
+                .insert(conn.conn_id.to_string(), node_record(&reg, now));
         }
         state.connections.insert(
-            reg.conn_id.to_string(),
+            conn.conn_id.to_string(),
             ConnHandle {
                 tx,
-                role: reg.role,
+                role: conn.role,
                 kill: kill.clone(),
             },
         );
         if presence_key.is_some() {
             state.presence_changed();
         }
-        let presence = reg
-            .reads_presence
-            .then(|| state.presence_changes.subscribe());
-        let presence_json = if reg.reads_presence {
+        let presence = reads_presence.then(|| state.presence_changes.subscribe());
+        let presence_json = if reads_presence {
             state.presence.list_json(now)
         } else {
             String::from("[]")
@@ -458,19 +441,22 @@ impl State {
     }
 }
 
-fn node_record(conn_id: &str, client: &ClientInfo, reg: &Registration<'_>, now: u64) -> NodeRecord {
-    let remote = (!crate::presence::is_loopback(reg.remote_ip)).then_some(reg.remote_ip);
+fn node_record(reg: &Registration<'_>, now: u64) -> NodeRecord {
+    let conn = &reg.conn;
+    let client = conn.client;
     NodeRecord {
-        node_id: reg.device_id.unwrap_or(conn_id).to_string(),
+        node_id: conn.device_id.unwrap_or(conn.conn_id).to_string(),
         instance_id: client.instance_id.clone(),
         display_name: client.display_name.clone(),
         platform: client.platform.clone(),
         version: client.version.clone(),
         device_family: client.device_family.clone(),
         model_identifier: client.model_identifier.clone(),
-        remote_ip: remote,
-        caps: reg.params.caps.clone(),
-        commands: reg.params.commands.clone(),
+        remote_ip: conn
+            .remote_ip
+            .filter(|ip| !crate::loopback::is_loopback(*ip)),
+        caps: reg.caps.to_vec(),
+        commands: reg.commands.to_vec(),
         connected_at_ms: now,
         host_stats: None,
     }
