@@ -300,11 +300,7 @@ impl TokenSource {
                 Some(p) => format!("file {} (the local gateway's)", p.display()),
                 None => format!(
                     "none found (looked for the local gateway's token in {})",
-                    candidates
-                        .iter()
-                        .map(|p| p.display().to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    path_list(candidates)
                 ),
             },
             TokenSource::Env { var, .. } => format!("environment variable {var}"),
@@ -327,6 +323,15 @@ impl Default for AdmissionLimits {
             per_ip: 64,
         }
     }
+}
+
+/// Paths for a message: `a, b, c`.
+pub fn path_list(paths: &[PathBuf]) -> String {
+    paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Reads a token file: surrounding whitespace is trimmed; empty is an error.

@@ -84,11 +84,7 @@ pub fn render(s: &Settings, token_note: &str) -> String {
         }
         TokenSource::LocalGateway(candidates) => line(format!(
             "# token_file: the local gateway's, the first of {}",
-            candidates
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
+            crate::config::path_list(candidates)
         )),
         TokenSource::Env { .. } => {}
     }

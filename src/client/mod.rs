@@ -200,18 +200,25 @@ impl Session {
                 .context("connection to gateway failed")?;
             let text = match msg {
                 Message::Text(t) => t,
-                Message::Close(frame) => bail!(
-                    "gateway closed the connection{}",
-                    frame
-                        .filter(|f| !f.reason.is_empty())
-                        .map(|f| format!(": {}", f.reason))
-                        .unwrap_or_default()
-                ),
+                Message::Close(frame) => return Err(closed_by_gateway(frame)),
                 _ => continue,
             };
             return Frame::parse(&text).context("gateway sent an invalid frame");
         }
     }
+}
+
+/// "gateway closed the connection", with its close reason when it gave one.
+fn closed_by_gateway(
+    frame: Option<tokio_tungstenite::tungstenite::protocol::CloseFrame>,
+) -> anyhow::Error {
+    anyhow!(
+        "gateway closed the connection{}",
+        frame
+            .filter(|f| !f.reason.is_empty())
+            .map(|f| format!(": {}", f.reason))
+            .unwrap_or_default()
+    )
 }
 
 /// A failed handshake in the operator's words.
@@ -230,13 +237,7 @@ fn describe_handshake_error(url: &str, e: HandshakeError) -> anyhow::Error {
         },
         HandshakeError::Timeout => no_answer(url),
         HandshakeError::Ended => anyhow!("gateway closed the connection"),
-        HandshakeError::Closed(frame) => anyhow!(
-            "gateway closed the connection{}",
-            frame
-                .filter(|f| !f.reason.is_empty())
-                .map(|f| format!(": {}", f.reason))
-                .unwrap_or_default()
-        ),
+        HandshakeError::Closed(frame) => closed_by_gateway(frame),
         HandshakeError::Ws(e) => anyhow::Error::new(e).context("connection to gateway failed"),
         HandshakeError::InvalidFrame(e) => {
             anyhow::Error::new(e).context("gateway sent an invalid frame")
