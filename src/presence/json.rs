@@ -69,7 +69,7 @@ impl RowsJson {
         if *newest > now_ms && !joined_rows.is_empty() {
             // The wall clock stepped back: rows newer than now come before
             // the self entry (ties go to the self entry, as in `list`).
-            write_list_without(out, rows, &[], self_entry, now_ms);
+            write_list_where(out, rows, |_, _| true, self_entry, now_ms);
             return;
         }
         // The usual case: the self entry (ts now) is the newest row.
@@ -84,12 +84,13 @@ impl RowsJson {
     }
 }
 
-/// Rule 9 as JSON text without the rows at `skip` (rows that expired and
-/// wait for the next prune): the slow path, sorted and joined on every call.
-pub(super) fn write_list_without(
+/// Rule 9 as JSON text with only the rows `shown(key, ts)` keeps (rows
+/// that expired and wait for the next prune are left out): the slow path,
+/// sorted and joined on every call.
+pub(super) fn write_list_where(
     out: &mut String,
     rows: &mut HashMap<PresenceKey, Row>,
-    skip: &[PresenceKey],
+    shown: impl Fn(&PresenceKey, u64) -> bool,
     self_entry: &PresenceEntry,
     now_ms: u64,
 ) {
@@ -97,7 +98,7 @@ pub(super) fn write_list_without(
     out.push('[');
     let mut self_pending = true;
     for (ts, key, json) in sorted_rows(rows) {
-        if skip.contains(key) {
+        if !shown(key, ts) {
             continue;
         }
         if self_pending && ts <= now_ms {

@@ -211,9 +211,14 @@ impl PresenceStore {
     /// Whether the row at `key` has outlived the TTL (rule 6) and is only
     /// waiting for the next [`PresenceStore::prune`]: reads leave it out.
     fn expired(&self, key: &PresenceKey, entry: &PresenceEntry, now_ms: u64) -> bool {
-        now_ms > self.next_expiry_ms
-            && now_ms.saturating_sub(entry.ts) > self.limits.ttl_ms
-            && !self.open_connections.contains_key(key)
+        self.may_have_expired(now_ms)
+            && outlived(
+                key,
+                entry.ts,
+                now_ms,
+                self.limits.ttl_ms,
+                &self.open_connections,
+            )
     }
 
     /// Whether some row may have expired since the last prune.
@@ -454,20 +459,14 @@ impl PresenceStore {
         if self.may_have_expired(now_ms) {
             // Rows outlived the TTL since the last tick: this list leaves
             // them out (the cached run of all rows would include them).
-            let expired: Vec<PresenceKey> = self
+            let (ttl, open) = (self.limits.ttl_ms, &self.open_connections);
+            let shown = |key: &PresenceKey, ts: u64| !outlived(key, ts, now_ms, ttl, open);
+            if !self
                 .rows
                 .iter()
-                .filter(|(key, row)| self.expired(key, row.entry(), now_ms))
-                .map(|(key, _)| key.clone())
-                .collect();
-            if !expired.is_empty() {
-                super::json::write_list_without(
-                    out,
-                    &mut self.rows,
-                    &expired,
-                    &self.self_entry,
-                    now_ms,
-                );
+                .all(|(key, row)| shown(key, row.entry().ts))
+            {
+                super::json::write_list_where(out, &mut self.rows, shown, &self.self_entry, now_ms);
                 return;
             }
         }
@@ -564,4 +563,16 @@ impl PresenceStore {
             .next_expiry_ms
             .min(ts_ms.saturating_add(self.limits.ttl_ms));
     }
+}
+
+/// Rule 6: a row last written at `ts` without an open connection is past
+/// the TTL at `now_ms`.
+fn outlived(
+    key: &PresenceKey,
+    ts: u64,
+    now_ms: u64,
+    ttl_ms: u64,
+    open: &HashMap<PresenceKey, usize>,
+) -> bool {
+    now_ms.saturating_sub(ts) > ttl_ms && !open.contains_key(key)
 }
