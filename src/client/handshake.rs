@@ -181,7 +181,7 @@ where
 }
 
 /// The next text message, parsed (other messages are skipped).
-async fn next_frame<S>(ws: &mut S) -> Result<Frame, HandshakeError>
+pub(crate) async fn next_frame<S>(ws: &mut S) -> Result<Frame, HandshakeError>
 where
     S: Stream<Item = Result<Message, WsError>> + Unpin,
 {

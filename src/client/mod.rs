@@ -191,20 +191,9 @@ impl Session {
     }
 
     async fn next_frame(&mut self) -> Result<Frame> {
-        loop {
-            let msg = self
-                .source
-                .next()
-                .await
-                .ok_or_else(|| anyhow!("gateway closed the connection"))?
-                .context("connection to gateway failed")?;
-            let text = match msg {
-                Message::Text(t) => t,
-                Message::Close(frame) => return Err(closed_by_gateway(frame)),
-                _ => continue,
-            };
-            return Frame::parse(&text).context("gateway sent an invalid frame");
-        }
+        handshake::next_frame(&mut self.source)
+            .await
+            .map_err(describe_read_error)
     }
 }
 
@@ -236,14 +225,20 @@ fn describe_handshake_error(url: &str, e: HandshakeError) -> anyhow::Error {
             },
         },
         HandshakeError::Timeout => no_answer(url),
+        e => describe_read_error(e),
+    }
+}
+
+/// A failed read from the gateway (during the handshake or after it) in
+/// the operator's words.
+fn describe_read_error(e: HandshakeError) -> anyhow::Error {
+    match e {
         HandshakeError::Ended => anyhow!("gateway closed the connection"),
         HandshakeError::Closed(frame) => closed_by_gateway(frame),
         HandshakeError::Ws(e) => anyhow::Error::new(e).context("connection to gateway failed"),
         HandshakeError::InvalidFrame(e) => {
             anyhow::Error::new(e).context("gateway sent an invalid frame")
         }
-        e @ (HandshakeError::InvalidChallenge(_)
-        | HandshakeError::Refused(_)
-        | HandshakeError::RefusedWithoutError) => anyhow::Error::new(e),
+        e => anyhow::Error::new(e),
     }
 }
