@@ -3,7 +3,6 @@
 mod common;
 
 use clawnode::config::Secret;
-use clawnode::host::HostFacts;
 use clawnode::identity::DeviceIdentity;
 use clawnode::protocol::{ErrorCode, Frame};
 use common::*;
@@ -52,35 +51,6 @@ async fn bad_and_missing_tokens() {
     let (e, _) = expect_error(c.connect(&operator_params("ui", None, &[], None)).await);
     assert_eq!(detail(&e), "AUTH_TOKEN_MISSING");
     still_serving(&gw).await;
-}
-
-fn node_params(
-    c: &RawClient,
-    id: &DeviceIdentity,
-    token: &Secret,
-) -> clawnode::protocol::ConnectParams {
-    let config = clawnode::agent::AgentConfig {
-        url: String::new(),
-        tls: Default::default(),
-        token: clawnode::config::TokenSource::Env {
-            var: "X",
-            token: token.clone(),
-        },
-        display_name: Some("raw-node".into()),
-        tuning: Default::default(),
-        disk_path: "/".into(),
-        state_dir: "/nonexistent".into(),
-    };
-    clawnode::agent::session::connect_params(
-        &config,
-        id,
-        &HostFacts::collect(),
-        &clawnode::agent::session::Credentials {
-            shared: Some(token.clone()),
-            device_token: None,
-        },
-        &c.challenge,
-    )
 }
 
 #[tokio::test(flavor = "multi_thread")]

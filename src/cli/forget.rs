@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 use super::ForgetArgs;
 use crate::gateway::pins::{self, Pin};
 use crate::protocol::{method, scope};
+use crate::safe_text::escape;
 
 pub async fn run(args: ForgetArgs) -> Result<()> {
     let id = args.instance_id.trim();
@@ -46,9 +47,9 @@ pub async fn run(args: ForgetArgs) -> Result<()> {
     match removed {
         Some(pin) => println!(
             "forgot instance {id}: it was pinned to device {}{}; the next key that connects with it will be pinned",
-            pin.device_id,
+            escape(&pin.device_id),
             pin.display_name
-                .map(|n| format!(" ({n})"))
+                .map(|n| format!(" ({})", escape(&n)))
                 .unwrap_or_default()
         ),
         None => println!("instance {id} was not pinned; nothing to forget"),

@@ -298,7 +298,11 @@ pub async fn main(cli: Cli) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("clawnode: error: {e:#}");
+            // The chain may quote a gateway's message or close reason.
+            eprintln!(
+                "clawnode: error: {}",
+                crate::safe_text::escape(&format!("{e:#}"))
+            );
             ExitCode::FAILURE
         }
     }

@@ -264,8 +264,8 @@ fn system_event(
     ctx: &ConnContext,
     params: SystemEventParams,
 ) -> Result<Value, ErrorShape> {
-    params
-        .validate()
+    let params = params
+        .normalized()
         .map_err(|e| ErrorShape::invalid_request(format!("invalid system-event params: {e}")))?;
     let own_device = ctx.device_id.as_deref().and_then(PresenceKey::normalize);
     let target = match params

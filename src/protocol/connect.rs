@@ -67,7 +67,7 @@ impl ClientInfo {
         ] {
             super::payloads::check_field(name, value.map(String::as_str))?;
         }
-        Ok(())
+        super::payloads::check_not_reserved_mode("client.mode", Some(&self.mode))
     }
 }
 
@@ -402,6 +402,11 @@ mod tests {
         c.display_name = None;
         c.mode = " ".into();
         assert!(c.validate().unwrap_err().contains("client.mode"));
+        c.mode = "gateway".into();
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .contains("reserved for the gateway"));
     }
 
     /// Found by tests/malformed.rs: `auth: []` was read as an empty auth

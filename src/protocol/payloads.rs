@@ -110,18 +110,47 @@ pub(crate) fn check_field(name: &str, value: Option<&str>) -> Result<(), String>
             v.len()
         )),
         // These fields are shown in tables and logs: a control character
-        // (NUL, ESC, newline) could forge lines or drive a terminal.
-        Some(v) if v.chars().any(char::is_control) => {
-            Err(format!("{name} must not contain control characters"))
-        }
+        // (NUL, ESC, newline) could forge lines or drive a terminal, a bidi
+        // override reorder what is shown.
+        Some(v) if v.chars().any(crate::safe_text::is_unsafe) => Err(format!(
+            "{name} must not contain control characters or bidi overrides"
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The `reason`s only a gateway assigns: its own row's (`self`) and a
+/// closed connection's row's (`disconnect`, rule 6).
+pub const GATEWAY_REASONS: [&str; 2] = ["self", "disconnect"];
+
+/// Refuses `mode: "gateway"` (any case) from a client: that mode marks the
+/// gateway's own row, which tables sort first.
+pub(crate) fn check_not_reserved_mode(name: &str, value: Option<&str>) -> Result<(), String> {
+    match value {
+        Some(m) if m.trim().eq_ignore_ascii_case(super::mode::GATEWAY) => Err(format!(
+            "{name} \"{}\" is reserved for the gateway's own row",
+            super::mode::GATEWAY
+        )),
         _ => Ok(()),
     }
 }
 
 impl SystemEventParams {
+    /// As a gateway keeps it: line breaks and tabs in `text` become spaces
+    /// (a multi-line note stays one row), then [`Self::validate`].
+    pub fn normalized(mut self) -> Result<Self, String> {
+        if self.text.contains(['\n', '\r', '\t']) {
+            self.text = self.text.replace(['\n', '\r', '\t'], " ");
+        }
+        self.validate()?;
+        Ok(self)
+    }
+
     /// Bounds every field so presence rows (and the lists broadcast to every
     /// operator) stay small: `text` non-empty and at most [`MAX_TEXT_BYTES`],
-    /// other strings at most [`MAX_FIELD_BYTES`].
+    /// other strings at most [`MAX_FIELD_BYTES`]; none holds a control
+    /// character or bidi override. `mode: "gateway"` and the reasons the
+    /// gateway assigns (`self`, `disconnect`) are the gateway's own.
     pub fn validate(&self) -> Result<(), String> {
         if self.text.trim().is_empty() {
             return Err("text must not be empty".into());
@@ -131,6 +160,20 @@ impl SystemEventParams {
                 "text is {} bytes; at most {MAX_TEXT_BYTES} are allowed",
                 self.text.len()
             ));
+        }
+        if self.text.chars().any(crate::safe_text::is_unsafe) {
+            return Err("text must not contain control characters or bidi overrides".into());
+        }
+        check_not_reserved_mode("mode", self.mode.as_deref())?;
+        if let Some(reason) = self.reason.as_deref() {
+            if GATEWAY_REASONS
+                .iter()
+                .any(|r| r.eq_ignore_ascii_case(reason.trim()))
+            {
+                return Err(format!(
+                    "reason {reason:?} is assigned by the gateway, not sent by clients"
+                ));
+            }
         }
         for (name, value) in [
             ("instanceId", &self.instance_id),
@@ -277,6 +320,44 @@ mod tests {
         assert!(p.validate().is_err());
         p.text = "ok".into();
         p.host = Some("h".repeat(MAX_FIELD_BYTES + 1));
+        assert!(p.validate().unwrap_err().contains("host"));
+    }
+
+    #[test]
+    fn beacons_carry_no_control_characters_and_no_gateway_claims() {
+        let beacon = |text: &str| SystemEventParams {
+            text: text.into(),
+            ..Default::default()
+        };
+        // Line breaks and tabs fold into spaces; anything else is refused.
+        let p = beacon("line one\nline two\r\n\tend").normalized().unwrap();
+        assert_eq!(p.text, "line one line two   end");
+        for bad in [
+            "\x1b]52;c;SGk=\x07",
+            "a\0b",
+            "\u{9b}2J",
+            "bell\x07",
+            "\u{202e}txt",
+        ] {
+            let err = beacon(bad).normalized().unwrap_err();
+            assert!(err.contains("control characters"), "{bad:?}: {err}");
+        }
+        let mut p = beacon("ok");
+        p.mode = Some(" Gateway".into());
+        assert!(p.validate().unwrap_err().contains("reserved"));
+        for reason in ["self", "disconnect", "SELF"] {
+            let mut p = beacon("ok");
+            p.reason = Some(reason.into());
+            assert!(p
+                .validate()
+                .unwrap_err()
+                .contains("assigned by the gateway"));
+        }
+        let mut p = beacon("ok");
+        p.reason = Some("periodic".into());
+        p.mode = Some("node".into());
+        p.validate().unwrap();
+        p.host = Some("web\u{202e}10".into());
         assert!(p.validate().unwrap_err().contains("host"));
     }
 

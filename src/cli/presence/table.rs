@@ -4,6 +4,7 @@
 
 use crate::presence::PresenceStatus;
 use crate::protocol::PresenceEntry;
+use crate::safe_text::escape;
 
 /// How the table is drawn.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,7 +97,13 @@ pub fn human_secs(secs: u64) -> String {
 /// (the dot and colour are added when drawn).
 fn cells(e: &PresenceEntry, now_ms: u64, wide: bool) -> [String; 10] {
     let dash = || "-".to_string();
-    let text = |v: &Option<String>| v.clone().filter(|s| !s.is_empty()).unwrap_or_else(dash);
+    // Every cell is the gateway's data: shown, never obeyed (an OSC 52 or
+    // clear-screen sequence in a row is printed as `\u{1b}]52;…`).
+    let text = |v: &Option<String>| {
+        v.as_deref()
+            .filter(|s| !s.is_empty())
+            .map_or_else(dash, |s| escape(s).into_owned())
+    };
     let age = human_secs(now_ms.saturating_sub(e.ts) / 1000);
     [
         PresenceStatus::of_entry(e, now_ms).as_str().to_string(),
@@ -112,9 +119,9 @@ fn cells(e: &PresenceEntry, now_ms: u64, wide: bool) -> [String; 10] {
         } else {
             format!("{age} ago")
         },
-        match &e.instance_id {
+        match e.instance_id.as_deref().map(escape) {
             Some(id) if !wide => id.chars().take(SHORT_ID).collect(),
-            Some(id) => id.clone(),
+            Some(id) => id.into_owned(),
             None => dash(),
         },
     ]

@@ -106,6 +106,8 @@ pub async fn run(
             Err(e) => format!("{e:#}"),
         };
         let at = Instant::now() + backoff.next_delay();
+        // The reason may quote the gateway (an error message, a close reason).
+        let why = crate::safe_text::escape(&why).into_owned();
         let link = Link::Retrying { why, at };
         out.changed(&link);
         loop {
