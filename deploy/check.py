@@ -12,6 +12,8 @@ import pathlib
 import subprocess
 import sys
 import tempfile
+import tomllib
+import urllib.parse
 
 import jsonschema
 import yaml
@@ -54,7 +56,7 @@ def check_config(what, toml_text, expect):
 check_config("ansible agent config", (render_dir / "agent.toml").read_text(),
              ["# role: agent", 'url = "ws://10.0.0.10:18789"'])
 check_config("ansible gateway config", (render_dir / "gateway.toml").read_text(),
-             ["# role: gateway", 'listen = "0.0.0.0:18789"'])
+             ["# role: gateway", 'listen = "0.0.0.0:18789"', 'public_names = ["localhost"]'])
 
 # --- cloud-init ----------------------------------------------------------------
 user_data_path = HERE / "cloud-init" / "user-data.yaml"
@@ -83,6 +85,13 @@ for cm in ("clawnode-agent", "clawnode-gateway"):
     text = by_kind.get("ConfigMap", {}).get(cm, {}).get("data", {}).get("clawnode.toml", "")
     role = "gateway" if cm.endswith("gateway") else "agent"
     check_config(f"kubernetes ConfigMap {cm}", text, [f"# role: {role}"])
+# The agents dial the gateway by a name it answers to (any other is 421).
+configs = {cm: tomllib.loads(by_kind["ConfigMap"][cm]["data"]["clawnode.toml"])
+           for cm in ("clawnode-agent", "clawnode-gateway")}
+agent_host = urllib.parse.urlsplit(configs["clawnode-agent"]["url"]).hostname
+report(agent_host in configs["clawnode-gateway"]["gateway"].get("public_names", []),
+       "kubernetes: the agents' url names the gateway by one of its public_names", agent_host)
+
 
 def pod_spec(kind, name):
     return by_kind[kind][name]["spec"]["template"]["spec"]

@@ -16,6 +16,7 @@ mod table;
 use table::{settings_table, AtLeastOne, Bool, Count, Secs, Whole};
 
 use crate::logging::LogFormat;
+use crate::origin::{HostName, Origin};
 use crate::presence::{PresenceLimits, DEFAULT_MAX_ENTRIES, DEFAULT_TTL_MS};
 use crate::tls::{ClientTls, Fingerprint, ServerTlsFiles, FINGERPRINT_FORMAT};
 
@@ -89,6 +90,8 @@ settings_table! {
         auth: Option<AuthMode>,
         tls_cert: Option<PathBuf>,
         tls_key: Option<PathBuf>,
+        public_names: Option<Vec<String>>,
+        allowed_origins: Option<Vec<String>>,
     }
     /// The gateway's numbers and switches, resolved (flags over file over
     /// defaults; only the presence limits have flags).
@@ -181,6 +184,8 @@ pub struct Flags {
     pub allow_insecure_ws: bool,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// `--public-name` (repeatable): replaces the file's `public_names`.
+    pub public_names: Vec<String>,
 }
 
 /// The process environment, captured once (injected in tests).
@@ -366,6 +371,11 @@ pub struct GatewaySettings {
     pub auth: AuthMode,
     /// `Some` when the gateway serves TLS (`wss://`).
     pub tls: Option<ServerTlsFiles>,
+    /// Names the gateway is reached by besides its defaults (`localhost`,
+    /// this host's name, any IP address): a balancer's, a Service's.
+    pub public_names: Vec<HostName>,
+    /// Origins of pages elsewhere that may open the WebSocket.
+    pub allowed_origins: Vec<Origin>,
     /// The numbers and switches of the `[gateway]` table.
     pub tuning: GatewayTuning,
 }
@@ -378,6 +388,8 @@ impl GatewaySettings {
             listen,
             auth: AuthMode::Token,
             tls: None,
+            public_names: Vec::new(),
+            allowed_origins: Vec::new(),
             tuning: GatewayTuning::default(),
         }
     }
@@ -584,6 +596,16 @@ impl Settings {
                 (Some(_), None) => bail!("tls_cert is set but tls_key is not: the gateway needs both (--tls-key, [gateway] tls_key)"),
                 (None, Some(_)) => bail!("tls_key is set but tls_cert is not: the gateway needs both (--tls-cert, [gateway] tls_cert)"),
             };
+            let public_names = if flags.public_names.is_empty() {
+                parse_public_names(
+                    "public_names",
+                    g.public_names.as_deref().unwrap_or_default(),
+                )?
+            } else {
+                parse_public_names("--public-name", &flags.public_names)?
+            };
+            let allowed_origins =
+                parse_allowed_origins(g.allowed_origins.as_deref().unwrap_or_default())?;
             if tuning.metrics_require_token && auth == AuthMode::None {
                 bail!("metrics_require_token = true needs auth = \"token\": without auth there is no token to require");
             }
@@ -591,6 +613,8 @@ impl Settings {
                 listen,
                 auth,
                 tls,
+                public_names,
+                allowed_origins,
                 tuning,
             })
         } else {
@@ -622,6 +646,44 @@ impl Settings {
             gateway,
         })
     }
+}
+
+/// The public names of a setting (`public_names`, `--public-name`): host
+/// names or IP addresses; an error names the entry and the accepted form.
+fn parse_public_names(source: &str, names: &[String]) -> Result<Vec<HostName>> {
+    names
+        .iter()
+        .map(|n| {
+            HostName::parse_setting(n).ok_or_else(|| {
+                anyhow!(
+                    "invalid {source} entry {n:?}: expected a host name or IP address such as \
+                     presence.example.com (no scheme, port or path; a page's origin goes in \
+                     allowed_origins)"
+                )
+            })
+        })
+        .collect()
+}
+
+/// `allowed_origins`: `http(s)://host[:port]` each; `*` is refused.
+fn parse_allowed_origins(origins: &[String]) -> Result<Vec<Origin>> {
+    origins
+        .iter()
+        .map(|o| {
+            if o.trim() == "*" {
+                bail!(
+                    "allowed_origins = [\"*\"] is not supported: it would let any web page open \
+                     the gateway's WebSocket; list the origins, e.g. https://dash.example.com"
+                );
+            }
+            Origin::parse(o).ok_or_else(|| {
+                anyhow!(
+                    "invalid allowed_origins entry {o:?}: expected an origin such as \
+                     https://dash.example.com (http or https, a host, an optional port, no path)"
+                )
+            })
+        })
+        .collect()
 }
 
 /// `$STATE_DIRECTORY` (systemd), else `/var/lib/clawnode` as root, else
@@ -1067,6 +1129,51 @@ mod tests {
             .and_then(Fingerprint::parse)
             .is_some());
         assert!(file.gateway.tls_cert.is_some() && file.gateway.tls_key.is_some());
+        let names = file.gateway.public_names.as_deref().unwrap_or_default();
+        assert_eq!(parse_public_names("public_names", names).unwrap().len(), 2);
+        let origins = file.gateway.allowed_origins.as_deref().unwrap_or_default();
+        assert_eq!(parse_allowed_origins(origins).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn public_names_come_from_the_flag_or_the_file_and_origins_from_the_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = tmp.path().join("c.toml");
+        std::fs::write(
+            &cfg,
+            "[gateway]\nenabled = true\npublic_names = [\"GW.example.com.\", \"fd00::1\"]\n\
+             allowed_origins = [\"HTTPS://Dash.example.com:443/\"]\n",
+        )
+        .unwrap();
+        let flags = Flags {
+            config: Some(cfg),
+            ..Flags::default()
+        };
+        let g = resolve(flags.clone(), &[("HOME", "/h")])
+            .unwrap()
+            .gateway
+            .unwrap();
+        let shown = |names: &[HostName]| names.iter().map(ToString::to_string).collect::<Vec<_>>();
+        assert_eq!(shown(&g.public_names), ["gw.example.com", "[fd00::1]"]);
+        assert_eq!(
+            g.allowed_origins
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            ["https://dash.example.com"]
+        );
+        let flagged = Flags {
+            public_names: vec!["lb.example.net".into()],
+            ..flags
+        };
+        let g = resolve(flagged, &[("HOME", "/h")])
+            .unwrap()
+            .gateway
+            .unwrap();
+        assert_eq!(shown(&g.public_names), ["lb.example.net"]);
+        assert!(GatewaySettings::new("127.0.0.1:1".parse().unwrap())
+            .public_names
+            .is_empty());
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub mod host;
 pub mod identity;
 pub mod logging;
 pub mod loopback;
+pub mod origin;
 pub mod presence;
 pub mod protocol;
 pub mod safe_text;

@@ -9,46 +9,18 @@
 
 mod common;
 
-use std::io::{BufRead as _, BufReader, Write as _};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
+use common::browser::{self, BrowserScript};
 use common::netns::{self, Netns};
 use common::*;
-use serde_json::Value;
-
-const CHROMIUM: &str = "/usr/bin/chromium";
-
-/// A missing piece fails the test (it runs only when asked, see #[ignore]).
-fn require_pieces(web: &Path) {
-    netns::require_root("network namespaces");
-    assert!(
-        Path::new(CHROMIUM).exists(),
-        "{CHROMIUM} is missing (apt-get install chromium; .ci/run does)"
-    );
-    assert!(
-        web.join("node_modules/playwright-core").exists(),
-        "playwright-core is missing (npm ci --prefix tests/web; .ci/run does)"
-    );
-}
-
-fn line(rx: &mpsc::Receiver<String>, within: Duration, log: &dyn Fn() -> String) -> Value {
-    let l = rx.recv_timeout(within).unwrap_or_else(|_| {
-        panic!(
-            "no word from the browser script within {within:?}\n{}",
-            log()
-        )
-    });
-    serde_json::from_str(&l).unwrap_or_else(|e| panic!("{e}: {l}"))
-}
 
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs root (network namespaces), chromium and playwright-core (npm ci --prefix tests/web): see README"]
 async fn the_instances_page_shows_the_fleet_live_in_chromium() {
-    let web = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/web");
-    require_pieces(&web);
+    netns::require_root("network namespaces");
+    browser::require_chromium();
     let ns = Netns::create(6);
     let state = tempfile::tempdir().unwrap();
     let (gateway, addr) = netns::gateway_in(&ns, state.path(), &[]);
@@ -81,43 +53,18 @@ async fn the_instances_page_shows_the_fleet_live_in_chromium() {
 
     let screenshot: PathBuf = Path::new(env!("CARGO_TARGET_TMPDIR")).join("instances.png");
     let _ = std::fs::remove_file(&screenshot);
-    let mut node = Command::new("node")
-        .arg(web.join("instances.mjs"))
-        .current_dir(&web)
-        .env("GATEWAY", format!("http://{addr}"))
-        .env("TOKEN", token.expose())
-        .env("AGENTS", ids.join(","))
-        .env("SCREENSHOT", &screenshot)
-        .env("CHROMIUM", CHROMIUM)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run node");
-    let (tx, rx) = mpsc::channel();
-    let stdout = node.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for l in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(l);
-        }
-    });
-    let stderr = node.stderr.take().unwrap();
-    let errors = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let errors_w = errors.clone();
-    std::thread::spawn(move || {
-        for l in BufReader::new(stderr).lines().map_while(Result::ok) {
-            errors_w.lock().unwrap().push_str(&(l + "\n"));
-        }
-    });
-    let log = || {
-        format!(
-            "browser script stderr:\n{}\ngateway log:\n{}",
-            errors.lock().unwrap(),
-            gateway.log_text()
-        )
-    };
+    let mut node = BrowserScript::start(
+        "instances.mjs",
+        &[
+            ("GATEWAY", &format!("http://{addr}")),
+            ("TOKEN", token.expose()),
+            ("AGENTS", &ids.join(",")),
+            ("SCREENSHOT", screenshot.to_str().unwrap()),
+        ],
+    );
+    let log = || format!("gateway log:\n{}", gateway.log_text());
 
-    let ready = line(&rx, Duration::from_secs(90), &log);
+    let ready = node.line(Duration::from_secs(90), &log);
     assert_eq!(ready["step"], "ready", "{ready}");
     let rows = ready["rows"].as_array().unwrap();
     for id in &ids {
@@ -160,8 +107,8 @@ async fn the_instances_page_shows_the_fleet_live_in_chromium() {
     // Stop web-2: its row must change in the open page.
     let stopped = agents.pop().unwrap();
     drop(stopped);
-    writeln!(node.stdin.as_mut().unwrap(), "stopped {}", ids[1]).unwrap();
-    let done = line(&rx, Duration::from_secs(60), &log);
+    node.send(&format!("stopped {}", ids[1]));
+    let done = node.line(Duration::from_secs(60), &log);
     assert_eq!(done["step"], "done", "{done}");
     let row = done["rows"]
         .as_array()
@@ -183,8 +130,12 @@ async fn the_instances_page_shows_the_fleet_live_in_chromium() {
     );
     assert!(done["detail"].as_str().unwrap().contains("CPUs"), "{done}");
     assert!(done["detail"].as_str().unwrap().contains("web-1"), "{done}");
-    let status = node.wait().unwrap();
-    assert!(status.success(), "{}", log());
+    assert!(
+        node.finish(Duration::from_secs(30)),
+        "{}\n{}",
+        node.stderr(),
+        log()
+    );
 
     let png = std::fs::read(&screenshot).unwrap();
     assert!(

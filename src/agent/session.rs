@@ -461,10 +461,7 @@ fn describe_ws_error(e: &tokio_tungstenite::tungstenite::Error) -> String {
             std::io::ErrorKind::ConnectionReset => "connection reset".into(),
             _ => io.to_string(),
         },
-        Error::Http(resp) => format!(
-            "HTTP {} from gateway (not a WebSocket endpoint?)",
-            resp.status()
-        ),
+        Error::Http(resp) => crate::client::handshake::describe_http_refusal(resp),
         Error::ConnectionClosed | Error::AlreadyClosed => "connection closed".into(),
         other => other.to_string(),
     }

@@ -116,6 +116,23 @@ pub fn render(s: &Settings, token_note: &str) -> String {
                 crate::config::AuthMode::None => "none",
             })
         ));
+        let list = |items: Vec<String>| {
+            let quoted: Vec<String> = items.iter().map(|i| quote(i)).collect();
+            format!("[{}]", quoted.join(", "))
+        };
+        line(
+            "# Host names served besides public_names: localhost, this host's name, any IP address"
+                .into(),
+        );
+        line(format!(
+            "public_names = {}",
+            list(g.public_names.iter().map(ToString::to_string).collect())
+        ));
+        line("# WebSocket origins allowed besides the gateway's own pages".into());
+        line(format!(
+            "allowed_origins = {}",
+            list(g.allowed_origins.iter().map(ToString::to_string).collect())
+        ));
         for l in g.tuning.lines() {
             line(l);
         }

@@ -120,6 +120,11 @@ pub struct RunArgs {
     /// Gateway TLS private key (PEM).
     #[arg(long, value_name = "PATH")]
     pub tls_key: Option<PathBuf>,
+    /// A name clients reach the gateway by (a balancer's, a Service's),
+    /// besides localhost, this host's name and its IP addresses; repeat
+    /// for several (replaces [gateway] public_names).
+    #[arg(long = "public-name", value_name = "NAME")]
+    pub public_names: Vec<String>,
     /// File holding the gateway token (never pass a token on the command line).
     #[arg(long, value_name = "PATH")]
     pub token_file: Option<PathBuf>,
@@ -224,6 +229,7 @@ impl RunArgs {
             allow_insecure_ws: self.client_tls.allow_insecure_ws,
             tls_cert: self.tls_cert.clone(),
             tls_key: self.tls_key.clone(),
+            public_names: self.public_names.clone(),
         }
     }
 }

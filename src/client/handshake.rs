@@ -70,6 +70,32 @@ pub async fn open(url: &str, connector: Option<Connector>) -> Result<Ws, WsError
     Ok(ws)
 }
 
+/// A gateway's answer other than `101` to the upgrade, in words: the status
+/// and the first line of its body (why: "Host … is not one of this
+/// gateway's names …"), control characters dropped, at most 300
+/// characters.
+pub fn describe_http_refusal(
+    response: &tokio_tungstenite::tungstenite::http::Response<Option<Vec<u8>>>,
+) -> String {
+    let status = response.status();
+    let why: String = response
+        .body()
+        .as_deref()
+        .map(String::from_utf8_lossy)
+        .and_then(|body| body.lines().next().map(str::to_string))
+        .unwrap_or_default()
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(300)
+        .collect();
+    let why = why.trim();
+    if why.is_empty() {
+        format!("HTTP {status} from gateway (not a WebSocket endpoint?)")
+    } else {
+        format!("HTTP {status} from gateway: {why}")
+    }
+}
+
 /// [`open`], then [`handshake`], both by `deadline`: the open WebSocket
 /// and the `hello-ok` payload.
 pub async fn connect(
@@ -207,6 +233,30 @@ mod tests {
 
     use super::*;
     use crate::protocol::{ClientInfo, ErrorCode, ErrorDetailCode};
+
+    #[test]
+    fn an_http_refusal_says_why_without_control_characters() {
+        use tokio_tungstenite::tungstenite::http::Response;
+        let refusal = |status: u16, body: Option<&str>| {
+            let response = Response::builder()
+                .status(status)
+                .body(body.map(|b| b.as_bytes().to_vec()))
+                .unwrap();
+            describe_http_refusal(&response)
+        };
+        assert_eq!(
+            refusal(421, Some("Host \"x\" is not one of this gateway's names\n")),
+            "HTTP 421 Misdirected Request from gateway: Host \"x\" is not one of this gateway's names"
+        );
+        assert_eq!(
+            refusal(403, Some("a\u{1b}]52;c;eA==\u{7}b\u{9b}2J\nsecond line")),
+            "HTTP 403 Forbidden from gateway: a]52;c;eA==b2J"
+        );
+        assert_eq!(
+            refusal(404, None),
+            "HTTP 404 Not Found from gateway (not a WebSocket endpoint?)"
+        );
+    }
 
     /// A WebSocket stand-in: yields `incoming`, then ends (or, if `hang`,
     /// never answers again); keeps what is sent.

@@ -221,6 +221,10 @@ fn describe_handshake_error(url: &str, e: HandshakeError) -> anyhow::Error {
                 tokio_tungstenite::tungstenite::Error::Io(io) => {
                     anyhow::Error::new(io).context(format!("cannot connect to gateway {url}"))
                 }
+                tokio_tungstenite::tungstenite::Error::Http(response) => anyhow!(
+                    "cannot connect to gateway {url}: {}",
+                    handshake::describe_http_refusal(&response)
+                ),
                 e => anyhow!("cannot connect to gateway {url}: {e}"),
             },
         },

@@ -80,8 +80,10 @@ async fn serve_connection(
             }
         };
     // The request head: a WebSocket upgrade, or one of the plain pages.
-    let rest = match timeout_at(deadline, http::read_request(&mut stream)).await {
-        Ok(Ok(http::Request::Upgrade { accept_key, rest })) => {
+    let rest = match timeout_at(deadline, http::read_request(&mut stream, &config.site)).await {
+        Ok(Ok(http::Request::Upgrade {
+            accept_key, rest, ..
+        })) => {
             let answer = http::switching_protocols(&accept_key);
             let sent = timeout_at(deadline, stream.write_all(answer.as_bytes())).await;
             if !matches!(sent, Ok(Ok(()))) {

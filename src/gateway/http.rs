@@ -1,10 +1,12 @@
 //! HTTP on the WebSocket port, as OpenClaw serves its Control UI there.
 //!
 //! The request head is read once ([`read_request`], parsed by `httparse`).
-//! A WebSocket upgrade is checked as tungstenite checks it and answered
-//! `101` here; the handler then hands the socket, with any bytes already
-//! read, to tungstenite. Anything else is a plain request for one of the
-//! pages below, answered with `Connection: close`:
+//! Its `Host` (and an upgrade's `Origin`) must be the gateway's own
+//! ([`crate::origin`]: DNS rebinding, cross-site WebSocket hijacking), else
+//! 421 or 403. A WebSocket upgrade is checked as tungstenite checks it and
+//! answered `101` here; the handler then hands the socket, with any bytes
+//! already read, to tungstenite. Anything else is a plain request for one
+//! of the pages below, answered with `Connection: close`:
 //!
 //! - `GET /`: the Instances page (`web/instances.html`, embedded);
 //! - `GET /healthz`: 200 while the gateway serves;
@@ -17,6 +19,7 @@ use std::sync::OnceLock;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
 use super::state::Shared;
+use crate::origin::Site;
 
 /// The largest request head we read.
 pub const MAX_HEAD: usize = 8 * 1024;
@@ -26,7 +29,13 @@ const MAX_HEADERS: usize = 32;
 #[derive(Debug, PartialEq)]
 pub enum Request {
     /// A valid WebSocket upgrade; `rest` is what followed the head.
-    Upgrade { accept_key: String, rest: Vec<u8> },
+    Upgrade {
+        accept_key: String,
+        rest: Vec<u8>,
+        host: Option<String>,
+        /// Sent by browsers (only) with every upgrade.
+        origin: Option<String>,
+    },
     /// Anything else.
     Plain(PlainRequest),
 }
@@ -38,6 +47,7 @@ pub struct PlainRequest {
     pub path: String,
     /// The `Authorization` header's bearer token, if any.
     pub bearer: Option<String>,
+    pub host: Option<String>,
 }
 
 /// Why no request could be read; `status` is what to answer, if anything.
@@ -45,6 +55,9 @@ pub struct PlainRequest {
 pub struct BadRequest {
     pub status: Option<u16>,
     pub reason: String,
+    /// A request refused for its `Host` or `Origin`: the
+    /// `clawnode_connections_refused_total` reason.
+    pub refused: Option<&'static str>,
 }
 
 impl BadRequest {
@@ -52,27 +65,44 @@ impl BadRequest {
         BadRequest {
             status: Some(status),
             reason: reason.into(),
+            refused: None,
         }
     }
 }
 
-/// Reads and classifies one request head.
-pub async fn read_request<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Request, BadRequest> {
+/// Reads and classifies one request head, and refuses it unless `site`
+/// admits its `Host` (and an upgrade's `Origin`).
+pub async fn read_request<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    site: &Site,
+) -> Result<Request, BadRequest> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     loop {
         let n = stream.read(&mut chunk).await.map_err(|e| BadRequest {
             status: None,
             reason: format!("read failed: {e}"),
+            refused: None,
         })?;
         if n == 0 {
             return Err(BadRequest {
                 status: None,
                 reason: "closed before a request".into(),
+                refused: None,
             });
         }
         buf.extend_from_slice(&chunk[..n]);
         if let Some(request) = parse(&buf)? {
+            let (host, origin) = match &request {
+                Request::Upgrade { host, origin, .. } => (host, origin.as_deref()),
+                Request::Plain(p) => (&p.host, None),
+            };
+            site.admit(host.as_deref(), origin)
+                .map_err(|refused| BadRequest {
+                    status: Some(refused.status),
+                    reason: refused.reason,
+                    refused: refused.label,
+                })?;
             return Ok(request);
         }
         if buf.len() >= MAX_HEAD {
@@ -111,6 +141,31 @@ pub fn parse(buf: &[u8]) -> Result<Option<Request>, BadRequest> {
             .and_then(|h| std::str::from_utf8(h.value).ok())
             .map(str::trim)
     };
+    // `Host` and `Origin` decide whether the request is served at all: one
+    // of each at most, in UTF-8.
+    let mut host = None;
+    let mut origin = None;
+    for (name, slot) in [("Host", &mut host), ("Origin", &mut origin)] {
+        let mut values = req
+            .headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case(name));
+        if let Some(value) = values.next() {
+            if values.next().is_some() {
+                return Err(BadRequest::answer(
+                    400,
+                    format!("more than one {name} header"),
+                ));
+            }
+            let Ok(value) = std::str::from_utf8(value.value) else {
+                return Err(BadRequest::answer(
+                    400,
+                    format!("the {name} header is not UTF-8"),
+                ));
+            };
+            *slot = Some(value.trim().to_string());
+        }
+    }
     let method = req.method.unwrap_or_default();
     let path = req.path.unwrap_or_default();
     let upgrade = header("upgrade");
@@ -133,6 +188,7 @@ pub fn parse(buf: &[u8]) -> Result<Option<Request>, BadRequest> {
             method: method.to_string(),
             path: path.split('?').next().unwrap_or_default().to_string(),
             bearer,
+            host,
         })));
     }
     // The checks tungstenite's server handshake makes (RFC 6455 4.2.1).
@@ -163,6 +219,8 @@ pub fn parse(buf: &[u8]) -> Result<Option<Request>, BadRequest> {
     Ok(Some(Request::Upgrade {
         accept_key: tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes()),
         rest: buf[len..].to_vec(),
+        host,
+        origin,
     }))
 }
 
@@ -225,7 +283,9 @@ fn reason_phrase(status: u16) -> &'static str {
         400 => "Bad Request",
         401 => "Unauthorized",
         404 => "Not Found",
+        403 => "Forbidden",
         405 => "Method Not Allowed",
+        421 => "Misdirected Request",
         431 => "Request Header Fields Too Large",
         503 => "Service Unavailable",
         _ => "Unknown",
@@ -356,8 +416,12 @@ pub async fn serve<S: AsyncWrite + Unpin>(
     .await;
 }
 
-/// Answers a request that could not be read, when it deserves an answer.
+/// Answers a request that could not be read or is refused, when it
+/// deserves an answer.
 pub async fn refuse<S: AsyncWrite + Unpin>(stream: &mut S, bad: BadRequest, shared: &Shared) {
+    if let Some(label) = bad.refused {
+        shared.metrics.refused(label);
+    }
     if let Some(status) = bad.status {
         let response = Response::text(status, bad.reason);
         send(
@@ -398,9 +462,15 @@ mod tests {
         let mut bytes = UPGRADE.as_bytes().to_vec();
         bytes.extend_from_slice(b"\x81\x00");
         match parse(&bytes) {
-            Ok(Some(Request::Upgrade { accept_key, rest })) => {
+            Ok(Some(Request::Upgrade {
+                accept_key,
+                rest,
+                host,
+                origin,
+            })) => {
                 assert_eq!(accept_key, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
                 assert_eq!(rest, b"\x81\x00");
+                assert_eq!((host.as_deref(), origin), (Some("x"), None));
             }
             other => panic!("{other:?}"),
         }
@@ -445,6 +515,7 @@ mod tests {
                 method: "GET".into(),
                 path: "/metrics".into(),
                 bearer: Some("abc".into()),
+                host: None,
             })))
         );
     }

@@ -95,7 +95,13 @@ impl Default for Metrics {
                 .get_or_create(&[("code", code.as_str())])
                 .inc_by(0);
         }
-        for reason in ["connection_limit", "handshake_limit", "per_ip_limit"] {
+        for reason in [
+            "connection_limit",
+            "handshake_limit",
+            "per_ip_limit",
+            "foreign_host",
+            "foreign_origin",
+        ] {
             metrics
                 .refused
                 .get_or_create(&[("reason", reason)])
@@ -123,7 +129,9 @@ impl Metrics {
         self.beacons.inc();
     }
 
-    /// A connection refused with HTTP 503 (`connection_limit`, ...).
+    /// A connection refused with HTTP 503 (`connection_limit`, ...), or a
+    /// request refused for its `Host` (421, `foreign_host`) or an upgrade
+    /// for its `Origin` (403, `foreign_origin`).
     pub fn refused(&self, reason: &'static str) {
         self.refused.get_or_create(&[("reason", reason)]).inc();
     }
@@ -209,7 +217,7 @@ impl Metrics {
         );
         registry.register(
             "connections_refused",
-            "Connections refused with HTTP 503 by reason",
+            "Connections refused by reason: HTTP 503 for the limits, 421 for a foreign Host, 403 for a foreign Origin",
             self.refused.clone(),
         );
         let mut out = String::with_capacity(4096);

@@ -30,6 +30,7 @@ use anyhow::{Context as _, Result};
 use tokio::net::TcpListener;
 
 use crate::config::{AuthMode, GatewaySettings, Secret};
+use crate::origin::Site;
 use crate::protocol::PresenceEntry;
 use crate::service::ServiceNotifier;
 
@@ -57,6 +58,9 @@ pub struct GatewayConfig {
     pub self_entry: PresenceEntry,
     /// Serve `wss://`: the TLS handshake runs inside `handshake_timeout`.
     pub tls: Option<crate::tls::ServerTls>,
+    /// The `Host` names and WebSocket `Origin`s it answers to (its port
+    /// is the bound one once [`Gateway::new`] has the listener).
+    pub site: Site,
 }
 
 impl GatewayConfig {
@@ -71,8 +75,15 @@ impl GatewayConfig {
         token: Option<Secret>,
         self_entry: PresenceEntry,
     ) -> Self {
+        let site = Site::for_this_host(
+            settings.listen,
+            settings.tls.is_some(),
+            &settings.public_names,
+            &settings.allowed_origins,
+        );
         GatewayConfig {
             max_payload: settings.tuning.max_payload,
+            site,
             settings,
             token,
             max_preauth_payload: 64 * 1024,
@@ -106,7 +117,8 @@ impl Gateway {
 
     /// A gateway on an already bound listener (bind first, so a port in
     /// use fails before anything else happens). Loads the instance pins.
-    pub fn new(listener: TcpListener, config: GatewayConfig) -> Result<Gateway> {
+    pub fn new(listener: TcpListener, mut config: GatewayConfig) -> Result<Gateway> {
+        config.site.listen = listener.local_addr()?;
         let pins = match &config.pins_file {
             Some(path) => pins::PinStore::load(path)?,
             None => pins::PinStore::in_memory(),

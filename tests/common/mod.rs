@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod netns;
 pub mod openclaw;
 pub mod raw_ws;
@@ -852,8 +853,12 @@ pub fn http(addr: SocketAddr, request: &str) -> (u16, String, String) {
     (status, head.to_string(), body.to_string())
 }
 
+/// `GET path` with the `Host` a client that dialled `addr` sends.
 pub fn get(addr: SocketAddr, path: &str) -> (u16, String, String) {
-    http(addr, &format!("GET {path} HTTP/1.1\r\nHost: gw\r\n\r\n"))
+    http(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n"),
+    )
 }
 
 /// The value of one series in an exposition (`name{labels}`), or panic.
