@@ -7,7 +7,9 @@
 //! things: `Host` is the name (or address) it dialled, and `Origin`, sent
 //! with every WebSocket upgrade, is the page's own origin.
 //!
-//! - **`Host`** (every request, pages and upgrades): an IP literal is
+//! - **`Host`** (every page request, and every upgrade that carries an
+//!   `Origin`: a browser's; an upgrade without one is a program's, which
+//!   no page can rebind, so agents may dial any alias): an IP literal is
 //!   accepted, whatever it is: a rebinding needs a name whose address the
 //!   attacker controls, and a browser that dialled an address reached the
 //!   gateway directly (through a NAT or balancer address too). A name must

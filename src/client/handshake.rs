@@ -72,7 +72,7 @@ pub async fn open(url: &str, connector: Option<Connector>) -> Result<Ws, WsError
 
 /// A gateway's answer other than `101` to the upgrade, in words: the status
 /// and the first line of its body (why: "Host … is not one of this
-/// gateway's names …"), control characters dropped, at most 300
+/// gateway's names …"), control characters and bidi overrides dropped, at most 300
 /// characters.
 pub fn describe_http_refusal(
     response: &tokio_tungstenite::tungstenite::http::Response<Option<Vec<u8>>>,
@@ -85,7 +85,7 @@ pub fn describe_http_refusal(
         .and_then(|body| body.lines().next().map(str::to_string))
         .unwrap_or_default()
         .chars()
-        .filter(|c| !c.is_control())
+        .filter(|&c| !crate::safe_text::is_unsafe(c))
         .take(300)
         .collect();
     let why = why.trim();

@@ -94,15 +94,19 @@ pub async fn read_request<S: AsyncRead + Unpin>(
         buf.extend_from_slice(&chunk[..n]);
         if let Some(request) = parse(&buf)? {
             let (host, origin) = match &request {
-                Request::Upgrade { host, origin, .. } => (host, origin.as_deref()),
-                Request::Plain(p) => (&p.host, None),
+                // An upgrade without Origin is not a browser's (every
+                // browser sends one with a WebSocket): no page can have
+                // rebound the name it dialled, so an agent that reaches
+                // the gateway through a DNS alias keeps working.
+                Request::Upgrade { origin: None, .. } => (None, None),
+                Request::Upgrade { host, origin, .. } => (host.as_deref(), origin.as_deref()),
+                Request::Plain(p) => (p.host.as_deref(), None),
             };
-            site.admit(host.as_deref(), origin)
-                .map_err(|refused| BadRequest {
-                    status: Some(refused.status),
-                    reason: refused.reason,
-                    refused: refused.label,
-                })?;
+            site.admit(host, origin).map_err(|refused| BadRequest {
+                status: Some(refused.status),
+                reason: refused.reason,
+                refused: refused.label,
+            })?;
             return Ok(request);
         }
         if buf.len() >= MAX_HEAD {
