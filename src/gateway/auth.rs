@@ -88,6 +88,19 @@ impl Rejection {
         )
     }
 
+    /// The reason its log summary counts it under: the detail code, else
+    /// the error code, else what ended it (`HANDSHAKE_TIMEOUT`,
+    /// `CLOSED_BEFORE_CONNECT`, `FRAME_TOO_LARGE`, `INVALID_FRAME`).
+    pub fn summary_reason(&self) -> String {
+        match (self.log_code(), self.result) {
+            ("-", HandshakeResult::Timeout) => "HANDSHAKE_TIMEOUT".into(),
+            ("-", HandshakeResult::Closed) => "CLOSED_BEFORE_CONNECT".into(),
+            ("-", _) if self.close == CloseCode::Size => "FRAME_TOO_LARGE".into(),
+            ("-", _) => "INVALID_FRAME".into(),
+            (code, _) => code.to_string(),
+        }
+    }
+
     /// The code logged: the detail code, else the error code, else `-`.
     pub fn log_code(&self) -> &str {
         match (&self.detail, &self.response) {

@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, watch, Notify};
 use tracing::{info, warn};
 
 use super::broadcast::{self, Outbound};
+use super::log_summary::LogSummary;
 use super::metrics::{Metrics, Snapshot as MetricsSnapshot};
 use super::pins::{Pin, PinCheck, PinStore};
 use super::GatewayConfig;
@@ -100,6 +101,8 @@ struct State {
 pub struct Shared {
     pub config: GatewayConfig,
     pub metrics: Metrics,
+    /// Refusals and failures, summed up for the log.
+    pub log_summary: LogSummary,
     started: Instant,
     /// When the gateway started, in ms since the Unix epoch.
     started_ms: u64,
@@ -119,6 +122,7 @@ impl Shared {
         Shared {
             config,
             metrics: Metrics::default(),
+            log_summary: LogSummary::default(),
             started: Instant::now(),
             started_ms: now_ms(),
             pins: Arc::new(pins),
