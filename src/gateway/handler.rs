@@ -247,6 +247,7 @@ async fn handshake(
         now_ms: now,
         token: config.token.as_ref(),
         rate_limited_for_ms: shared.auth_retry_after(remote_ip, now),
+        known_device: &|device_id| shared.is_known_device(device_id),
     };
     let admitted = auth::authorize(&req, &input).inspect_err(|rejection| {
         if rejection.counts_against_rate_limit() {

@@ -264,6 +264,13 @@ impl Shared {
             .check(instance_id, device_id, display_name, now_ms())
     }
 
+    /// Whether `device_id` is a device this gateway has seen before (today:
+    /// one that holds an instance pin). A device that proves it holds such
+    /// a key is not held to its address's auth rate limit.
+    pub fn is_known_device(&self, device_id: &str) -> bool {
+        self.pins.has_device(device_id)
+    }
+
     /// Drops an instance id's pin (a re-imaged host); saved before it returns.
     pub fn forget(&self, instance_id: &str) -> anyhow::Result<Option<Pin>> {
         self.pins.forget(instance_id)
