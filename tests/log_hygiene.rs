@@ -29,12 +29,17 @@ fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
     }
 }
 
-/// The sum of `count=` over the lines holding `message` whose `reason`
-/// passes `reason`.
-fn summed(lines: &[String], message: &str, reason: impl Fn(&str) -> bool) -> u64 {
+/// A summary's reason: `reason`, or `error_code` for rejected handshakes.
+fn reason(line: &str) -> Option<&str> {
+    field(line, "reason").or_else(|| field(line, "error_code"))
+}
+
+/// The sum of `count=` over the lines holding `message` whose reason
+/// passes `pass`.
+fn summed(lines: &[String], message: &str, pass: impl Fn(&str) -> bool) -> u64 {
     lines
         .iter()
-        .filter(|l| l.contains(message) && field(l, "reason").is_some_and(&reason))
+        .filter(|l| l.contains(message) && reason(l).is_some_and(&pass))
         .filter_map(|l| field(l, "count")?.parse::<u64>().ok())
         .sum()
 }
@@ -137,7 +142,7 @@ async fn floods_of_refused_connects_and_wrong_tokens_are_summed_up_in_a_few_line
     // Every event is counted, and the summaries name the top address.
     assert_eq!(refusals_summed, FLOOD, "{}", shown(&lines));
     assert_eq!(rejections_summed, FLOOD, "{}", shown(&lines));
-    for (message, reason, source) in [
+    for (message, why, source) in [
         (
             REFUSALS,
             "too many pending handshakes from this address",
@@ -147,11 +152,9 @@ async fn floods_of_refused_connects_and_wrong_tokens_are_summed_up_in_a_few_line
     ] {
         let line = lines
             .iter()
-            .filter(|l| {
-                l.contains(message) && field(l, "reason").is_some_and(|r| r.starts_with(reason))
-            })
+            .filter(|l| l.contains(message) && reason(l).is_some_and(|r| r.starts_with(why)))
             .max_by_key(|l| field(l, "count").and_then(|c| c.parse::<u64>().ok()))
-            .unwrap_or_else(|| panic!("no {message:?} line for {reason}:\n{}", shown(&lines)));
+            .unwrap_or_else(|| panic!("no {message:?} line for {why}:\n{}", shown(&lines)));
         let top = field(line, "top").unwrap_or_default();
         assert!(top.starts_with(&format!("{source} ×")), "{line}");
     }
@@ -173,39 +176,11 @@ async fn floods_of_refused_connects_and_wrong_tokens_are_summed_up_in_a_few_line
     );
 }
 
-/// A `connect` whose `role` carries terminal escapes (CSI, 8-bit CSI, a
-/// bidi override) and a newline followed by a forged log line: the serde
-/// error echoes it into the handshake's log line.
-fn hostile_connect() -> String {
-    let role = format!(
-        "\u{1b}[31mred\u{1b}[0m\n{FORGED} INFO clawnode: admin logged in \u{9b}2J \u{202e}desrever \u{7f}"
-    );
-    json!({"type": "req", "id": "c1", "method": "connect", "params": {
-        "minProtocol": 3, "maxProtocol": 4, "role": role,
-        "client": {"id": "cli", "version": "1", "platform": "linux", "mode": "cli"}}})
-    .to_string()
-}
-
-/// The start of the forged line.
-const FORGED: &str = "2099-01-01T00:00:00.000000Z";
-
-/// Whether `c` must never reach a log raw: C0 and C1 controls, DEL, and
-/// the bidi controls.
-fn unsafe_char(c: char) -> bool {
-    c.is_control()
-        || matches!(
-            c,
-            '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{2028}' | '\u{2029}'
-        )
-        || ('\u{202a}'..='\u{202e}').contains(&c)
-        || ('\u{2066}'..='\u{2069}').contains(&c)
-}
-
 async fn client_values_reach_the_log_escaped(format: &str) {
     let gw = TestGateway::start_with_env(&["--log-format", format], &[("RUST_LOG", "debug")]);
     // Refused at the handshake: the reason echoes the role.
     let mut c = RawClient::open(&gw.url()).await;
-    c.send_text(hostile_connect()).await;
+    c.send_text(hostile_connect_frame()).await;
     let Outcome::Error(e, _) = c.await_response("c1").await else {
         panic!("the hostile connect was not refused")
     };
@@ -230,7 +205,7 @@ async fn client_values_reach_the_log_escaped(format: &str) {
     for line in &lines {
         let raw: Vec<String> = line
             .chars()
-            .filter(|c| unsafe_char(*c))
+            .filter(|c| must_be_escaped(*c))
             .map(|c| format!("U+{:04X}", c as u32))
             .collect();
         assert!(
@@ -238,7 +213,7 @@ async fn client_values_reach_the_log_escaped(format: &str) {
             "{format} log line holds raw {raw:?}: {line:?}"
         );
         assert!(
-            !line.starts_with(FORGED),
+            !line.starts_with(FORGED_LOG_LINE),
             "forged {format} log line: {line:?}"
         );
         if format == "json" {
@@ -253,7 +228,7 @@ async fn client_values_reach_the_log_escaped(format: &str) {
         .find(|l| l.contains("unknown variant"))
         .expect("the rejection");
     assert!(
-        echo.contains("[31mred") && echo.contains(FORGED) && echo.contains("desrever"),
+        echo.contains("[31mred") && echo.contains(FORGED_LOG_LINE) && echo.contains("desrever"),
         "{echo}"
     );
 }

@@ -87,8 +87,14 @@ impl Summary {
             Kind::Refused | Kind::Protocol => {
                 warn!(reason, count, top, others, interval_secs, "{message}")
             }
-            Kind::BadRequest | Kind::Handshake => {
-                info!(reason, count, top, others, interval_secs, "{message}")
+            Kind::BadRequest => info!(reason, count, top, others, interval_secs, "{message}"),
+            // The reason is the error code answered: the field every other
+            // line about it has (`journalctl ERROR_CODE=...`).
+            Kind::Handshake => {
+                info!(
+                    error_code = reason,
+                    count, top, others, interval_secs, "{message}"
+                )
             }
         }
     }

@@ -904,3 +904,31 @@ pub async fn token_attempt(addr: SocketAddr, source: &str, token: &Secret, i: u3
     };
     wait_within("the answer to a connect", RAW_WAIT, attempt).await
 }
+
+/// A `connect` whose `role` carries terminal escapes (CSI, 8-bit CSI, a
+/// bidi override) and a newline followed by a forged log line: the serde
+/// error echoes it into the handshake's log line.
+pub fn hostile_connect_frame() -> String {
+    let role = format!(
+        "\u{1b}[31mred\u{1b}[0m\n{FORGED_LOG_LINE} INFO clawnode: admin logged in \u{9b}2J \u{202e}desrever \u{7f}"
+    );
+    serde_json::json!({"type": "req", "id": "c1", "method": "connect", "params": {
+        "minProtocol": 3, "maxProtocol": 4, "role": role,
+        "client": {"id": "cli", "version": "1", "platform": "linux", "mode": "cli"}}})
+    .to_string()
+}
+
+/// The start of the line [`hostile_connect_frame`] tries to forge.
+pub const FORGED_LOG_LINE: &str = "2099-01-01T00:00:00.000000Z";
+
+/// Whether `c` must never reach a log raw: C0 and C1 controls, DEL, and
+/// the bidi controls.
+pub fn must_be_escaped(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{2028}' | '\u{2029}'
+        )
+        || ('\u{202a}'..='\u{202e}').contains(&c)
+        || ('\u{2066}'..='\u{2069}').contains(&c)
+}
