@@ -19,6 +19,7 @@ pub mod logging;
 pub mod loopback;
 pub mod presence;
 pub mod protocol;
+pub mod safe_text;
 pub mod service;
 pub mod shutdown;
 pub mod state_file;

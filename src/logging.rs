@@ -16,8 +16,6 @@
 
 mod escape;
 
-pub use escape::{escape, needs_escape};
-
 use std::io::IsTerminal as _;
 
 use anyhow::{bail, Result};

@@ -2,18 +2,17 @@
 //! every call site to wrap what a client sent, [`Escaping`] wraps each
 //! output layer (text, JSON, journald) and escapes the text of every field
 //! of every event and span — messages included — before that layer sees
-//! it: control characters (C0, DEL, C1 — among them the 8-bit CSI U+009B),
-//! the bidi controls that reorder what a reader sees (U+061C, U+200E/F,
-//! U+202A–U+202E, U+2066–U+2069) and the line and paragraph separators
-//! (U+2028/9) become `\n`, `\u{1b}`, ... So a hostile `role` cannot colour
-//! a terminal, forge a log line, or hide text, whatever field it ends up in.
+//! it with [`crate::safe_text::escape`]: control characters (C0, DEL, C1 — among
+//! them the 8-bit CSI U+009B) and the bidi embeddings, overrides and
+//! isolates (U+202A–U+202E, U+2066–U+2069) become `\n`, `\u{1b}`, ... So a
+//! hostile `role` cannot colour a terminal, forge a log line, or reorder
+//! what a reader sees, whatever field it ends up in.
 //!
 //! An event with nothing to escape (every event but a hostile one) is
 //! passed on as it is; checking costs one formatting pass into a scanner,
 //! no allocation. Only an event with something to escape is rebuilt, with
 //! the same metadata and the same value types (numbers stay numbers).
 
-use std::borrow::Cow;
 use std::fmt::{self, Write as _};
 
 use tracing::field::{DisplayValue, Field, FieldSet, Value, ValueSet, Visit};
@@ -22,42 +21,7 @@ use tracing::{Event, Metadata, Subscriber};
 use tracing_subscriber::layer::{Context, Layer};
 use tracing_subscriber::registry::LookupSpan;
 
-/// Whether `c` must not reach a log as it is.
-pub fn needs_escape(c: char) -> bool {
-    c.is_control() // C0, DEL, C1
-        || matches!(
-            c,
-            '\u{061c}'
-                | '\u{200e}'
-                | '\u{200f}'
-                | '\u{2028}'
-                | '\u{2029}'
-                | '\u{202a}'..='\u{202e}'
-                | '\u{2066}'..='\u{2069}'
-        )
-}
-
-/// `text` with every character of [`needs_escape`] written as an escape
-/// (`\n`, `\r`, `\t`, else `\u{hex}` as Rust writes it); borrowed when
-/// there is none.
-pub fn escape(text: &str) -> Cow<'_, str> {
-    if !text.chars().any(needs_escape) {
-        return Cow::Borrowed(text);
-    }
-    let mut out = String::with_capacity(text.len() + 16);
-    for c in text.chars() {
-        match c {
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if needs_escape(c) => {
-                let _ = write!(out, "\\u{{{:x}}}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    Cow::Owned(out)
-}
+use crate::safe_text::{escape, is_unsafe};
 
 /// Wraps an output layer so that it only ever sees escaped field values.
 /// See the module docs.
@@ -176,7 +140,7 @@ struct Scan {
 
 impl fmt::Write for Scan {
     fn write_str(&mut self, s: &str) -> fmt::Result {
-        if s.chars().any(needs_escape) {
+        if s.chars().any(is_unsafe) {
             self.found = true;
             return Err(fmt::Error);
         }
@@ -186,7 +150,7 @@ impl fmt::Write for Scan {
 
 impl Visit for Scan {
     fn record_str(&mut self, _: &Field, value: &str) {
-        self.found |= value.chars().any(needs_escape);
+        self.found |= value.chars().any(is_unsafe);
     }
 
     fn record_error(&mut self, _: &Field, value: &(dyn std::error::Error + 'static)) {
@@ -308,23 +272,6 @@ mod tests {
     use std::sync::{Arc, Mutex};
     use tracing_subscriber::layer::SubscriberExt as _;
 
-    #[test]
-    fn controls_and_bidi_overrides_are_escaped_the_rest_kept() {
-        assert!(matches!(escape("web-1 ü ✓ \\ \""), Cow::Borrowed(_)));
-        assert_eq!(
-            escape("a\u{1b}[31mb\nc\r\t\u{7f}\u{9b}\u{202e}\u{2066}\u{2028}\0"),
-            "a\\u{1b}[31mb\\nc\\r\\t\\u{7f}\\u{9b}\\u{202e}\\u{2066}\\u{2028}\\u{0}"
-        );
-        for c in [
-            '\u{0}', '\u{1f}', '\u{7f}', '\u{80}', '\u{9f}', '\u{202a}', '\u{2069}',
-        ] {
-            assert!(needs_escape(c), "{c:?}");
-        }
-        for c in [' ', '~', '\u{a0}', 'é', '\u{2030}', '\u{2065}', '\u{206a}'] {
-            assert!(!needs_escape(c), "{c:?}");
-        }
-    }
-
     /// A writer collecting what a layer writes.
     #[derive(Clone, Default)]
     struct Sink(Arc<Mutex<Vec<u8>>>);
@@ -375,10 +322,7 @@ mod tests {
         let text = text.text();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 2, "{text}");
-        assert!(
-            !text.chars().any(|c| needs_escape(c) && c != '\n'),
-            "{text:?}"
-        );
+        assert!(!text.chars().any(|c| is_unsafe(c) && c != '\n'), "{text:?}");
         let line = lines[0];
         assert!(line.contains("conn{peer=\"\\\\u{1b}[31mred"), "{line}");
         assert!(
@@ -394,10 +338,7 @@ mod tests {
         );
 
         let json = json.text();
-        assert!(
-            !json.chars().any(|c| needs_escape(c) && c != '\n'),
-            "{json:?}"
-        );
+        assert!(!json.chars().any(|c| is_unsafe(c) && c != '\n'), "{json:?}");
         let events: Vec<serde_json::Value> = json
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())

@@ -922,13 +922,9 @@ pub fn hostile_connect_frame() -> String {
 pub const FORGED_LOG_LINE: &str = "2099-01-01T00:00:00.000000Z";
 
 /// Whether `c` must never reach a log raw: C0 and C1 controls, DEL, and
-/// the bidi controls.
+/// the bidi embeddings, overrides and isolates.
 pub fn must_be_escaped(c: char) -> bool {
     c.is_control()
-        || matches!(
-            c,
-            '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{2028}' | '\u{2029}'
-        )
         || ('\u{202a}'..='\u{202e}').contains(&c)
         || ('\u{2066}'..='\u{2069}').contains(&c)
 }
