@@ -256,8 +256,13 @@ async fn wrong_tokens_from_a_shared_address_do_not_lock_out_a_known_device() {
     drop(b);
 
     // Agent A, back, proves its known device and is let in at once.
+    let back = std::time::Instant::now();
     let a = gw.agent(a_state.path(), &[]);
     a.wait_for_log(&format!("as {id}"), Duration::from_secs(20));
+    eprintln!(
+        "known agent back on the rate-limited address after {:?}",
+        back.elapsed()
+    );
     assert_eq!(a.count_log("rate limited"), 0, "{}", a.log_text());
     // (Presence is read over HTTP: an operator from 127.0.0.1 is limited.)
     let (_, _, metrics) = get(gw.addr, "/metrics");
