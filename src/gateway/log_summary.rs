@@ -153,19 +153,17 @@ impl LogSummary {
         now: Instant,
     ) -> Option<Summary> {
         let mut windows = self.lock();
-        let reason =
-            if windows.len() >= MAX_REASONS && !windows.contains_key(&(kind, reason.clone())) {
-                Cow::Borrowed("other")
-            } else {
-                reason
-            };
-        if let Some(window) = windows.get_mut(&(kind, reason.clone())) {
+        let mut key = (kind, reason);
+        if windows.len() >= MAX_REASONS && !windows.contains_key(&key) {
+            key.1 = Cow::Borrowed("other");
+        }
+        if let Some(window) = windows.get_mut(&key) {
             window.count += 1;
             window.sources.add(source);
             return None;
         }
         windows.insert(
-            (kind, reason.clone()),
+            key.clone(),
             Window {
                 started: now,
                 count: 0,
@@ -174,7 +172,7 @@ impl LogSummary {
         );
         Some(Summary {
             kind,
-            reason,
+            reason: key.1,
             count: 1,
             top: format!("{source} ×1"),
             others: 0,

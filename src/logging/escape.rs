@@ -24,7 +24,9 @@ use tracing_subscriber::registry::LookupSpan;
 use crate::safe_text::{escape, is_unsafe};
 
 /// Wraps an output layer so that it only ever sees escaped field values.
-/// See the module docs.
+/// See the module docs. (`downcast_raw` is not forwarded — it is an
+/// `unsafe fn` — so the wrapped layer cannot be found by downcasting; none
+/// of our layers is looked for that way.)
 #[derive(Debug)]
 pub struct Escaping<L>(pub L);
 
@@ -154,8 +156,10 @@ impl Visit for Scan {
     }
 
     fn record_error(&mut self, _: &Field, value: &(dyn std::error::Error + 'static)) {
-        if !self.found {
-            let _ = write!(self, "{value}");
+        let mut next = Some(value);
+        while let (false, Some(error)) = (self.found, next) {
+            let _ = write!(self, "{error}");
+            next = error.source();
         }
     }
 
@@ -257,8 +261,15 @@ impl Visit for EscapedValues {
         self.set(field, Escaped::Str(escape(value).into_owned()))
     }
 
+    /// The error and its sources, `: `-separated (a rebuilt value is text).
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
-        self.set(field, Escaped::text(&value.to_string()))
+        let mut text = value.to_string();
+        let mut next = value.source();
+        while let Some(error) = next {
+            let _ = write!(text, ": {error}");
+            next = error.source();
+        }
+        self.set(field, Escaped::text(&text))
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
@@ -298,6 +309,28 @@ mod tests {
         let _g = span.enter();
         tracing::info!(reason = %role, as_str = role, debug = ?role, n = 7u64, ok = true, "rejected {role}");
         tracing::info!(count = 3u64, "nothing to escape");
+        // Only the error's source holds the escape.
+        let source = std::io::Error::other("peer said \u{1b}]0;title\u{7}");
+        let error = Wrapped(source);
+        tracing::warn!(
+            error = &error as &(dyn std::error::Error + 'static),
+            "failed"
+        );
+    }
+
+    #[derive(Debug)]
+    struct Wrapped(std::io::Error);
+
+    impl fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("handshake failed")
+        }
+    }
+
+    impl std::error::Error for Wrapped {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
     }
 
     #[test]
@@ -321,7 +354,7 @@ mod tests {
 
         let text = text.text();
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 2, "{text}");
+        assert_eq!(lines.len(), 3, "{text}");
         assert!(!text.chars().any(|c| is_unsafe(c) && c != '\n'), "{text:?}");
         let line = lines[0];
         assert!(line.contains("conn{peer=\"\\\\u{1b}[31mred"), "{line}");
@@ -336,6 +369,8 @@ mod tests {
             "{}",
             lines[1]
         );
+        let chain = "failed error=handshake failed: peer said \\u{1b}]0;title\\u{7}";
+        assert!(lines[2].ends_with(chain), "{}", lines[2]);
 
         let json = json.text();
         assert!(!json.chars().any(|c| is_unsafe(c) && c != '\n'), "{json:?}");
@@ -343,7 +378,7 @@ mod tests {
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
-        assert_eq!(events.len(), 2, "{json}");
+        assert_eq!(events.len(), 3, "{json}");
         let e = &events[0];
         assert_eq!(
             e["reason"],
@@ -354,5 +389,9 @@ mod tests {
         assert_eq!(e["ok"], true, "{e}");
         assert_eq!(e["span"]["peer"], e["reason"], "{e}");
         assert_eq!(events[1]["count"], 3);
+        assert_eq!(
+            events[2]["error"],
+            "handshake failed: peer said \\u{1b}]0;title\\u{7}"
+        );
     }
 }
