@@ -9,6 +9,12 @@
 //!
 //! The level comes from `RUST_LOG` when set, else the configured filter,
 //! else `info`.
+//!
+//! Whatever the sink, every field value (and message) is escaped before it
+//! is written ([`escape::Escaping`]): a value a client sent cannot forge a
+//! line or drive a terminal.
+
+mod escape;
 
 use std::io::IsTerminal as _;
 
@@ -182,9 +188,9 @@ pub fn init(options: LogOptions<'_>) -> Result<Option<String>> {
         .with(tracing_subscriber::filter::filter_fn(|meta| {
             !is_frame_dump(meta)
         }))
-        .with(journal)
-        .with(text)
-        .with(json)
+        .with(journal.map(escape::Escaping))
+        .with(text.map(escape::Escaping))
+        .with(json.map(escape::Escaping))
         .try_init();
     Ok(warning)
 }

@@ -16,11 +16,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
-use tokio_tungstenite::tungstenite::Message;
+use tokio::net::TcpStream;
 
 /// Resident set size of a process, in KiB.
 fn rss_kib(pid: u32) -> u64 {
@@ -390,23 +388,6 @@ async fn a_read_only_or_full_state_dir_is_named_on_first_start_and_survived_late
     .await;
 }
 
-/// A TCP connection from `source` (a loopback address) to `addr`.
-async fn connect_from(source: &str, addr: std::net::SocketAddr) -> std::io::Result<TcpStream> {
-    let socket = TcpSocket::new_v4()?;
-    socket.bind(format!("{source}:0").parse().unwrap())?;
-    socket.connect(addr).await
-}
-
-/// What the gateway did with a connection that never completes a
-/// handshake: answered 503 at once, or held it (then closed it later).
-async fn refused_with_503(stream: &mut TcpStream) -> bool {
-    let mut buf = [0u8; 64];
-    match tokio::time::timeout(Duration::from_millis(300), stream.read(&mut buf)).await {
-        Ok(Ok(n)) => buf[..n].starts_with(b"HTTP/1.1 503"),
-        _ => false,
-    }
-}
-
 /// A legitimate operator's handshake, timed.
 async fn legit_handshake(gw: &TestGateway) -> Duration {
     let started = Instant::now();
@@ -465,7 +446,6 @@ async fn floods_of_silent_garbage_and_wrong_token_sockets_do_not_keep_real_clien
 
     // 10,000 attempts with a wrong token, 32 at a time, from 127.0.0.4;
     // meanwhile real clients from 127.0.0.1 keep connecting.
-    let url = gw.url();
     let wrong = clawnode::config::Secret::new("wrong-token");
     let flood = tokio::spawn(async move {
         let mut codes = std::collections::BTreeMap::<String, usize>::new();
@@ -476,9 +456,8 @@ async fn floods_of_silent_garbage_and_wrong_token_sockets_do_not_keep_real_clien
                     *codes.entry(code).or_default() += 1;
                 }
             }
-            let url = url.clone();
             let wrong = wrong.clone();
-            tasks.spawn(async move { wrong_token_attempt(&url, addr, &wrong, i).await });
+            tasks.spawn(async move { token_attempt(addr, "127.0.0.4", &wrong, i).await });
         }
         while let Some(r) = tasks.join_next().await {
             if let Ok(code) = r {
@@ -554,48 +533,6 @@ async fn floods_of_silent_garbage_and_wrong_token_sockets_do_not_keep_real_clien
         };
         assert!(closed, "a garbage socket is still open");
     }
-}
-
-/// One connection with a wrong token from 127.0.0.4: the error code it got.
-async fn wrong_token_attempt(
-    url: &str,
-    addr: std::net::SocketAddr,
-    token: &clawnode::config::Secret,
-    i: u32,
-) -> String {
-    let Ok(stream) = connect_from("127.0.0.4", addr).await else {
-        return "connect failed".into();
-    };
-    let (mut ws, _) = match tokio_tungstenite::client_async(url, stream).await {
-        Ok(ok) => ok,
-        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
-            return format!("HTTP {}", r.status().as_u16())
-        }
-        Err(e) => return format!("upgrade failed: {e}"),
-    };
-    let params = operator_params("cli", None, &["operator.read"], Some(token));
-    let connect = clawnode::protocol::Frame::request(format!("c{i}"), "connect", &params);
-    let _ = ws.send(Message::text(connect.to_text())).await;
-    while let Some(Ok(msg)) = ws.next().await {
-        if let Message::Text(t) = msg {
-            if let Ok(clawnode::protocol::Frame::Res(res)) = clawnode::protocol::Frame::parse(&t) {
-                let Some(e) = res.error else {
-                    return "accepted?!".into();
-                };
-                let code = e.detail_code_str().unwrap_or("no detail code").to_string();
-                // A rate-limited client is told when to come back.
-                if code == "AUTH_RATE_LIMITED"
-                    && !e
-                        .retry_after_ms
-                        .is_some_and(|ms| (1..=60_000).contains(&ms))
-                {
-                    return format!("AUTH_RATE_LIMITED with retryAfterMs {:?}", e.retry_after_ms);
-                }
-                return code;
-            }
-        }
-    }
-    "closed without an answer".into()
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -213,3 +213,67 @@ async fn an_instance_id_stays_with_its_first_key_until_forgotten() {
             .unwrap();
     assert!(pins["pins"].get(&id).is_none(), "{pins}");
 }
+
+/// Finding 9: wrong tokens from an address (here 127.0.0.1, the address of
+/// every client on this host) rate-limit that address, but a device the
+/// gateway has seen before proves itself with its signature and gets in;
+/// clients that prove no known device stay limited.
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_tokens_from_a_shared_address_do_not_lock_out_a_known_device() {
+    let gw = TestGateway::start(&[]);
+    // Agent A connects once: its device is known from then on.
+    let a_state = tempfile::tempdir().unwrap();
+    let mut a = gw.agent(a_state.path(), &[]);
+    a.wait_for_log("connected to", Duration::from_secs(20));
+    let id = instance_id(a_state.path());
+    a.terminate();
+
+    // Someone on the same address tries 25 wrong tokens: the first 20 are
+    // mismatches, then the address is rate limited.
+    let wrong = clawnode::config::Secret::new("wrong-token");
+    let mut codes = Vec::new();
+    for i in 0..25 {
+        codes.push(token_attempt(gw.addr, "127.0.0.1", &wrong, i).await);
+    }
+    assert!(
+        codes[..20].iter().all(|c| c == "AUTH_TOKEN_MISMATCH")
+            && codes[20..].iter().all(|c| c == "AUTH_RATE_LIMITED"),
+        "{codes:?}"
+    );
+
+    // A client without a device keeps the per-address limit, even with
+    // the right token ...
+    let right = gw.token();
+    assert_eq!(
+        token_attempt(gw.addr, "127.0.0.1", &right, 99).await,
+        "AUTH_RATE_LIMITED"
+    );
+    // ... and so does a device never seen before (agent B's fresh key).
+    let b_state = tempfile::tempdir().unwrap();
+    let b = gw.agent(b_state.path(), &[]);
+    b.wait_for_log("rate limited by the gateway", Duration::from_secs(20));
+    assert_eq!(b.count_log("connected to"), 0, "{}", b.log_text());
+    drop(b);
+
+    // Agent A, back, proves its known device and is let in at once.
+    let back = std::time::Instant::now();
+    let a = gw.agent(a_state.path(), &[]);
+    a.wait_for_log(&format!("as {id}"), Duration::from_secs(20));
+    eprintln!(
+        "known agent back on the rate-limited address after {:?}",
+        back.elapsed()
+    );
+    assert_eq!(a.count_log("rate limited"), 0, "{}", a.log_text());
+    // (Presence is read over HTTP: an operator from 127.0.0.1 is limited.)
+    let (_, _, metrics) = get(gw.addr, "/metrics");
+    assert_eq!(
+        series(&metrics, "clawnode_connections{role=\"node\"}"),
+        1.0,
+        "{metrics}"
+    );
+    // The address is still limited for everyone else.
+    assert_eq!(
+        token_attempt(gw.addr, "127.0.0.1", &right, 100).await,
+        "AUTH_RATE_LIMITED"
+    );
+}

@@ -357,7 +357,8 @@ fn logs_go_to_the_journal_natively_with_structured_fields() {
         "event fields are journal fields"
     );
 
-    // A refused handshake: its connection id and error code are fields.
+    // A refused handshake (the first: logged at once, the rest summed up
+    // every 10 s): its connection id, error code and count are fields.
     let agent_state = tempfile::tempdir().unwrap();
     let bad_token = agent_state.path().join("token");
     std::fs::write(&bad_token, "wrong\n").unwrap();
@@ -373,10 +374,12 @@ fn logs_go_to_the_journal_natively_with_structured_fields() {
         ],
         &[],
     );
-    let rejected = wait_entry(&journal, "handshake rejected", |e| {
-        e.get("MESSAGE").is_some_and(|m| m == "handshake rejected")
+    let rejected = wait_entry(&journal, "handshakes rejected", |e| {
+        e.get("MESSAGE").is_some_and(|m| m == "handshakes rejected")
     });
     assert_eq!(rejected["ERROR_CODE"], "AUTH_TOKEN_MISMATCH");
+    assert_eq!(rejected["COUNT"], "1", "{rejected:#?}");
+    assert!(rejected["TOP"].starts_with("127.0.0.1 ×1"), "{rejected:#?}");
     assert!(
         uuid::Uuid::parse_str(&rejected["CONN_ID"]).is_ok(),
         "{rejected:#?}"
@@ -386,6 +389,69 @@ fn logs_go_to_the_journal_natively_with_structured_fields() {
         "the token never reaches the journal"
     );
     agent.terminate();
+    stop(gw);
+}
+
+/// Finding 4 in the journal: what a hostile `connect` put in its `role`
+/// (terminal escapes, a newline and a forged line, 8-bit CSI, a bidi
+/// override, DEL) reaches every journal field escaped.
+#[test]
+#[ignore = "needs root (a private mount namespace): see README"]
+fn client_values_reach_the_journal_escaped() {
+    require_mount_namespaces();
+    let journal = Receiver::bind("socket");
+    let state = tempfile::tempdir().unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let gw = spawn_with_journal(
+        &journal,
+        &[
+            "run",
+            "--gateway",
+            "--listen",
+            &listen,
+            "--state-dir",
+            state.path().to_str().unwrap(),
+            "--log-format",
+            "journald",
+        ],
+        Stdio::null(),
+        &[("RUST_LOG", "debug".to_string())],
+    );
+    wait_entry(&journal, "gateway listening", |e| {
+        e.get("MESSAGE").is_some_and(|m| m == "gateway listening")
+    });
+    let url = format!("ws://{listen}");
+    tokio::runtime::Runtime::new()
+        .expect("a runtime")
+        .block_on(async {
+            let mut c = common::RawClient::open(&url).await;
+            c.send_text(common::hostile_connect_frame()).await;
+            c.await_response("c1").await
+        });
+    let rejected = wait_entry(&journal, "handshake rejected (debug)", |e| {
+        e.get("MESSAGE").is_some_and(|m| m == "handshake rejected")
+    });
+    let reason = &rejected["REASON"];
+    assert!(
+        reason.contains("\\u{1b}[31mred")
+            && reason.contains(&format!("\\n{}", common::FORGED_LOG_LINE))
+            && reason.contains("\\u{9b}2J \\u{202e}desrever \\u{7f}"),
+        "{rejected:#?}"
+    );
+    let entries = journal.messages.lock().unwrap().clone();
+    for entry in entries.iter().filter(|m| !m.is_empty()) {
+        let entry = parse_journal_entry(entry);
+        let raw: Vec<String> = entry
+            .values()
+            .flat_map(|v| v.chars())
+            .filter(|c| common::must_be_escaped(*c))
+            .map(|c| format!("U+{:04X}", c as u32))
+            .collect();
+        assert!(
+            raw.is_empty(),
+            "a journal field holds raw {raw:?}: {entry:?}"
+        );
+    }
     stop(gw);
 }
 

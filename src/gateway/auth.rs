@@ -88,6 +88,19 @@ impl Rejection {
         )
     }
 
+    /// The reason its log summary counts it under: the detail code, else
+    /// the error code, else what ended it (`HANDSHAKE_TIMEOUT`,
+    /// `CLOSED_BEFORE_CONNECT`, `FRAME_TOO_LARGE`, `INVALID_FRAME`).
+    pub fn summary_reason(&self) -> String {
+        match (self.log_code(), self.result) {
+            ("-", HandshakeResult::Timeout) => "HANDSHAKE_TIMEOUT".into(),
+            ("-", HandshakeResult::Closed) => "CLOSED_BEFORE_CONNECT".into(),
+            ("-", _) if self.close == CloseCode::Size => "FRAME_TOO_LARGE".into(),
+            ("-", _) => "INVALID_FRAME".into(),
+            (code, _) => code.to_string(),
+        }
+    }
+
     /// The code logged: the detail code, else the error code, else `-`.
     pub fn log_code(&self) -> &str {
         match (&self.detail, &self.response) {
@@ -157,7 +170,7 @@ pub fn parse_connect(text: &str, max_preauth_payload: usize) -> Result<ConnectRe
 }
 
 /// What the gateway knows when it decides.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct AuthInput<'a> {
     /// The challenge this connection was sent.
     pub nonce: &'a str,
@@ -167,6 +180,9 @@ pub struct AuthInput<'a> {
     /// The peer's address is rate limited for this long (ms), after too
     /// many failed tokens.
     pub rate_limited_for_ms: Option<u64>,
+    /// Whether a device id is one the gateway has seen before; asked only
+    /// for a rate-limited address, after the device proved its key.
+    pub known_device: &'a dyn Fn(&str) -> bool,
 }
 
 /// A connection let in.
@@ -185,6 +201,18 @@ pub struct Admitted {
 /// The auth step: protocol version, shared token (and its rate limit), and
 /// the device proof (a node must have one). Pure: the same request and
 /// input always give the same answer.
+///
+/// The rate limit is the address's (after [`AUTH_FAILURE_LIMIT`] wrong
+/// tokens from it), and an address is often shared: a NAT, a proxy, every
+/// client on the gateway's own host. So a client whose signature proves a
+/// device the gateway has seen before is not held to it — others' failures
+/// cannot lock it out, and it cannot be spoofed without the device's key
+/// (the signature covers this connection's challenge). Every other client
+/// — no device, an unknown one, a proof that fails — is refused with
+/// `AUTH_RATE_LIMITED` without its token being looked at. A known device
+/// with a wrong token is refused, and counted, like anyone else.
+///
+/// [`AUTH_FAILURE_LIMIT`]: super::state::AUTH_FAILURE_LIMIT
 pub fn authorize(req: &ConnectRequest, input: &AuthInput<'_>) -> Result<Admitted, Rejection> {
     let params = &req.params;
     let refuse = |error: ErrorShape| Rejection::reply(&req.id, error, CloseCode::Policy);
@@ -201,13 +229,31 @@ pub fn authorize(req: &ConnectRequest, input: &AuthInput<'_>) -> Result<Admitted
         )
     })?;
 
+    // The device proof, when there is one: checked once, first when the
+    // address is rate limited, else after the token.
+    let prove = || match &params.device {
+        None => Ok(None),
+        Some(device) => {
+            let expected = Expected::for_connect(params, input.nonce, input.now_ms);
+            device_auth::verify(device, &expected)
+                .map(|_| Some(device.id.clone()))
+                .map_err(|e| refuse(ErrorShape::invalid_request(e.message).with_detail(e.code)))
+        }
+    };
+    let mut proof = None;
     if let Some(expected) = input.token {
         if let Some(retry_after) = input.rate_limited_for_ms {
-            return Err(refuse(
-                ErrorShape::invalid_request("unauthorized: too many failed attempts; retry later")
+            let proven = prove();
+            if !matches!(&proven, Ok(Some(id)) if (input.known_device)(id)) {
+                return Err(refuse(
+                    ErrorShape::invalid_request(
+                        "unauthorized: too many failed attempts; retry later",
+                    )
                     .with_detail(ErrorDetailCode::AuthRateLimited)
                     .with_retry_after(retry_after),
-            ));
+                ));
+            }
+            proof = Some(proven);
         }
         let failure = match params.token() {
             None | Some("") => Some((
@@ -227,20 +273,14 @@ pub fn authorize(req: &ConnectRequest, input: &AuthInput<'_>) -> Result<Admitted
         }
     }
 
-    let device_id = match &params.device {
+    let device_id = match proof.unwrap_or_else(prove)? {
         None if role == Role::Node => {
             return Err(refuse(
                 ErrorShape::new(ErrorCode::NotPaired, "device identity required")
                     .with_detail(ErrorDetailCode::DeviceIdentityRequired),
             ))
         }
-        None => None,
-        Some(device) => {
-            let expected = Expected::for_connect(params, input.nonce, input.now_ms);
-            device_auth::verify(device, &expected)
-                .map_err(|e| refuse(ErrorShape::invalid_request(e.message).with_detail(e.code)))?;
-            Some(device.id.clone())
-        }
+        device_id => device_id,
     };
 
     let scopes = match role {
@@ -378,6 +418,7 @@ mod tests {
             now_ms: NOW,
             token,
             rate_limited_for_ms: None,
+            known_device: &|_| false,
         }
     }
 
@@ -495,6 +536,54 @@ mod tests {
             res.error.as_ref().and_then(|e| e.retry_after_ms),
             Some(1234)
         );
+    }
+
+    /// Finding 9: on a rate-limited address a proven known device gets in;
+    /// no device, an unknown one, or a proof that fails stays limited, and
+    /// a known device with a wrong token is refused (and counted).
+    #[test]
+    fn on_a_rate_limited_address_only_a_proven_known_device_gets_past() {
+        let identity = DeviceIdentity::ephemeral("inst-1");
+        let known_id = identity.device_id().to_string();
+        let is_known = |id: &str| id == known_id;
+        let token = Secret::new("t");
+        let limited = AuthInput {
+            rate_limited_for_ms: Some(1234),
+            known_device: &is_known,
+            ..input(Some(&token))
+        };
+        let code = |p: ConnectParams, input: &AuthInput<'_>| match authorize(&request(p), input) {
+            Ok(_) => "admitted",
+            Err(r) => detail(&r).unwrap_or("-"),
+        };
+        let known = signed_node(&identity, "t", NONCE, NOW, &[]);
+        assert_eq!(code(known.clone(), &limited), "admitted");
+        // The same known device id without its key's signature.
+        let mut forged = known.clone();
+        forged.device.as_mut().expect("a proof").signature = "AAAA".into();
+        assert_eq!(code(forged, &limited), "AUTH_RATE_LIMITED");
+        // A proof for another connection's challenge.
+        let replayed = signed_node(&identity, "t", "another-nonce", NOW, &[]);
+        assert_eq!(code(replayed, &limited), "AUTH_RATE_LIMITED");
+        // A device never seen before, properly signed.
+        let stranger = DeviceIdentity::ephemeral("inst-2");
+        let unknown = signed_node(&stranger, "t", NONCE, NOW, &[]);
+        assert_eq!(code(unknown, &limited), "AUTH_RATE_LIMITED");
+        // No device at all, with the right token.
+        let operator = with_token(params(Role::Operator, 3, 4), "t");
+        assert_eq!(code(operator, &limited), "AUTH_RATE_LIMITED");
+        // The known device with a wrong token: a mismatch, counted.
+        let wrong = signed_node(&identity, "wrong", NONCE, NOW, &[]);
+        let r = rejected(authorize(&request(wrong), &limited));
+        assert_eq!(detail(&r), Some("AUTH_TOKEN_MISMATCH"));
+        assert!(r.counts_against_rate_limit());
+        // Not limited: nobody asks whether the device is known.
+        let never = |_: &str| -> bool { panic!("asked without a rate limit") };
+        let open = AuthInput {
+            known_device: &never,
+            ..input(Some(&token))
+        };
+        assert_eq!(code(known, &open), "admitted");
     }
 
     #[test]

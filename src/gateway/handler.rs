@@ -20,13 +20,14 @@ use tokio::time::{timeout_at, Instant};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
-use tracing::{debug, info, warn, Instrument as _};
+use tracing::{debug, info, Instrument as _};
 
 use super::admission::Ticket;
 use super::auth::{self, AuthInput, ConnectRequest, Rejection};
 use super::broadcast::{Outbound, PRESENCE_EVENT_MIN_GAP};
 use super::connection::{read_error_close, Connection, Gone};
 use super::http;
+use super::log_summary::Kind;
 use super::methods::{self, ConnContext};
 use super::metrics::HandshakeResult;
 use super::pins::PinCheck;
@@ -66,6 +67,7 @@ async fn serve_connection(
 ) {
     let config = &shared.config;
     let deadline = Instant::now() + config.settings.tuning.handshake_timeout;
+    let remote_ip = auth::canonical_ip(peer.ip());
     // TLS (when configured) is part of the handshake and its deadline.
     let mut stream =
         match timeout_at(deadline, crate::tls::accept(stream, config.tls.as_ref())).await {
@@ -100,14 +102,23 @@ async fn serve_connection(
             return;
         }
         Ok(Err(bad)) => {
-            debug!(reason = %bad.reason, "bad HTTP request");
+            debug!(reason = %bad.reason, status = bad.status, "bad HTTP request");
             shared.metrics.handshake(HandshakeResult::Closed);
+            if let Some(status) = bad.status {
+                let reason = format!("answered {status}");
+                shared
+                    .log_summary
+                    .record(Kind::BadRequest, reason, remote_ip);
+            }
             http::refuse(&mut stream, bad, &shared).await;
             return;
         }
         Err(_) => {
             debug!("HTTP request timed out");
             shared.metrics.handshake(HandshakeResult::Timeout);
+            shared
+                .log_summary
+                .record(Kind::BadRequest, "request head timeout", remote_ip);
             return;
         }
     };
@@ -121,7 +132,6 @@ async fn serve_connection(
     .await;
     let (sink, mut source) = ws.split();
     let mut conn = Connection::new(sink, config.settings.tuning.write_timeout);
-    let remote_ip = auth::canonical_ip(peer.ip());
 
     let nonce = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
     let challenge = Frame::event(
@@ -157,11 +167,15 @@ async fn serve_connection(
             {
                 shared.metrics.auth_failure(code);
             }
-            info!(
+            // What the peer sent may be in the reason: the log escapes it.
+            debug!(
                 reason = %rejection.reason,
                 error_code = rejection.log_code(),
                 "handshake rejected"
             );
+            shared
+                .log_summary
+                .record(Kind::Handshake, rejection.summary_reason(), remote_ip);
             if let Some(frame) = rejection.response {
                 let _ = conn.send_text(frame.to_text()).await;
             }
@@ -192,6 +206,7 @@ async fn serve_connection(
             source,
             shared: &shared,
             ctx: &ctx,
+            peer: remote_ip,
             events,
             presence,
             kill: &kill,
@@ -234,6 +249,7 @@ async fn handshake(
         now_ms: now,
         token: config.token.as_ref(),
         rate_limited_for_ms: shared.auth_retry_after(remote_ip, now),
+        known_device: &|device_id| shared.is_known_device(device_id),
     };
     let admitted = auth::authorize(&req, &input).inspect_err(|rejection| {
         if rejection.counts_against_rate_limit() {
@@ -387,6 +403,8 @@ struct Handler<'a> {
     source: Source,
     shared: &'a Shared,
     ctx: &'a ConnContext,
+    /// The peer's address (also for loopback peers, which `ctx` leaves out).
+    peer: IpAddr,
     /// Queued events: `tick`, `shutdown`.
     events: mpsc::Receiver<Arc<Outbound>>,
     /// Presence changes, for clients that read presence.
@@ -490,7 +508,9 @@ impl Handler<'_> {
                 // 7.1.7); one that is gone is not.
                 match read_error_close(&e) {
                     Some((code, reason)) => {
-                        warn!(error = %e, "closing: {reason}");
+                        debug!(error = %e, "closing: {reason}");
+                        let summary = &self.shared.log_summary;
+                        summary.record(Kind::Protocol, reason.clone(), self.peer);
                         self.conn.close(code, &reason).await;
                     }
                     None => debug!(error = %e, "read failed"),

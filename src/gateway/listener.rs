@@ -8,21 +8,23 @@ use anyhow::Result;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
-use super::admission::{Admission, REFUSAL_RESPONSE};
+use super::admission::{Admission, Refusal, REFUSAL_RESPONSE};
 use super::auth::canonical_ip;
 use super::handler;
+use super::log_summary::Kind;
 use super::state::Shared;
+use crate::config::GatewaySettings;
 use crate::service::ServiceNotifier;
 
 /// How long handlers get to say goodbye on shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
 /// How often the systemd status line is refreshed (when it changed).
 const STATUS_INTERVAL: Duration = Duration::from_secs(5);
-/// Refused connections are summed up in one log line at most this often,
-/// so a flood does not become a flood of log lines.
-const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(5);
+/// How often the log summaries of refusals and failures are looked at
+/// (each is written once its 10 s interval is over).
+const SUMMARY_CHECK: Duration = Duration::from_secs(1);
 
 pub async fn serve(
     listener: TcpListener,
@@ -35,7 +37,6 @@ pub async fn serve(
         shared.config.settings.tuning.max_connections,
     ));
     let admission = Admission::new(shared.config.settings.admission());
-    let mut refusals = RefusalLog::default();
     let mut handlers = JoinSet::new();
     let ticker = tokio::spawn(tick_loop(shared.clone(), stop_rx.clone()));
     let pin_writer = tokio::spawn(shared.pin_writer(stop_rx.clone()));
@@ -43,6 +44,8 @@ pub async fn serve(
     let mut status_timer = tokio::time::interval(STATUS_INTERVAL);
     status_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_status = String::new();
+    let mut summary_timer = tokio::time::interval(SUMMARY_CHECK);
+    summary_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
 
     loop {
@@ -53,6 +56,7 @@ pub async fn serve(
                 shared.probe_lock();
                 notifier.watchdog();
             }
+            _ = summary_timer.tick() => shared.log_summary.flush(),
             _ = status_timer.tick(), if notifier.is_enabled() => {
                 let status = status_line(&shared);
                 if status != last_status {
@@ -62,11 +66,12 @@ pub async fn serve(
             }
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    let source = canonical_ip(peer.ip());
                     let admitted = match limit.clone().try_acquire_owned() {
-                        Err(_) => Err(("connection limit reached", "connection_limit")),
-                        Ok(permit) => match admission.admit(canonical_ip(peer.ip())) {
+                        Err(_) => Err((None, "connection_limit")),
+                        Ok(permit) => match admission.admit(source) {
                             Ok(ticket) => Ok((permit, ticket)),
-                            Err(refusal) => Err((refusal.as_str(), refusal.metric_label())),
+                            Err(refusal) => Err((Some(refusal), refusal.metric_label())),
                         },
                     };
                     match admitted {
@@ -79,12 +84,14 @@ pub async fn serve(
                                 .set_tcp_user_timeout(Some(shared.config.settings.tuning.tick_interval * 2));
                             handlers.spawn(handler::run(stream, peer, shared.clone(), stop_rx.clone(), permit, ticket));
                         }
-                        Err((why, label)) => {
+                        Err((refusal, label)) => {
                             // Best effort, never waits: the socket is new, so
                             // its send buffer has room for these few bytes.
                             let _ = stream.try_write(REFUSAL_RESPONSE);
                             shared.metrics.refused(label);
-                            refusals.count(why, &shared, admission.pending());
+                            let why = refusal_reason(refusal, &shared.config.settings);
+                            debug!(peer = %peer, reason = %why, pending_handshakes = admission.pending(), "refused (HTTP 503)");
+                            shared.log_summary.record(Kind::Refused, why, source);
                         }
                     }
                 }
@@ -115,41 +122,29 @@ pub async fn serve(
     }
     ticker.abort();
     let _ = pin_writer.await;
+    shared.log_summary.flush_all();
     Ok(())
 }
 
-/// Sums up refused connections for the log.
-#[derive(Default)]
-struct RefusalLog {
-    since: Option<std::time::Instant>,
-    counts: Vec<(&'static str, u64)>,
-}
-
-impl RefusalLog {
-    fn count(&mut self, why: &'static str, shared: &Shared, pending: usize) {
-        match self.counts.iter_mut().find(|(w, _)| *w == why) {
-            Some((_, n)) => *n += 1,
-            None => self.counts.push((why, 1)),
-        }
-        let since = *self.since.get_or_insert_with(std::time::Instant::now);
-        let first = self.counts.len() == 1 && self.counts[0].1 == 1;
-        if first || since.elapsed() >= REFUSAL_LOG_INTERVAL {
-            let summary = self
-                .counts
-                .iter()
-                .map(|(w, n)| format!("{n} × {w}"))
-                .collect::<Vec<_>>()
-                .join(", ");
-            warn!(
-                refused = %summary,
-                pending_handshakes = pending,
-                limits = ?shared.config.settings.admission(),
-                max_connections = shared.config.settings.tuning.max_connections,
-                "refusing connections (HTTP 503)"
-            );
-            self.counts.clear();
-            self.since = Some(std::time::Instant::now());
-        }
+/// Why a connection was refused with 503, naming the setting that was
+/// reached (`None`: `max_connections`).
+fn refusal_reason(refusal: Option<Refusal>, settings: &GatewaySettings) -> String {
+    let tuning = &settings.tuning;
+    match refusal {
+        None => format!(
+            "connection limit reached (max_connections = {})",
+            tuning.max_connections
+        ),
+        Some(refusal @ Refusal::PerIp) => format!(
+            "{} (max_pending_handshakes_per_ip = {})",
+            refusal.as_str(),
+            tuning.max_pending_handshakes_per_ip
+        ),
+        Some(refusal @ Refusal::Total) => format!(
+            "{} (max_pending_handshakes = {})",
+            refusal.as_str(),
+            tuning.max_pending_handshakes
+        ),
     }
 }
 

@@ -18,6 +18,7 @@ pub mod connection;
 pub mod handler;
 pub mod http;
 pub mod listener;
+pub mod log_summary;
 pub mod methods;
 pub mod metrics;
 pub mod pins;

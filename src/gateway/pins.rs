@@ -163,6 +163,13 @@ impl PinStore {
         self.lock().pins.len()
     }
 
+    /// Whether `device_id` holds a pin: a device this gateway has let in
+    /// before. (A scan; asked only for a rate-limited address. The device
+    /// registry of part 10 answers it from an index.)
+    pub fn has_device(&self, device_id: &str) -> bool {
+        self.lock().pins.values().any(|p| p.device_id == device_id)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -297,6 +304,7 @@ mod tests {
         };
         assert_eq!(pin.device_id, "key-a");
         assert_eq!(pin.display_name.as_deref(), Some("web-1"));
+        assert!(store.has_device("key-a") && !store.has_device("key-b"));
         // A pinned id claimed without any key is refused too.
         assert!(matches!(
             store.check(Some("id-1"), None, None, 8),

@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, watch, Notify};
 use tracing::{info, warn};
 
 use super::broadcast::{self, Outbound};
+use super::log_summary::LogSummary;
 use super::metrics::{Metrics, Snapshot as MetricsSnapshot};
 use super::pins::{Pin, PinCheck, PinStore};
 use super::GatewayConfig;
@@ -100,6 +101,8 @@ struct State {
 pub struct Shared {
     pub config: GatewayConfig,
     pub metrics: Metrics,
+    /// Refusals and failures, summed up for the log.
+    pub log_summary: LogSummary,
     started: Instant,
     /// When the gateway started, in ms since the Unix epoch.
     started_ms: u64,
@@ -119,6 +122,7 @@ impl Shared {
         Shared {
             config,
             metrics: Metrics::default(),
+            log_summary: LogSummary::default(),
             started: Instant::now(),
             started_ms: now_ms(),
             pins: Arc::new(pins),
@@ -258,6 +262,13 @@ impl Shared {
     ) -> PinCheck {
         self.pins
             .check(instance_id, device_id, display_name, now_ms())
+    }
+
+    /// Whether `device_id` is a device this gateway has seen before (today:
+    /// one that holds an instance pin). A device that proves it holds such
+    /// a key is not held to its address's auth rate limit.
+    pub fn is_known_device(&self, device_id: &str) -> bool {
+        self.pins.has_device(device_id)
     }
 
     /// Drops an instance id's pin (a re-imaged host); saved before it returns.

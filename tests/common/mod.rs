@@ -379,9 +379,15 @@ impl TestGateway {
         args.extend_from_slice(extra);
         let proc = Proc::spawn(&args, envs);
         let line = proc.wait_for_log("gateway listening", Duration::from_secs(20));
-        let addr = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("listen="))
+        // `listen=` in a text line, `"listen"` in a JSON one.
+        let json: Option<Value> = serde_json::from_str(&line).ok();
+        let addr = json
+            .as_ref()
+            .and_then(|v| v["listen"].as_str())
+            .or_else(|| {
+                line.split_whitespace()
+                    .find_map(|w| w.strip_prefix("listen="))
+            })
             .and_then(|a| a.parse().ok())
             .unwrap_or_else(|| panic!("no listen= in {line:?}"));
         TestGateway {
@@ -867,4 +873,94 @@ pub fn series(metrics: &str, name: &str) -> f64 {
         .lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or_else(|| panic!("no series {name} in\n{metrics}"))
+}
+
+/// A TCP connection from `source` (a loopback address such as
+/// `127.0.0.2`) to `addr`, so one test can play several client addresses.
+pub async fn connect_from(
+    source: &str,
+    addr: SocketAddr,
+) -> std::io::Result<tokio::net::TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(format!("{source}:0").parse().expect("a source address"))?;
+    socket.connect(addr).await
+}
+
+/// What the gateway did with a connection that never completes a
+/// handshake: answered 503 at once (within 300 ms), or held it.
+pub async fn refused_with_503(stream: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::AsyncReadExt as _;
+    let mut buf = [0u8; 64];
+    match tokio::time::timeout(Duration::from_millis(300), stream.read(&mut buf)).await {
+        Ok(Ok(n)) => buf[..n].starts_with(b"HTTP/1.1 503"),
+        _ => false,
+    }
+}
+
+/// One `connect` with `token` (an operator without a device) over a
+/// connection from `source`: the detail code of the refusal it got
+/// (`AUTH_TOKEN_MISMATCH`, `AUTH_RATE_LIMITED`, ...), or what happened
+/// instead. A rate-limited answer without a sane `retryAfterMs` is
+/// reported as such. Every step waits at most [`RAW_WAIT`].
+pub async fn token_attempt(addr: SocketAddr, source: &str, token: &Secret, i: u32) -> String {
+    let url = format!("ws://{addr}");
+    let attempt = async {
+        let Ok(stream) = connect_from(source, addr).await else {
+            return "connect failed".to_string();
+        };
+        let (mut ws, _) = match tokio_tungstenite::client_async(url.as_str(), stream).await {
+            Ok(ok) => ok,
+            Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
+                return format!("HTTP {}", r.status().as_u16())
+            }
+            Err(e) => return format!("upgrade failed: {e}"),
+        };
+        let params = operator_params("cli", None, &["operator.read"], Some(token));
+        let connect = Frame::request(format!("c{i}"), "connect", &params);
+        let _ = ws.send(Message::text(connect.to_text())).await;
+        while let Some(Ok(msg)) = ws.next().await {
+            let Message::Text(t) = msg else { continue };
+            let Ok(Frame::Res(res)) = Frame::parse(&t) else {
+                continue;
+            };
+            let Some(e) = res.error else {
+                return "accepted".into();
+            };
+            let code = e.detail_code_str().unwrap_or("no detail code").to_string();
+            if code == "AUTH_RATE_LIMITED"
+                && !e
+                    .retry_after_ms
+                    .is_some_and(|ms| (1..=60_000).contains(&ms))
+            {
+                return format!("AUTH_RATE_LIMITED with retryAfterMs {:?}", e.retry_after_ms);
+            }
+            return code;
+        }
+        "closed without an answer".into()
+    };
+    wait_within("the answer to a connect", RAW_WAIT, attempt).await
+}
+
+/// A `connect` whose `role` carries terminal escapes (CSI, 8-bit CSI, a
+/// bidi override) and a newline followed by a forged log line: the serde
+/// error echoes it into the handshake's log line.
+pub fn hostile_connect_frame() -> String {
+    let role = format!(
+        "\u{1b}[31mred\u{1b}[0m\n{FORGED_LOG_LINE} INFO clawnode: admin logged in \u{9b}2J \u{202e}desrever \u{7f}"
+    );
+    serde_json::json!({"type": "req", "id": "c1", "method": "connect", "params": {
+        "minProtocol": 3, "maxProtocol": 4, "role": role,
+        "client": {"id": "cli", "version": "1", "platform": "linux", "mode": "cli"}}})
+    .to_string()
+}
+
+/// The start of the line [`hostile_connect_frame`] tries to forge.
+pub const FORGED_LOG_LINE: &str = "2099-01-01T00:00:00.000000Z";
+
+/// Whether `c` must never reach a log raw: C0 and C1 controls, DEL, and
+/// the bidi embeddings, overrides and isolates.
+pub fn must_be_escaped(c: char) -> bool {
+    c.is_control()
+        || ('\u{202a}'..='\u{202e}').contains(&c)
+        || ('\u{2066}'..='\u{2069}').contains(&c)
 }
