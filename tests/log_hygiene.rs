@@ -185,16 +185,16 @@ async fn client_values_reach_the_log_escaped(format: &str) {
         panic!("the hostile connect was not refused")
     };
     assert!(e.message.contains("unknown variant"), "{e:?}");
-    // Let in: a bidi override in the client id passes the connect checks
-    // (they refuse C0/C1 controls) and is logged with `connected`.
-    let mut params = operator_params("cli", None, &["operator.read"], Some(&gw.token()));
-    params.client.id = "evil\u{202e}gpj.exe".into();
+    // After connect (the connect checks refuse controls and bidi overrides
+    // in every client field): requests whose method is an OSC 52 clipboard
+    // write, or holds a bidi override.
+    let params = operator_params("cli", None, &["operator.read"], Some(&gw.token()));
     let mut ok = RawClient::open(&gw.url()).await;
     assert!(matches!(ok.connect(&params).await, Outcome::Hello(_)));
-    // After connect: a request whose method is an OSC 52 clipboard write.
-    let osc = "\u{1b}]52;c;aGVsbG8=\u{7}";
-    let refused = ok.call(osc, json!({})).await.unwrap_err();
-    assert_eq!(refused.code.as_str(), "INVALID_REQUEST", "{refused:?}");
+    for method in ["\u{1b}]52;c;aGVsbG8=\u{7}", "evil\u{202e}gpj.exe"] {
+        let refused = ok.call(method, json!({})).await.unwrap_err();
+        assert_eq!(refused.code.as_str(), "INVALID_REQUEST", "{refused:?}");
+    }
 
     gw.proc
         .wait_for_log("unknown variant", Duration::from_secs(10));
