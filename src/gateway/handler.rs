@@ -27,6 +27,7 @@ use super::auth::{self, AuthInput, ConnectRequest, Rejection};
 use super::broadcast::{Outbound, PRESENCE_EVENT_MIN_GAP};
 use super::connection::{read_error_close, Connection, Gone};
 use super::http;
+use super::preauth;
 use super::methods::{self, ConnContext};
 use super::metrics::HandshakeResult;
 use super::pins::PinCheck;
@@ -109,18 +110,7 @@ async fn serve_connection(
             return;
         }
     };
-    let ws_config = crate::protocol::ws_config(Some(config.max_payload));
-    let ws = WebSocketStream::from_partially_read(
-        stream,
-        rest,
-        tokio_tungstenite::tungstenite::protocol::Role::Server,
-        Some(ws_config),
-    )
-    .await;
-    let (sink, mut source) = ws.split();
-    let mut conn = Connection::new(sink, config.settings.tuning.write_timeout);
     let remote_ip = auth::canonical_ip(peer.ip());
-
     let nonce = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
     let challenge = Frame::event(
         event::CONNECT_CHALLENGE,
@@ -129,19 +119,37 @@ async fn serve_connection(
             ts: now_ms(),
         },
     );
-    if conn.send_text(challenge.to_text()).await.is_err() {
+    // The challenge and the first message are the pre-auth module's, under
+    // the pre-auth limit; tungstenite takes the socket after them.
+    let sent = timeout_at(deadline, preauth::send_text(&mut stream, challenge.to_text())).await;
+    if !matches!(sent, Ok(Ok(()))) {
+        debug!("connect.challenge not sent");
+        shared.metrics.handshake(HandshakeResult::Closed);
         return;
     }
-
-    let outcome = tokio::select! {
-        // Boxed: its state lives only while it runs, not in every
-        // connection's task for the connection's whole life.
-        r = timeout_at(deadline, Box::pin(handshake(&mut source, &shared, &conn_id, &nonce, remote_ip))) => match r {
-            Ok(outcome) => outcome,
-            Err(_) => Err(Rejection::timed_out()),
-        },
+    let limit = config.max_preauth_payload;
+    let first = tokio::select! {
+        r = timeout_at(deadline, preauth::read_first_text(&mut stream, rest, limit)) => {
+            r.unwrap_or_else(|_| Err(Rejection::timed_out()))
+        }
         _ = stop.changed() => Err(Rejection::closed(CloseCode::Restart, "gateway stopping")),
     };
+    let (first, leftover) = match first {
+        Ok(first) => (Ok(first.text), first.leftover),
+        Err(rejection) => (Err(rejection), Vec::new()),
+    };
+    let ws_config = crate::protocol::ws_config(Some(config.max_payload));
+    let ws = WebSocketStream::from_partially_read(
+        stream,
+        leftover,
+        tokio_tungstenite::tungstenite::protocol::Role::Server,
+        Some(ws_config),
+    )
+    .await;
+    let (sink, source) = ws.split();
+    let mut conn = Connection::new(sink, config.settings.tuning.write_timeout);
+    let outcome =
+        first.and_then(|text| handshake(&text, &shared, &conn_id, &nonce, remote_ip));
     // The handshake is over either way: its pre-auth slot is free again.
     drop(ticket);
     let accepted = match outcome {
@@ -212,20 +220,18 @@ struct Accepted {
     kill: Arc<Notify>,
 }
 
-/// Reads the first frame and decides ([`auth::parse_connect`],
+/// Decides on the first message ([`auth::parse_connect`],
 /// [`auth::authorize`], the instance pin). On success the connection is
 /// registered before returning.
-async fn handshake(
-    source: &mut Source,
+fn handshake(
+    text: &str,
     shared: &Shared,
     conn_id: &str,
     nonce: &str,
     remote_ip: IpAddr,
 ) -> Result<Accepted, Rejection> {
     let config = &shared.config;
-    let text = first_text(source).await?;
-    let req = auth::parse_connect(&text, config.max_preauth_payload)?;
-    drop(text);
+    let req = auth::parse_connect(text, config.max_preauth_payload)?;
     let now = now_ms();
     let input = AuthInput {
         nonce,
@@ -278,34 +284,6 @@ async fn handshake(
         presence: registered.presence,
         kill: registered.kill,
     })
-}
-
-/// The first text frame (pings and pongs skipped).
-async fn first_text(source: &mut Source) -> Result<String, Rejection> {
-    loop {
-        match source.next().await {
-            Some(Ok(Message::Text(t))) => return Ok(t.to_string()),
-            Some(Ok(Message::Binary(_))) => {
-                return Err(Rejection::close(
-                    CloseCode::Policy,
-                    "invalid request frame: binary frames are not supported",
-                    HandshakeResult::Rejected,
-                ))
-            }
-            Some(Ok(Message::Close(_))) | None => {
-                return Err(Rejection::closed(
-                    CloseCode::Normal,
-                    "closed before connect",
-                ))
-            }
-            Some(Ok(_)) => continue, // ping/pong
-            Some(Err(e)) => {
-                let (code, reason) =
-                    read_error_close(&e).unwrap_or_else(|| (CloseCode::Protocol, e.to_string()));
-                return Err(Rejection::close(code, reason, HandshakeResult::Rejected));
-            }
-        }
-    }
 }
 
 /// The instance id is pinned to the first device key that claimed it.

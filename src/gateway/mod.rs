@@ -21,6 +21,7 @@ pub mod listener;
 pub mod methods;
 pub mod metrics;
 pub mod pins;
+pub mod preauth;
 pub mod state;
 
 use std::net::SocketAddr;

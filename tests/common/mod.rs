@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod flood;
 pub mod netns;
 pub mod openclaw;
 pub mod raw_ws;

@@ -1,0 +1,194 @@
+//! Memory under attack (issue 15, findings 1 and 6): what sockets that
+//! never authenticate make the gateway hold. Each attack runs against the
+//! real binary on loopback with 1,000 sockets, 60 per source address
+//! (under the per-address pre-auth cap), each offering the largest thing
+//! it may — a frame, a TLS handshake message, a request head — all but
+//! its last byte, so the gateway must keep it and wait. The gateway's RSS
+//! before and at the peak is printed (the figures in docs/RELIABILITY.md);
+//! the asserted bound is generous and far below what the old code held.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::flood::{connect_from, peak_rss_kib, raise_nofile, rss_kib, source_of};
+use common::raw_ws::{RawFrame, RawWs, Received};
+use common::*;
+use tokio::io::AsyncWriteExt as _;
+use tokio::net::TcpStream;
+use tokio::task::JoinSet;
+
+/// One attack at a time: each measures one gateway's memory, and a
+/// thousand sockets need the machine's CPU.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const SOCKETS: usize = 1000;
+const PER_SOURCE: usize = 60;
+/// The bound on the gateway's RSS rise under each attack, in KiB: the
+/// requirement is ~100 MB; before the fix the frame attack held ~1 GiB.
+const RISE_BOUND_KIB: u64 = 150 * 1024;
+/// How long the RSS is sampled once every socket has made its offer.
+const SAMPLE: Duration = Duration::from_secs(2);
+/// How long a thousand sockets may take to connect and make their offers.
+const FLOOD_WAIT: Duration = Duration::from_secs(60);
+
+/// `SOCKETS` upgraded WebSockets from 127.0.`third`.y, each having
+/// written `offer` (or found the gateway gone while writing it), held.
+async fn flood_upgraded(addr: std::net::SocketAddr, third: u8, offer: Arc<Vec<u8>>) -> Vec<RawWs> {
+    let mut tasks = JoinSet::new();
+    for i in 0..SOCKETS {
+        let offer = Arc::clone(&offer);
+        tasks.spawn(async move {
+            let mut ws = RawWs::connect_from(&source_of(i, PER_SOURCE, third), addr).await;
+            ws.write(&offer).await;
+            ws
+        });
+    }
+    wait_within("a thousand upgraded sockets making their offer", FLOOD_WAIT, async {
+        let mut held = Vec::with_capacity(SOCKETS);
+        while let Some(ws) = tasks.join_next().await {
+            held.push(ws.expect("attacker task"));
+        }
+        held
+    })
+    .await
+}
+
+/// `SOCKETS` TCP connections from 127.0.`third`.y, each having written
+/// `offer` (or found the gateway gone), held.
+async fn flood_raw(addr: std::net::SocketAddr, third: u8, offer: Arc<Vec<u8>>) -> Vec<TcpStream> {
+    let mut tasks = JoinSet::new();
+    for i in 0..SOCKETS {
+        let offer = Arc::clone(&offer);
+        tasks.spawn(async move {
+            let mut stream = connect_from(&source_of(i, PER_SOURCE, third), addr)
+                .await
+                .expect("tcp connect");
+            let _ = stream.write_all(&offer).await;
+            stream
+        });
+    }
+    wait_within("a thousand sockets making their offer", FLOOD_WAIT, async {
+        let mut held = Vec::with_capacity(SOCKETS);
+        while let Some(stream) = tasks.join_next().await {
+            held.push(stream.expect("attacker task"));
+        }
+        held
+    })
+    .await
+}
+
+/// Prints and checks the rise of the gateway's RSS under `attack`.
+fn check_rise(attack: &str, before: u64, peak: u64) {
+    let rise = peak.saturating_sub(before);
+    eprintln!(
+        "{attack}: gateway RSS {before} KiB before, {peak} KiB at the peak ({:.1} MiB rise, {:.1} KiB per socket)",
+        rise as f64 / 1024.0,
+        rise as f64 / SOCKETS as f64
+    );
+    assert!(
+        rise < RISE_BOUND_KIB,
+        "{attack}: the gateway's RSS rose by {rise} KiB (bound {RISE_BOUND_KIB} KiB)"
+    );
+}
+
+/// A masked text frame announcing `len` bytes, with all but the last.
+fn all_but_the_last_byte(len: u64) -> Vec<u8> {
+    let mut frame = RawFrame::new(1, vec![b'x'; len as usize - 1]);
+    frame.declared_len = Some(len);
+    frame.encode()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_preauth_frame_over_the_limit_is_refused_by_its_header_not_buffered() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    raise_nofile();
+    let gw = TestGateway::start(&[]);
+    let pid = gw.proc.child.id();
+    let before = rss_kib(pid);
+    // The largest frame the old gateway took before `connect`: max_payload
+    // (1 MiB), which it buffered whole before checking the 64 KiB limit.
+    let offer = Arc::new(all_but_the_last_byte(1024 * 1024));
+    let mut held = flood_upgraded(gw.addr, 21, offer).await;
+    let peak = peak_rss_kib(pid, SAMPLE).await;
+    check_rise("1,000 pre-auth frames announcing 1 MiB", before, peak);
+    // Refused by the header: the challenge, then 1009 at once (not at the
+    // 10 s handshake deadline).
+    let first = &mut held[0];
+    let challenge = first.recv(RAW_WAIT).await;
+    assert!(
+        matches!(&challenge, Some(Received::Text(t)) if t.contains("connect.challenge")),
+        "{challenge:?}"
+    );
+    let close = first.recv(Duration::from_secs(3)).await;
+    assert!(
+        matches!(close, Some(Received::Close(Some(1009), _))),
+        "an oversized pre-auth frame is closed with 1009 at once: {close:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_of_the_largest_preauth_frames_allowed_stay_within_budget() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    raise_nofile();
+    let gw = TestGateway::start(&[]);
+    let pid = gw.proc.child.id();
+    let before = rss_kib(pid);
+    // The pre-auth limit itself (64 KiB), all but the last byte: this the
+    // gateway must hold until the frame completes or the deadline.
+    let offer = Arc::new(all_but_the_last_byte(64 * 1024));
+    let held = flood_upgraded(gw.addr, 22, offer).await;
+    let peak = peak_rss_kib(pid, SAMPLE).await;
+    check_rise("1,000 pre-auth frames of 64 KiB", before, peak);
+    drop(held);
+}
+
+/// A TLS ClientHello of the largest size rustls buffers (a handshake
+/// message of 64 KiB less the record headers, in four records), all but
+/// its last byte. Its body is never parsed: it never completes.
+fn largest_client_hello_but_one_byte() -> Vec<u8> {
+    const BODY: usize = 65_511;
+    let mut handshake = vec![1u8, (BODY >> 16) as u8, (BODY >> 8) as u8, BODY as u8];
+    handshake.resize(4 + BODY, 0);
+    let mut out = Vec::new();
+    for (i, fragment) in handshake.chunks(16_384).enumerate() {
+        let version: [u8; 2] = if i == 0 { [3, 1] } else { [3, 3] };
+        out.push(22);
+        out.extend_from_slice(&version);
+        out.extend_from_slice(&(fragment.len() as u16).to_be_bytes());
+        out.extend_from_slice(fragment);
+    }
+    out.pop();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_of_the_largest_tls_client_hellos_stay_within_budget() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    raise_nofile();
+    let gw = TestGateway::start_tls(&[]);
+    let pid = gw.proc.child.id();
+    let before = rss_kib(pid);
+    let offer = Arc::new(largest_client_hello_but_one_byte());
+    let held = flood_raw(gw.addr, 23, offer).await;
+    let peak = peak_rss_kib(pid, SAMPLE).await;
+    check_rise("1,000 TLS ClientHellos of 64 KiB", before, peak);
+    drop(held);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_of_the_largest_request_heads_stay_within_budget() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    raise_nofile();
+    let gw = TestGateway::start(&[]);
+    let pid = gw.proc.child.id();
+    let before = rss_kib(pid);
+    // A head one byte short of the 8 KiB limit, without its blank line.
+    let mut head = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Pad: ".to_vec();
+    head.resize(8 * 1024 - 1, b'a');
+    let held = flood_raw(gw.addr, 24, Arc::new(head)).await;
+    let peak = peak_rss_kib(pid, SAMPLE).await;
+    check_rise("1,000 request heads of 8 KiB", before, peak);
+    drop(held);
+}
