@@ -144,6 +144,48 @@ async fn a_thousand_of_the_largest_preauth_frames_allowed_stay_within_budget() {
     drop(held);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_of_the_largest_preauth_frames_over_tls_stay_within_budget() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    raise_nofile();
+    let gw = TestGateway::start_tls(&[]);
+    let pid = gw.proc.child.id();
+    let tls = match clawnode::tls::client_connector(&gw.url(), &gw.client_tls()) {
+        Ok(tokio_tungstenite::Connector::Rustls(config)) => tokio_rustls::TlsConnector::from(config),
+        _ => panic!("no TLS connector for {}", gw.url()),
+    };
+    let before = rss_kib(pid);
+    // The TLS records carry the same offer as on plain TCP: rustls holds
+    // at most one record on top of the gateway's own pre-auth buffer.
+    let offer = Arc::new(all_but_the_last_byte(64 * 1024));
+    let addr = gw.addr;
+    let mut tasks = JoinSet::new();
+    for i in 0..SOCKETS {
+        let (offer, tls) = (Arc::clone(&offer), tls.clone());
+        tasks.spawn(async move {
+            let tcp = connect_from(&source_of(i, PER_SOURCE, 25), addr)
+                .await
+                .expect("tcp connect");
+            let name = rustls_pki_types::ServerName::from(addr.ip());
+            let mut stream = tls.connect(name, tcp).await.expect("TLS handshake");
+            common::flood::upgrade(&mut stream, addr).await.expect("upgrade");
+            let _ = stream.write_all(&offer).await;
+            stream
+        });
+    }
+    let held = wait_within("a thousand TLS sockets making their offer", FLOOD_WAIT, async {
+        let mut held = Vec::with_capacity(SOCKETS);
+        while let Some(stream) = tasks.join_next().await {
+            held.push(stream.expect("attacker task"));
+        }
+        held
+    })
+    .await;
+    let peak = peak_rss_kib(pid, SAMPLE).await;
+    check_rise("1,000 pre-auth frames of 64 KiB over TLS", before, peak);
+    drop(held);
+}
+
 /// A TLS ClientHello of the largest size rustls buffers (a handshake
 /// message of 64 KiB less the record headers, in four records), all but
 /// its last byte. Its body is never parsed: it never completes.

@@ -55,3 +55,36 @@ pub async fn connect_from(source: &str, addr: SocketAddr) -> std::io::Result<Tcp
     socket.bind(format!("{source}:0").parse().expect("source address"))?;
     socket.connect(addr).await
 }
+
+/// The opening handshake of a WebSocket client on any stream (a TLS one,
+/// say; [`super::raw_ws::RawWs`] does it on plain TCP): the request, then
+/// the `101` head. `Err` says why not.
+pub async fn upgrade<S>(stream: &mut S, host: SocketAddr) -> Result<(), String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let request = format!(
+        "GET / HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| format!("upgrade request not sent: {e}"))?;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    // Byte by byte: what follows the head (the challenge) stays unread.
+    while !head.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte).await {
+            Ok(0) => return Err("closed during the upgrade".into()),
+            Ok(_) => head.push(byte[0]),
+            Err(e) => return Err(format!("upgrade answer not read: {e}")),
+        }
+    }
+    if head.starts_with(b"HTTP/1.1 101") {
+        Ok(())
+    } else {
+        Err(format!("upgrade refused: {}", String::from_utf8_lossy(&head)))
+    }
+}
