@@ -45,13 +45,17 @@ async fn flood_upgraded(addr: std::net::SocketAddr, third: u8, offer: Arc<Vec<u8
             ws
         });
     }
-    wait_within("a thousand upgraded sockets making their offer", FLOOD_WAIT, async {
-        let mut held = Vec::with_capacity(SOCKETS);
-        while let Some(ws) = tasks.join_next().await {
-            held.push(ws.expect("attacker task"));
-        }
-        held
-    })
+    wait_within(
+        "a thousand upgraded sockets making their offer",
+        FLOOD_WAIT,
+        async {
+            let mut held = Vec::with_capacity(SOCKETS);
+            while let Some(ws) = tasks.join_next().await {
+                held.push(ws.expect("attacker task"));
+            }
+            held
+        },
+    )
     .await
 }
 
@@ -151,7 +155,9 @@ async fn a_thousand_of_the_largest_preauth_frames_over_tls_stay_within_budget() 
     let gw = TestGateway::start_tls(&[]);
     let pid = gw.proc.child.id();
     let tls = match clawnode::tls::client_connector(&gw.url(), &gw.client_tls()) {
-        Ok(tokio_tungstenite::Connector::Rustls(config)) => tokio_rustls::TlsConnector::from(config),
+        Ok(tokio_tungstenite::Connector::Rustls(config)) => {
+            tokio_rustls::TlsConnector::from(config)
+        }
         _ => panic!("no TLS connector for {}", gw.url()),
     };
     let before = rss_kib(pid);
@@ -168,18 +174,24 @@ async fn a_thousand_of_the_largest_preauth_frames_over_tls_stay_within_budget() 
                 .expect("tcp connect");
             let name = rustls_pki_types::ServerName::from(addr.ip());
             let mut stream = tls.connect(name, tcp).await.expect("TLS handshake");
-            common::flood::upgrade(&mut stream, addr).await.expect("upgrade");
+            common::flood::upgrade(&mut stream, addr)
+                .await
+                .expect("upgrade");
             let _ = stream.write_all(&offer).await;
             stream
         });
     }
-    let held = wait_within("a thousand TLS sockets making their offer", FLOOD_WAIT, async {
-        let mut held = Vec::with_capacity(SOCKETS);
-        while let Some(stream) = tasks.join_next().await {
-            held.push(stream.expect("attacker task"));
-        }
-        held
-    })
+    let held = wait_within(
+        "a thousand TLS sockets making their offer",
+        FLOOD_WAIT,
+        async {
+            let mut held = Vec::with_capacity(SOCKETS);
+            while let Some(stream) = tasks.join_next().await {
+                held.push(stream.expect("attacker task"));
+            }
+            held
+        },
+    )
     .await;
     let peak = peak_rss_kib(pid, SAMPLE).await;
     check_rise("1,000 pre-auth frames of 64 KiB over TLS", before, peak);
@@ -232,5 +244,158 @@ async fn a_thousand_of_the_largest_request_heads_stay_within_budget() {
     let held = flood_raw(gw.addr, 24, Arc::new(head)).await;
     let peak = peak_rss_kib(pid, SAMPLE).await;
     check_rise("1,000 request heads of 8 KiB", before, peak);
+    drop(held);
+}
+
+/// Operators that never read (finding 6): how many, how big the list
+/// (rows of 4,000-byte text, ~0.6 MB of JSON), how often a row changes.
+const NON_READERS: usize = 600;
+const ROWS: usize = 150;
+const ROW_TEXT: usize = 4000;
+const CHANGE_EVERY: Duration = Duration::from_millis(20);
+/// The bound on the gateway's RSS rise while the non-readers are held,
+/// per non-reader, in KiB: before the fix each held ~1.5 MiB (two copies
+/// of the list in flight).
+const PER_NON_READER_BOUND_KIB: u64 = 256;
+/// The bound on what stays after they are dropped, in KiB (before the fix:
+/// ~700 MiB stayed).
+const AFTER_BOUND_KIB: u64 = 64 * 1024;
+/// The bound on what the kernel holds queued to each of them, in KiB
+/// (before the send buffer was capped: ~2.5 MiB each).
+const QUEUED_BOUND_KIB: u64 = 512;
+
+/// One row rewritten (its text changed), as an attacker with
+/// `operator.admin` (or many nodes) would.
+async fn change_row(admin: &mut RawClient, n: usize) {
+    let row = format!("row-{}", n % ROWS);
+    let mut text = format!("{n} ");
+    text.push_str(&"x".repeat(ROW_TEXT - text.len()));
+    admin
+        .call(
+            "system-event",
+            serde_json::json!({ "text": text, "instanceId": row, "host": row, "mode": "node" }),
+        )
+        .await
+        .expect("the gateway keeps serving the admin");
+}
+
+/// How many connections the gateway has registered.
+async fn connections(admin: &mut RawClient) -> u64 {
+    let health = admin
+        .call("health", serde_json::json!({}))
+        .await
+        .expect("health");
+    health["connections"].as_u64().expect("health.connections")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_that_never_read_do_not_each_hold_the_list() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    raise_nofile();
+    let gw = TestGateway::start(&[]);
+    let pid = gw.proc.child.id();
+    let mut admin = open_operator(&gw, "ui", Some("admin-ui"), &["operator.admin"]).await;
+    for n in 0..ROWS {
+        change_row(&mut admin, n).await;
+    }
+    let before = rss_kib(pid);
+    // The non-readers: upgraded, `connect` sent (a token needs no reply to
+    // the challenge), then nothing is ever read: the hello-ok with the list
+    // and every presence event after it pile up at the gateway.
+    let params = operator_params("cli", None, &["operator.read"], Some(&gw.token()));
+    let connect = clawnode::protocol::Frame::request("c1", "connect", &params).to_text();
+    let connect = Arc::new(RawFrame::new(1, connect).encode());
+    let addr = gw.addr;
+    let mut opening = JoinSet::new();
+    for i in 0..NON_READERS {
+        let connect = Arc::clone(&connect);
+        opening.spawn(async move {
+            let mut tcp = connect_from(&source_of(i, PER_SOURCE, 26), addr)
+                .await
+                .expect("tcp connect");
+            common::flood::upgrade(&mut tcp, addr)
+                .await
+                .expect("upgrade");
+            tcp.write_all(&connect).await.expect("connect sent");
+            tcp
+        });
+    }
+    let mut held = Vec::with_capacity(NON_READERS);
+    // Rows change every 20 ms throughout, from here on.
+    let mut changes = tokio::time::interval(CHANGE_EVERY);
+    let mut n = ROWS;
+    let started = tokio::time::Instant::now();
+    let all_in = loop {
+        changes.tick().await;
+        change_row(&mut admin, n).await;
+        n += 1;
+        while let Some(Some(tcp)) = opening.try_join_next().map(Result::ok) {
+            held.push(tcp);
+        }
+        if held.len() == NON_READERS
+            && n % 10 == 0
+            && connections(&mut admin).await > NON_READERS as u64
+        {
+            break started.elapsed();
+        }
+        assert!(
+            started.elapsed() < FLOOD_WAIT,
+            "{} of {NON_READERS} non-readers opened, not all registered within {FLOOD_WAIT:?}",
+            held.len()
+        );
+    };
+    // Held: sampled while rows keep changing.
+    let mut peak = rss_kib(pid);
+    let mut queued = 0;
+    let sampling = tokio::time::Instant::now();
+    while sampling.elapsed() < Duration::from_secs(3) {
+        changes.tick().await;
+        change_row(&mut admin, n).await;
+        n += 1;
+        peak = peak.max(rss_kib(pid));
+        queued = queued.max(common::flood::queued_from_port(addr.port()));
+    }
+    // The write timeout (10 s) drops them; the admin, who reads, stays.
+    let dropping = tokio::time::Instant::now();
+    loop {
+        changes.tick().await;
+        change_row(&mut admin, n).await;
+        n += 1;
+        peak = peak.max(rss_kib(pid));
+        if n % 10 == 0 && connections(&mut admin).await == 1 {
+            break;
+        }
+        assert!(
+            dropping.elapsed() < Duration::from_secs(40),
+            "the non-readers were not dropped at the write timeout"
+        );
+    }
+    let dropped_after = dropping.elapsed();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = rss_kib(pid);
+    let rise = peak.saturating_sub(before);
+    let per_socket = rise / NON_READERS as u64;
+    eprintln!(
+        "{NON_READERS} non-readers, {ROWS} rows of {ROW_TEXT} bytes, a row changed every {CHANGE_EVERY:?}: \
+         all registered after {all_in:?}, dropped {dropped_after:?} later ({n} changes); gateway RSS \
+         {before} KiB before, {peak} KiB held ({per_socket} KiB per non-reader), {after} KiB after they were dropped; \
+         the kernel held {} KiB queued to them ({} KiB each)",
+        queued / 1024,
+        queued / 1024 / NON_READERS as u64
+    );
+    assert!(
+        per_socket < PER_NON_READER_BOUND_KIB,
+        "each non-reader held {per_socket} KiB (bound {PER_NON_READER_BOUND_KIB} KiB)"
+    );
+    assert!(
+        queued / 1024 / (NON_READERS as u64) < QUEUED_BOUND_KIB,
+        "the kernel held {} KiB queued to each non-reader (bound {QUEUED_BOUND_KIB} KiB)",
+        queued / 1024 / NON_READERS as u64
+    );
+    assert!(
+        after.saturating_sub(before) < AFTER_BOUND_KIB,
+        "{} KiB stayed after the non-readers were dropped (bound {AFTER_BOUND_KIB} KiB)",
+        after.saturating_sub(before)
+    );
     drop(held);
 }

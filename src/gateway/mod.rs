@@ -20,6 +20,7 @@ pub mod http;
 pub mod listener;
 pub mod methods;
 pub mod metrics;
+pub mod outgoing;
 pub mod pins;
 pub mod preauth;
 pub mod state;

@@ -271,7 +271,12 @@ mod tests {
             mask: Some([1, 2, 3, 4]),
         };
         header.format(payload.len() as u64, &mut out).unwrap();
-        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ [1, 2, 3, 4][i % 4]));
+        out.extend(
+            payload
+                .iter()
+                .enumerate()
+                .map(|(i, b)| b ^ [1, 2, 3, 4][i % 4]),
+        );
         out
     }
 
@@ -324,8 +329,14 @@ mod tests {
         let (first, _) = run(header, 0).await;
         let rejection = first.unwrap_err();
         assert_eq!(rejection.close, CloseCode::Size);
-        assert!(rejection.reason.contains("frame too large"), "{}", rejection.reason);
-        assert!(rejection.reason.contains("1048576 bytes exceeds the 65536 byte limit"));
+        assert!(
+            rejection.reason.contains("frame too large"),
+            "{}",
+            rejection.reason
+        );
+        assert!(rejection
+            .reason
+            .contains("1048576 bytes exceeds the 65536 byte limit"));
     }
 
     #[tokio::test]
@@ -355,7 +366,10 @@ mod tests {
             (frame(true, 11, b""), CloseCode::Protocol),
             (frame(false, 9, b""), CloseCode::Protocol),
             (frame(true, 9, &[0; 126]), CloseCode::Protocol),
-            ([frame(false, 1, b"a"), frame(true, 1, b"b")].concat(), CloseCode::Protocol),
+            (
+                [frame(false, 1, b"a"), frame(true, 1, b"b")].concat(),
+                CloseCode::Protocol,
+            ),
             (frame(true, 1, &[0xff, 0xfe]), CloseCode::Invalid),
             (frame(true, 2, b"{}"), CloseCode::Policy),
             (frame(true, 8, &1000u16.to_be_bytes()), CloseCode::Normal),

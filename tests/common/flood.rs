@@ -85,6 +85,30 @@ where
     if head.starts_with(b"HTTP/1.1 101") {
         Ok(())
     } else {
-        Err(format!("upgrade refused: {}", String::from_utf8_lossy(&head)))
+        Err(format!(
+            "upgrade refused: {}",
+            String::from_utf8_lossy(&head)
+        ))
     }
+}
+
+/// Bytes the kernel holds queued for sending on the sockets whose local
+/// port is `port` (the gateway's side of its connections), from
+/// /proc/net/tcp: data written and not yet taken by the peer.
+pub fn queued_from_port(port: u16) -> u64 {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let local = format!(":{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (local_address, queues) = (fields.get(1)?, fields.get(4)?);
+            let tx = queues.split(':').next()?;
+            local_address
+                .ends_with(&local)
+                .then(|| u64::from_str_radix(tx, 16).ok())
+                .flatten()
+        })
+        .sum()
 }
