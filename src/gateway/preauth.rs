@@ -8,13 +8,14 @@
 //! be changed once it is built; so the gateway reads the first message
 //! itself with tungstenite's public frame header parser. A frame (or a
 //! fragmented message) that would exceed the limit is refused (1009) as
-//! soon as its header says so; otherwise exactly what the header announced
-//! is reserved, and it is read in bounded steps. Frames must be masked;
-//! pings are answered, pongs skipped, a close ends the handshake, and a
-//! text message may come in fragments up to the limit. Protocol violations
-//! close with the code and reason tungstenite gives them after `connect`.
-//! Whatever the client sent after its first message is handed on, so
-//! nothing it pipelined is lost.
+//! soon as its header says so, and so is a binary one (1008: it is never
+//! the `connect`); otherwise exactly what the header announced is reserved,
+//! and it is read in bounded steps. Frames must be masked; pings are
+//! answered, pongs skipped, a close ends the handshake, and a text message
+//! may come in fragments up to the limit. Protocol violations close with
+//! the code and reason tungstenite gives them after `connect`. Whatever the
+//! client sent after its first message is handed on, so nothing it
+//! pipelined is lost.
 
 use std::io::Cursor;
 
@@ -103,13 +104,6 @@ where
             OpCode::Control(Control::Close) => {
                 return Err(closed_by_peer(&buf[header_len..end]));
             }
-            OpCode::Data(Data::Binary) => {
-                return Err(Rejection::close(
-                    CloseCode::Policy,
-                    "invalid request frame: binary frames are not supported",
-                    HandshakeResult::Rejected,
-                ));
-            }
             OpCode::Data(Data::Text) if header.is_final => {
                 // The usual case, one frame: its payload is the message.
                 let leftover = buf.split_off(end);
@@ -162,6 +156,12 @@ fn check(
         OpCode::Data(data @ (Data::Text | Data::Binary)) if in_message => {
             protocol(ProtocolError::ExpectedFragment(data))
         }
+        // Refused by its header too: it is never read.
+        OpCode::Data(Data::Binary) => Err(Rejection::close(
+            CloseCode::Policy,
+            "invalid request frame: binary frames are not supported",
+            HandshakeResult::Rejected,
+        )),
         OpCode::Data(_) => {
             let size = (so_far as u64).saturating_add(len);
             if size > limit as u64 {
