@@ -290,10 +290,29 @@ async fn connections(admin: &mut RawClient) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operators_that_never_read_do_not_each_hold_the_list() {
+    non_readers(TestGateway::start(&[])).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_that_never_read_over_tls_do_not_each_hold_the_list() {
+    non_readers(TestGateway::start_tls(&[])).await;
+}
+
+/// `NON_READERS` operators that never read, against `gw` (`ws://` or
+/// `wss://`), while rows change: what each costs the gateway while held,
+/// and what stays after the write timeout dropped them.
+async fn non_readers(gw: TestGateway) {
     let _one = ONE_AT_A_TIME.lock().await;
     raise_nofile();
-    let gw = TestGateway::start(&[]);
     let pid = gw.proc.child.id();
+    let tls = gw.tls.is_some().then(|| {
+        match clawnode::tls::client_connector(&gw.url(), &gw.client_tls()) {
+            Ok(tokio_tungstenite::Connector::Rustls(config)) => {
+                tokio_rustls::TlsConnector::from(config)
+            }
+            _ => panic!("no TLS connector for {}", gw.url()),
+        }
+    });
     let mut admin = open_operator(&gw, "ui", Some("admin-ui"), &["operator.admin"]).await;
     for n in 0..ROWS {
         change_row(&mut admin, n).await;
@@ -308,16 +327,31 @@ async fn operators_that_never_read_do_not_each_hold_the_list() {
     let addr = gw.addr;
     let mut opening = JoinSet::new();
     for i in 0..NON_READERS {
-        let connect = Arc::clone(&connect);
+        let (connect, tls) = (Arc::clone(&connect), tls.clone());
         opening.spawn(async move {
-            let mut tcp = connect_from(&source_of(i, PER_SOURCE, 26), addr)
+            let tcp = connect_from(&source_of(i, PER_SOURCE, 26), addr)
                 .await
                 .expect("tcp connect");
-            common::flood::upgrade(&mut tcp, addr)
-                .await
-                .expect("upgrade");
-            tcp.write_all(&connect).await.expect("connect sent");
-            tcp
+            let held: Box<dyn std::any::Any + Send> = match tls {
+                Some(tls) => {
+                    let name = rustls_pki_types::ServerName::from(addr.ip());
+                    let mut stream = tls.connect(name, tcp).await.expect("TLS handshake");
+                    common::flood::upgrade(&mut stream, addr)
+                        .await
+                        .expect("upgrade");
+                    stream.write_all(&connect).await.expect("connect sent");
+                    Box::new(stream)
+                }
+                None => {
+                    let mut tcp = tcp;
+                    common::flood::upgrade(&mut tcp, addr)
+                        .await
+                        .expect("upgrade");
+                    tcp.write_all(&connect).await.expect("connect sent");
+                    Box::new(tcp)
+                }
+            };
+            held
         });
     }
     let mut held = Vec::with_capacity(NON_READERS);
@@ -376,10 +410,11 @@ async fn operators_that_never_read_do_not_each_hold_the_list() {
     let rise = peak.saturating_sub(before);
     let per_socket = rise / NON_READERS as u64;
     eprintln!(
-        "{NON_READERS} non-readers, {ROWS} rows of {ROW_TEXT} bytes, a row changed every {CHANGE_EVERY:?}: \
+        "{} {NON_READERS} non-readers, {ROWS} rows of {ROW_TEXT} bytes, a row changed every {CHANGE_EVERY:?}: \
          all registered after {all_in:?}, dropped {dropped_after:?} later ({n} changes); gateway RSS \
          {before} KiB before, {peak} KiB held ({per_socket} KiB per non-reader), {after} KiB after they were dropped; \
          the kernel held {} KiB queued to them ({} KiB each)",
+        gw.url(),
         queued / 1024,
         queued / 1024 / NON_READERS as u64
     );
