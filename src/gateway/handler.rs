@@ -147,7 +147,9 @@ async fn serve_connection(
     }
     let limit = config.max_preauth_payload;
     let first = tokio::select! {
-        r = timeout_at(deadline, preauth::read_first_text(&mut stream, rest, limit)) => {
+        // Boxed: its state lives only while it runs, not in every
+        // connection's task for the connection's whole life.
+        r = timeout_at(deadline, Box::pin(preauth::read_first_text(&mut stream, rest, limit))) => {
             r.unwrap_or_else(|_| Err(Rejection::timed_out()))
         }
         _ = stop.changed() => Err(Rejection::closed(CloseCode::Restart, "gateway stopping")),
