@@ -232,3 +232,37 @@ async fn max_payload_bytes_reaches_the_policy_clients_are_sent() {
         other => panic!("connect failed: {other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_pipelined_behind_connect_are_answered_under_the_session_limit() {
+    // `connect` and two requests in one write, before reading anything:
+    // what followed `connect` reaches the session (the pre-auth reader
+    // hands it on), and the second request, 200 KiB, is over the 64 KiB
+    // pre-auth limit but within `max_payload`, which holds after hello-ok.
+    use common::raw_ws::{RawFrame, RawWs, Received};
+    let gw = TestGateway::start(&[]);
+    let mut ws = RawWs::connect(gw.addr).await;
+    let params = operator_params("cli", None, &["operator.read"], Some(&gw.token()));
+    let mut bytes = RawFrame::new(1, Frame::request("c1", "connect", &params).to_text()).encode();
+    let health = json!({ "type": "req", "id": "h1", "method": "health" });
+    bytes.extend(RawFrame::new(1, health.to_string()).encode());
+    let big = json!({ "type": "req", "id": "h2", "method": "health", "params": { "pad": "x".repeat(200 * 1024) } });
+    bytes.extend(RawFrame::new(1, big.to_string()).encode());
+    assert!(ws.write(&bytes).await, "the gateway closed");
+    let mut answered = Vec::new();
+    while answered.len() < 3 {
+        match ws.recv(RAW_WAIT).await {
+            Some(Received::Text(t)) => match Frame::parse(&t) {
+                Ok(Frame::Res(r)) => {
+                    assert!(r.ok, "{t}");
+                    answered.push(r.id);
+                }
+                Ok(_) => {} // the challenge, events
+                Err(e) => panic!("unparseable frame ({e}): {t}"),
+            },
+            Some(Received::Ping(_)) => {}
+            other => panic!("after {answered:?}: {other:?}"),
+        }
+    }
+    assert_eq!(answered, ["c1", "h1", "h2"]);
+}

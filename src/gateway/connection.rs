@@ -8,13 +8,15 @@ use futures_util::stream::SplitSink;
 use futures_util::SinkExt as _;
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, warn};
 
-use super::broadcast::{event_text, Outbound};
+use super::broadcast::{event_message, Outbound};
+use super::outgoing::{Outgoing, FRAGMENT};
 use crate::tls::ServerStream;
 
 /// RFC 6455 limits a close reason to 123 bytes.
@@ -50,11 +52,34 @@ impl Connection {
         self.send(Message::text(text)).await
     }
 
+    /// A message in pieces ([`Outgoing`]): one frame when it is short, else
+    /// fragments of [`FRAGMENT`] bytes, each copied only as it is written,
+    /// all of them within one write timeout. tungstenite keeps one frame
+    /// at a time, so a peer that stops reading holds one fragment here and
+    /// the message's shared pieces, not a copy of the message.
+    pub async fn send_message(&mut self, message: &Outgoing) -> Result<(), Gone> {
+        if message.len() <= FRAGMENT {
+            return self.send_text(message.to_text()).await;
+        }
+        let sink = &mut self.sink;
+        let all = async {
+            let mut fragments = message.fragments();
+            let mut opcode = OpCode::Data(Data::Text);
+            while let Some((chunk, last)) = fragments.next_chunk() {
+                let frame = Frame::message(chunk, opcode, last);
+                sink.send(Message::Frame(frame)).await?;
+                opcode = OpCode::Data(Data::Continue);
+            }
+            Ok::<(), WsError>(())
+        };
+        written(timeout(self.write_timeout, all).await)
+    }
+
     /// A server event, numbered with this connection's next `seq`.
     pub async fn send_event(&mut self, out: &Outbound) -> Result<(), Gone> {
         self.seq += 1;
-        let text = event_text(out, self.seq);
-        self.send_text(text).await
+        let message = event_message(out, self.seq);
+        self.send_message(&message).await
     }
 
     /// A WebSocket ping (the dead-peer probe).
@@ -63,17 +88,7 @@ impl Connection {
     }
 
     async fn send(&mut self, message: Message) -> Result<(), Gone> {
-        match timeout(self.write_timeout, self.sink.send(message)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => {
-                debug!(error = %e, "write failed");
-                Err(Gone)
-            }
-            Err(_) => {
-                warn!("write timed out; dropping connection");
-                Err(Gone)
-            }
-        }
+        written(timeout(self.write_timeout, self.sink.send(message)).await)
     }
 
     /// Sends a close frame (its reason cut to 123 bytes on a character
@@ -99,6 +114,21 @@ impl Connection {
     /// the peer sees a completed close handshake rather than 1006.
     pub async fn finish(&mut self) {
         let _ = timeout(Duration::from_secs(1), self.sink.close()).await;
+    }
+}
+
+/// A write's outcome: the peer is gone when it failed or timed out.
+fn written(outcome: Result<Result<(), WsError>, tokio::time::error::Elapsed>) -> Result<(), Gone> {
+    match outcome {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => {
+            debug!(error = %e, "write failed");
+            Err(Gone)
+        }
+        Err(_) => {
+            warn!("write timed out; dropping connection");
+            Err(Gone)
+        }
     }
 }
 

@@ -30,16 +30,26 @@ use super::http;
 use super::log_summary::Kind;
 use super::methods::{self, ConnContext};
 use super::metrics::HandshakeResult;
+use super::outgoing::Outgoing;
 use super::pins::PinCheck;
+use super::preauth;
 use super::state::{Registration, Shared};
 use super::SERVER_VERSION;
 use crate::clock::now_ms;
-use crate::presence::{ConnectionInfo, PresenceKey};
+use crate::presence::{ConnectionInfo, ListJson, PresenceKey};
 use crate::protocol::connect::{Features, HelloAuth, Policy, ServerInfo, Snapshot, StateVersion};
 use crate::protocol::{event, ConnectChallenge, ErrorShape, Frame, HelloOk};
 use crate::tls::ServerStream;
 
 type Source = SplitStream<WebSocketStream<ServerStream>>;
+
+/// `SO_SNDBUF` of every connection (the kernel doubles it for its own
+/// bookkeeping, and turns its autotuning off): what the kernel may hold
+/// queued for one client. Without it a client that does not read had
+/// ~2.5 MB queued in the gateway's kernel (docs/RELIABILITY.md); with it a
+/// reading client still gets ~1 MB/s at 100 ms of round trip, far more
+/// than presence needs.
+pub const SEND_BUFFER: usize = 64 * 1024;
 
 /// Runs one connection to completion.
 pub async fn run(
@@ -68,6 +78,11 @@ async fn serve_connection(
     let config = &shared.config;
     let deadline = Instant::now() + config.settings.tuning.handshake_timeout;
     let remote_ip = auth::canonical_ip(peer.ip());
+    // The kernel's send buffer, capped: its autotuning lets one socket
+    // queue megabytes for a peer that does not read.
+    if let Err(e) = socket2::SockRef::from(&stream).set_send_buffer_size(SEND_BUFFER) {
+        debug!(error = %e, "SO_SNDBUF not set");
+    }
     // TLS (when configured) is part of the handshake and its deadline.
     let mut stream =
         match timeout_at(deadline, crate::tls::accept(stream, config.tls.as_ref())).await {
@@ -122,17 +137,6 @@ async fn serve_connection(
             return;
         }
     };
-    let ws_config = crate::protocol::ws_config(Some(config.max_payload));
-    let ws = WebSocketStream::from_partially_read(
-        stream,
-        rest,
-        tokio_tungstenite::tungstenite::protocol::Role::Server,
-        Some(ws_config),
-    )
-    .await;
-    let (sink, mut source) = ws.split();
-    let mut conn = Connection::new(sink, config.settings.tuning.write_timeout);
-
     let nonce = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
     let challenge = Frame::event(
         event::CONNECT_CHALLENGE,
@@ -141,19 +145,42 @@ async fn serve_connection(
             ts: now_ms(),
         },
     );
-    if conn.send_text(challenge.to_text()).await.is_err() {
+    // The challenge and the first message are the pre-auth module's, under
+    // the pre-auth limit; tungstenite takes the socket after them.
+    let sent = timeout_at(
+        deadline,
+        preauth::send_text(&mut stream, challenge.to_text()),
+    )
+    .await;
+    if !matches!(sent, Ok(Ok(()))) {
+        debug!("connect.challenge not sent");
+        shared.metrics.handshake(HandshakeResult::Closed);
         return;
     }
-
-    let outcome = tokio::select! {
+    let limit = config.max_preauth_payload;
+    let first = tokio::select! {
         // Boxed: its state lives only while it runs, not in every
         // connection's task for the connection's whole life.
-        r = timeout_at(deadline, Box::pin(handshake(&mut source, &shared, &conn_id, &nonce, remote_ip))) => match r {
-            Ok(outcome) => outcome,
-            Err(_) => Err(Rejection::timed_out()),
-        },
+        r = timeout_at(deadline, Box::pin(preauth::read_first_text(&mut stream, rest, limit))) => {
+            r.unwrap_or_else(|_| Err(Rejection::timed_out()))
+        }
         _ = stop.changed() => Err(Rejection::closed(CloseCode::Restart, "gateway stopping")),
     };
+    let (first, leftover) = match first {
+        Ok(first) => (Ok(first.text), first.leftover),
+        Err(rejection) => (Err(rejection), Vec::new()),
+    };
+    let ws_config = crate::protocol::ws_config(Some(config.max_payload));
+    let ws = WebSocketStream::from_partially_read(
+        stream,
+        leftover,
+        tokio_tungstenite::tungstenite::protocol::Role::Server,
+        Some(ws_config),
+    )
+    .await;
+    let (sink, source) = ws.split();
+    let mut conn = Connection::new(sink, config.settings.tuning.write_timeout);
+    let outcome = first.and_then(|text| handshake(&text, &shared, &conn_id, &nonce, remote_ip));
     // The handshake is over either way: its pre-auth slot is free again.
     drop(ticket);
     let accepted = match outcome {
@@ -187,7 +214,7 @@ async fn serve_connection(
     let Accepted {
         ctx,
         protocol,
-        hello_text,
+        hello,
         events,
         presence,
         kill,
@@ -200,7 +227,7 @@ async fn serve_connection(
         instance_id = ctx.client.instance_id.as_deref().unwrap_or("-"),
         "connected"
     );
-    if conn.send_text(hello_text).await.is_ok() {
+    if conn.send_message(&hello).await.is_ok() {
         let handler = Handler {
             conn,
             source,
@@ -222,27 +249,26 @@ struct Accepted {
     ctx: ConnContext,
     /// The protocol version both speak.
     protocol: u32,
-    /// The whole hello-ok response, its snapshot's presence list spliced in.
-    hello_text: String,
+    /// The whole hello-ok response, its snapshot's presence list (the
+    /// store's pieces) between its head and tail.
+    hello: Outgoing,
     events: mpsc::Receiver<Arc<Outbound>>,
     presence: Option<watch::Receiver<u64>>,
     kill: Arc<Notify>,
 }
 
-/// Reads the first frame and decides ([`auth::parse_connect`],
+/// Decides on the first message ([`auth::parse_connect`],
 /// [`auth::authorize`], the instance pin). On success the connection is
 /// registered before returning.
-async fn handshake(
-    source: &mut Source,
+fn handshake(
+    text: &str,
     shared: &Shared,
     conn_id: &str,
     nonce: &str,
     remote_ip: IpAddr,
 ) -> Result<Accepted, Rejection> {
     let config = &shared.config;
-    let text = first_text(source).await?;
-    let req = auth::parse_connect(&text, config.max_preauth_payload)?;
-    drop(text);
+    let req = auth::parse_connect(text, config.max_preauth_payload)?;
     let now = now_ms();
     let input = AuthInput {
         nonce,
@@ -272,7 +298,7 @@ async fn handshake(
         commands: &params.commands,
     });
     let hello = hello_ok(shared, conn_id, &admitted, registered.presence_version, now);
-    let hello_text = hello.response_text(&req.id, &registered.presence_json);
+    let hello = hello_response(&hello, &req.id, registered.presence_json);
     let own_key = PresenceKey::for_connection(
         params.client.instance_id.as_deref(),
         admitted.device_id.as_deref(),
@@ -291,39 +317,11 @@ async fn handshake(
             remote_ip: (!crate::presence::is_loopback(remote_ip)).then_some(remote_ip),
         },
         protocol: admitted.protocol,
-        hello_text,
+        hello,
         events: registered.events,
         presence: registered.presence,
         kill: registered.kill,
     })
-}
-
-/// The first text frame (pings and pongs skipped).
-async fn first_text(source: &mut Source) -> Result<String, Rejection> {
-    loop {
-        match source.next().await {
-            Some(Ok(Message::Text(t))) => return Ok(t.to_string()),
-            Some(Ok(Message::Binary(_))) => {
-                return Err(Rejection::close(
-                    CloseCode::Policy,
-                    "invalid request frame: binary frames are not supported",
-                    HandshakeResult::Rejected,
-                ))
-            }
-            Some(Ok(Message::Close(_))) | None => {
-                return Err(Rejection::closed(
-                    CloseCode::Normal,
-                    "closed before connect",
-                ))
-            }
-            Some(Ok(_)) => continue, // ping/pong
-            Some(Err(e)) => {
-                let (code, reason) =
-                    read_error_close(&e).unwrap_or_else(|| (CloseCode::Protocol, e.to_string()));
-                return Err(Rejection::close(code, reason, HandshakeResult::Rejected));
-            }
-        }
-    }
 }
 
 /// The instance id is pinned to the first device key that claimed it.
@@ -346,8 +344,22 @@ fn check_pin(
     Ok(())
 }
 
+/// The hello-ok response: its text around `snapshot.presence`
+/// ([`HelloOk::response_around_presence`]) and the list's pieces between.
+fn hello_response(hello: &HelloOk, id: &str, list: ListJson) -> Outgoing {
+    match hello.response_around_presence(id) {
+        Some((head, tail)) => {
+            let mut message = Outgoing::from(head);
+            message.push_list(list);
+            message.push_text(tail);
+            message
+        }
+        None => Outgoing::from(hello.response_text(id, &list.to_text())),
+    }
+}
+
 /// The hello-ok, its `snapshot.presence` left empty: it is sent with the
-/// list's JSON spliced in ([`HelloOk::response_text`]).
+/// list's pieces in it ([`hello_response`]).
 fn hello_ok(
     shared: &Shared,
     conn_id: &str,
@@ -481,7 +493,7 @@ impl Handler<'_> {
         match msg {
             Some(Ok(Message::Text(text))) => {
                 let reply = methods::handle_text(self.shared, self.ctx, &text);
-                self.conn.send_text(reply).await
+                self.conn.send_message(&reply).await
             }
             Some(Ok(Message::Close(_))) => {
                 self.conn.finish().await;

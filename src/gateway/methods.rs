@@ -8,6 +8,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::auth::grants;
+use super::outgoing::Outgoing;
 use super::state::Shared;
 use crate::clock::now_ms;
 use crate::presence::PresenceKey;
@@ -105,12 +106,12 @@ fn parse_params<T: DeserializeOwned>(req: &Request) -> Result<T, ErrorShape> {
 /// method, and `took_us`: parse to response text), which is how unknown
 /// methods a peer calls show up and how the server side of a request is
 /// timed under load (docs/PERFORMANCE.md).
-pub fn handle_text(shared: &Shared, ctx: &ConnContext, text: &str) -> String {
+pub fn handle_text(shared: &Shared, ctx: &ConnContext, text: &str) -> Outgoing {
     let started = std::time::Instant::now();
     let bad = |id: Option<&str>, why: &str| {
         tracing::debug!(error = ?why, "invalid request frame");
         let error = ErrorShape::invalid_request(format!("invalid request frame: {why}"));
-        Frame::err(id.unwrap_or("invalid"), error).to_text()
+        Outgoing::from(Frame::err(id.unwrap_or("invalid"), error).to_text())
     };
     let req = match Request::parse(text) {
         Ok(req) if req.method.is_empty() => return bad(Some(&req.id), "method must not be empty"),
@@ -132,7 +133,7 @@ pub fn handle_text(shared: &Shared, ctx: &ConnContext, text: &str) -> String {
                 error = ?e.message,
                 "request refused"
             );
-            Frame::err(&req.id, e).to_text()
+            Outgoing::from(Frame::err(&req.id, e).to_text())
         }
     }
 }
@@ -142,23 +143,25 @@ pub fn handle_text(shared: &Shared, ctx: &ConnContext, text: &str) -> String {
 pub enum Answer {
     /// A payload built as a JSON value.
     Value(Value),
-    /// The whole response, already as text: the presence list, written
-    /// from the store's cached rows into the response's own buffer.
-    Response(String),
+    /// The whole response, already made: the presence list in the
+    /// store's pieces around the response's own text.
+    Response(Outgoing),
 }
 
 impl Answer {
-    /// The success response's text for request `id`.
-    pub fn response_text(self, id: &str) -> String {
+    /// The success response for request `id`.
+    pub fn response_text(self, id: &str) -> Outgoing {
         match self {
-            Answer::Value(payload) => Frame::Res(Response {
-                id: id.to_string(),
-                ok: true,
-                payload: Some(payload),
-                error: None,
-            })
-            .to_text(),
-            Answer::Response(text) => text,
+            Answer::Value(payload) => Outgoing::from(
+                Frame::Res(Response {
+                    id: id.to_string(),
+                    ok: true,
+                    payload: Some(payload),
+                    error: None,
+                })
+                .to_text(),
+            ),
+            Answer::Response(message) => message,
         }
     }
 
@@ -166,7 +169,7 @@ impl Answer {
     pub fn into_value(self) -> Value {
         match self {
             Answer::Value(v) => v,
-            Answer::Response(text) => match Frame::parse(&text) {
+            Answer::Response(message) => match Frame::parse(&message.to_text()) {
                 Ok(Frame::Res(res)) => res.payload.unwrap_or(Value::Null),
                 _ => Value::Null,
             },
@@ -250,7 +253,7 @@ fn instance_forget(
 
 /// Rule 9: the list, newest first: the whole response to request `id`.
 /// Nodes and `operator.read`.
-fn system_presence(shared: &Shared, ctx: &ConnContext, id: &str) -> Result<String, ErrorShape> {
+fn system_presence(shared: &Shared, ctx: &ConnContext, id: &str) -> Result<Outgoing, ErrorShape> {
     if ctx.role != Role::Node {
         ctx.require_operator_scope(scope::OPERATOR_READ)?;
     }
@@ -593,7 +596,7 @@ mod tests {
                 "m4",
             ),
         ] {
-            match Frame::parse(&handle_text(&shared(), &node, text)).ok() {
+            match Frame::parse(&handle_text(&shared(), &node, text).to_text()).ok() {
                 Some(Frame::Res(r)) => {
                     assert_eq!(r.id, id, "{text}");
                     assert!(!r.ok, "{text}");
@@ -612,7 +615,7 @@ mod tests {
             "[]",
             r#"["req","a1","health",{}]"#,
         ] {
-            match Frame::parse(&handle_text(&shared(), &node, text)).ok() {
+            match Frame::parse(&handle_text(&shared(), &node, text).to_text()).ok() {
                 Some(Frame::Res(r)) => {
                     assert_eq!(r.id, "invalid", "{text}");
                     assert!(!r.ok, "{text}");
@@ -627,7 +630,7 @@ mod tests {
         let node = ctx(Role::Node, &[]);
         let text =
             r#"{"type":"req","id":"7","method":"node.pluginTools.update","params":{"tools":[]}}"#;
-        match Frame::parse(&handle_text(&shared(), &node, text)).ok() {
+        match Frame::parse(&handle_text(&shared(), &node, text).to_text()).ok() {
             Some(Frame::Res(r)) => {
                 assert_eq!(r.id, "7");
                 assert!(r.ok);

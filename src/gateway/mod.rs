@@ -21,7 +21,9 @@ pub mod listener;
 pub mod log_summary;
 pub mod methods;
 pub mod metrics;
+pub mod outgoing;
 pub mod pins;
+pub mod preauth;
 pub mod state;
 
 use std::net::SocketAddr;

@@ -25,10 +25,11 @@ use tracing::{info, warn};
 use super::broadcast::{self, Outbound};
 use super::log_summary::LogSummary;
 use super::metrics::{Metrics, Snapshot as MetricsSnapshot};
+use super::outgoing::Outgoing;
 use super::pins::{Pin, PinCheck, PinStore};
 use super::GatewayConfig;
 use crate::clock::now_ms;
-use crate::presence::{ConnectionInfo, PresenceKey, PresenceStore};
+use crate::presence::{ConnectionInfo, ListJson, PresenceKey, PresenceStore};
 use crate::protocol::{Frame, HostStats, Role, SystemEventParams};
 
 /// A connected node, for `node.list`.
@@ -74,9 +75,9 @@ pub struct Registered {
     pub kill: Arc<Notify>,
     /// Presence changes, for clients that read presence.
     pub presence: Option<watch::Receiver<u64>>,
-    /// The presence list as JSON text (`[]` for clients that do not read
-    /// presence, as OpenClaw projects it).
-    pub presence_json: String,
+    /// The presence list, in the store's pieces (`[]` for clients that do
+    /// not read presence, as OpenClaw projects it).
+    pub presence_json: ListJson,
     pub presence_version: u64,
 }
 
@@ -181,9 +182,9 @@ impl Shared {
         }
         let presence = reads_presence.then(|| state.presence_changes.subscribe());
         let presence_json = if reads_presence {
-            state.presence.list_json(now)
+            state.presence.shared_list_json(now)
         } else {
-            String::from("[]")
+            ListJson::empty()
         };
         Registered {
             presence_key,
@@ -315,20 +316,20 @@ impl Shared {
     // --- reads ----------------------------------------------------------------
 
     /// Rule 9: the whole `system-presence` response to request `id`, the
-    /// list written from the store's cached rows into the response's buffer.
-    pub fn presence_response(&self, id: &str) -> String {
-        let mut state = self.lock();
-        let size = state.presence.len() * 320;
-        Frame::ok_text_with(id, size, |text| {
-            state.presence.write_list_json(text, now_ms())
-        })
+    /// list in the store's pieces (nothing copied until it is sent).
+    pub fn presence_response(&self, id: &str) -> Outgoing {
+        let list = self.lock().presence.shared_list_json(now_ms());
+        let mut response = Outgoing::from(Frame::ok_text_head(id));
+        response.push_list(list);
+        response.push_text("}");
+        response
     }
 
     /// The `presence` event as the list is now.
     pub fn presence_event(&self) -> Outbound {
         let mut state = self.lock();
-        let list = state.presence.list_json(now_ms());
-        broadcast::presence(&list, state.presence_version)
+        let list = state.presence.shared_list_json(now_ms());
+        broadcast::presence(list, state.presence_version)
     }
 
     /// `health`: liveness and counts.

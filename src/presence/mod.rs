@@ -20,7 +20,9 @@
 //! `system-presence` answer, the hello-ok snapshot and `presence` events.
 //! Each row's JSON is made once after it changes and reused until it changes
 //! again, so a list costs a sort and a copy, not a serialization of every
-//! row (docs/PERFORMANCE.md).
+//! row (docs/PERFORMANCE.md); [`PresenceStore::shared_list_json`] is that
+//! list in pieces shared with the store, so the gateway sends it to many
+//! clients without a copy for each ([`ListJson`]).
 //!
 //! `store.rs` has the store and its rules, `json.rs` the cached JSON of the
 //! rows and the list, `status.rs` the status a consumer shows.
@@ -31,6 +33,7 @@ mod store;
 #[cfg(test)]
 mod tests;
 
+pub use json::ListJson;
 pub use status::{PresenceStatus, ACTIVE_MAX_AGE_MS, IDLE_MAX_AGE_MS};
 pub use store::{
     is_loopback, ConnectionInfo, Evictions, PresenceKey, PresenceLimits, PresenceStore,

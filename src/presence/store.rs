@@ -10,7 +10,7 @@ use crate::protocol::connect::{ClientInfo, Role};
 use crate::protocol::mode;
 use crate::protocol::payloads::{PresenceEntry, SystemEventParams};
 
-use super::json::{Row, RowsJson};
+use super::json::{ListJson, Row, RowsJson};
 use super::status::PresenceStatus;
 
 /// Rows older than this (ms) are pruned: 5 minutes, as in OpenClaw.
@@ -446,15 +446,20 @@ impl PresenceStore {
     /// gives, byte for byte, made from each row's cached JSON. The self entry
     /// (its `ts` is now) is serialized on every call.
     pub fn list_json(&mut self, now_ms: u64) -> String {
-        let mut out = String::new();
-        self.write_list_json(&mut out, now_ms);
-        out
+        self.shared_list_json(now_ms).to_text()
     }
 
     /// [`PresenceStore::list_json`], appended to `out` (so a response is
-    /// built in one buffer). `&mut` only for the cached JSON: no row is
-    /// added or removed.
+    /// built in one buffer).
     pub fn write_list_json(&mut self, out: &mut String, now_ms: u64) {
+        self.shared_list_json(now_ms).write_to(out);
+    }
+
+    /// [`PresenceStore::list_json`] in pieces shared with the store (the
+    /// rows' cached JSON) and with every list made since the rows last
+    /// changed: what the gateway sends, without copying the rows for each
+    /// client. `&mut` only for the cached JSON: no row is added or removed.
+    pub fn shared_list_json(&mut self, now_ms: u64) -> ListJson {
         self.self_entry.ts = now_ms;
         if self.may_have_expired(now_ms) {
             // Rows outlived the TTL since the last tick: this list leaves
@@ -466,12 +471,11 @@ impl PresenceStore {
                 .iter()
                 .all(|(key, row)| shown(key, row.entry().ts))
             {
-                super::json::write_list_where(out, &mut self.rows, shown, &self.self_entry, now_ms);
-                return;
+                return super::json::list_where(&mut self.rows, shown, &self.self_entry, now_ms);
             }
         }
         self.rows_json
-            .write_list(out, &mut self.rows, &self.self_entry, now_ms);
+            .list(&mut self.rows, &self.self_entry, now_ms)
     }
 
     /// The number of rows, the self entry included.

@@ -261,24 +261,35 @@ impl HelloOk {
     /// list it already has as text instead of cloning and re-serializing
     /// every row for every handshake. `self.snapshot.presence` is left empty.
     pub fn response_text(&self, request_id: &str, presence_json: &str) -> String {
+        match self.response_around_presence(request_id) {
+            Some((head, tail)) => [head.as_str(), presence_json, tail.as_str()].concat(),
+            None => {
+                let payload = serde_json::to_string(self).unwrap_or_else(|_| String::from("{}"));
+                crate::protocol::Frame::ok_text(request_id, &payload)
+            }
+        }
+    }
+
+    /// [`HelloOk::response_text`] in two: the text before and after the
+    /// value of `snapshot.presence`, for the gateway to send the list's
+    /// pieces between them without copying it. `None` when
+    /// `self.snapshot.presence` is not empty (the list is already in it).
+    pub fn response_around_presence(&self, request_id: &str) -> Option<(String, String)> {
         // `type` and the other fields come before `snapshot`, whose first
         // field is `presence`; field names are never escaped and string
         // values always are, so this text occurs once, as that field.
         const EMPTY: &str = r#""snapshot":{"presence":[]"#;
-        let payload = serde_json::to_string(self).unwrap_or_else(|_| String::from("{}"));
-        let payload = match payload.find(EMPTY) {
-            Some(at) if self.snapshot.presence.is_empty() => {
-                let rest = &payload[at + EMPTY.len()..];
-                let mut spliced = String::with_capacity(payload.len() + presence_json.len());
-                spliced.push_str(&payload[..at]);
-                spliced.push_str(r#""snapshot":{"presence":"#);
-                spliced.push_str(presence_json);
-                spliced.push_str(rest);
-                spliced
-            }
-            _ => payload,
-        };
-        crate::protocol::Frame::ok_text(request_id, &payload)
+        if !self.snapshot.presence.is_empty() {
+            return None;
+        }
+        let payload = serde_json::to_string(self).ok()?;
+        let at = payload.find(EMPTY)? + EMPTY.len() - "[]".len();
+        let mut head = crate::protocol::Frame::ok_text_head(request_id);
+        head.push_str(&payload[..at]);
+        let mut tail = String::with_capacity(payload.len() - at);
+        tail.push_str(&payload[at + "[]".len()..]);
+        tail.push('}');
+        Some((head, tail))
     }
 }
 

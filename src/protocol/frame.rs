@@ -175,13 +175,21 @@ impl Frame {
         size_hint: usize,
         write_payload: impl FnOnce(&mut String),
     ) -> String {
+        let mut text = Frame::ok_text_head(id);
+        text.reserve(size_hint + 1);
+        write_payload(&mut text);
+        text.push('}');
+        text
+    }
+
+    /// A success response's text up to its payload (which the caller
+    /// writes, then `}`): `{"type":"res","id":…,"ok":true,"payload":`.
+    pub fn ok_text_head(id: &str) -> String {
         let id = serde_json::to_string(id).unwrap_or_else(|_| String::from("\"\""));
-        let mut text = String::with_capacity(40 + id.len() + size_hint);
+        let mut text = String::with_capacity(40 + id.len());
         text.push_str(r#"{"type":"res","id":"#);
         text.push_str(&id);
         text.push_str(r#","ok":true,"payload":"#);
-        write_payload(&mut text);
-        text.push('}');
         text
     }
 

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod flood;
 pub mod netns;
 pub mod openclaw;
 pub mod raw_ws;
@@ -608,9 +609,17 @@ impl RawClient {
     /// Opens the socket and reads the challenge (the first step of the
     /// shared client handshake), within [`RAW_WAIT`].
     pub async fn open(url: &str) -> RawClient {
+        Self::open_with(url, None).await
+    }
+
+    /// [`RawClient::open`] through `connector` (a `wss://` gateway's pin).
+    pub async fn open_with(
+        url: &str,
+        connector: Option<tokio_tungstenite::Connector>,
+    ) -> RawClient {
         let what = format!("connection with a connect.challenge from {url}");
         wait_within(&what, RAW_WAIT, async {
-            let mut ws = handshake::open(url, None).await.expect("connect");
+            let mut ws = handshake::open(url, connector).await.expect("connect");
             let challenge = handshake::read_challenge(&mut ws, in_time())
                 .await
                 .expect("challenge");
@@ -760,7 +769,9 @@ pub async fn open_operator(
     instance_id: Option<&str>,
     scopes: &[&str],
 ) -> RawClient {
-    let mut c = RawClient::open(&gw.url()).await;
+    let connector = clawnode::tls::client_connector(&gw.url(), &gw.client_tls())
+        .expect("a connector for the gateway");
+    let mut c = RawClient::open_with(&gw.url(), Some(connector)).await;
     match c
         .connect(&operator_params(
             mode,

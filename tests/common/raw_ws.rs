@@ -78,13 +78,29 @@ pub struct RawWs {
 impl RawWs {
     /// Connects and upgrades (RFC 6455 opening handshake).
     pub async fn connect(addr: std::net::SocketAddr) -> RawWs {
-        let mut stream = super::wait_within(
+        let stream = super::wait_within(
             &format!("TCP connection to {addr}"),
             super::RAW_WAIT,
             TcpStream::connect(addr),
         )
         .await
         .expect("tcp connect");
+        Self::upgrade(stream, addr).await
+    }
+
+    /// [`RawWs::connect`] from `source` (a loopback address).
+    pub async fn connect_from(source: &str, addr: std::net::SocketAddr) -> RawWs {
+        let stream = super::wait_within(
+            &format!("TCP connection to {addr} from {source}"),
+            super::RAW_WAIT,
+            super::flood::connect_from(source, addr),
+        )
+        .await
+        .expect("tcp connect");
+        Self::upgrade(stream, addr).await
+    }
+
+    async fn upgrade(mut stream: TcpStream, addr: std::net::SocketAddr) -> RawWs {
         let request = format!(
             "GET / HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"

@@ -220,6 +220,34 @@ fn openclaw_cli_reads_our_gateway() {
     assert_eq!(out["error"]["message"], "unknown method: no.such.method");
 }
 
+#[test]
+fn openclaw_cli_reads_a_list_sent_in_fragments() {
+    // A list far over one frame (16 KiB): the hello-ok and the
+    // `system-presence` answer reach the CLI as fragmented text messages.
+    let gw = TestGateway::start(&[]);
+    let (url, token) = (gw.url(), gw.token());
+    block_on(async {
+        let mut admin = open_operator(&gw, "ui", Some("admin-ui"), &["operator.admin"]).await;
+        for n in 0..60 {
+            let row = format!("row-{n}");
+            let text = format!("{n} {}", "é".repeat(1_900));
+            admin
+                .call(
+                    "system-event",
+                    json!({ "text": text, "instanceId": row, "host": row, "mode": "node" }),
+                )
+                .await
+                .expect("row written");
+        }
+    });
+    let home = OpenClawHome::new();
+    let list = cli_matches_ours(&home, &url, &token, "system-presence", without_self_ts);
+    let list = rows(&list);
+    assert_eq!(list.len(), 62, "self, the admin page and 60 rows");
+    let bytes: usize = list.iter().map(|e| e.to_string().len()).sum();
+    assert!(bytes > 200_000, "a list of {bytes} bytes");
+}
+
 /// Our gateway with a 5 s tick and debug logging (every request answered
 /// or refused is logged).
 struct DebugGateway {
