@@ -41,6 +41,9 @@ use crate::protocol::connect::{Features, HelloAuth, Policy, ServerInfo, Snapshot
 use crate::protocol::{event, ConnectChallenge, ErrorShape, Frame, HelloOk};
 use crate::tls::ServerStream;
 
+/// How long a closing connection waits for the peer's close frame.
+const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+
 type Source = SplitStream<WebSocketStream<ServerStream>>;
 
 /// `SO_SNDBUF` of every connection (the kernel doubles it for its own
@@ -481,6 +484,7 @@ impl Handler<'_> {
                         self.conn.send_event(&out).await?;
                     }
                     self.conn.close(CloseCode::Restart, "gateway stopping").await;
+                    linger(&mut self.source).await;
                     return Err(Gone);
                 }
             }
@@ -524,6 +528,7 @@ impl Handler<'_> {
                         let summary = &self.shared.log_summary;
                         summary.record(Kind::Protocol, reason.clone(), self.peer);
                         self.conn.close(code, &reason).await;
+                        linger(&mut self.source).await;
                     }
                     None => debug!(error = %e, "read failed"),
                 }
@@ -531,6 +536,23 @@ impl Handler<'_> {
             }
         }
     }
+}
+
+/// After our close frame: reads (and drops) what the peer still sends until
+/// its close or the end of the stream, for at most [`CLOSE_LINGER`]. A
+/// socket closed with unread data (a pong, a request in flight) is reset by
+/// the kernel, and a reset can cost the peer the frames sent last — the
+/// `shutdown` event, the close and its reason (RFC 6455 7.1.1: the server
+/// closes TCP after the close handshake).
+async fn linger(source: &mut Source) {
+    let _ = tokio::time::timeout(CLOSE_LINGER, async {
+        while let Some(Ok(msg)) = source.next().await {
+            if msg.is_close() {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// Waits for a presence change: `true`, or `false` once the sender is gone.

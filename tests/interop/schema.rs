@@ -428,6 +428,14 @@ impl RawConn {
         }
     }
 
+    /// Reads up to the `shutdown` event (its text is returned), then
+    /// everything up to the close.
+    async fn shutdown_then_close(&mut self) -> String {
+        let text = self.event("shutdown").await;
+        self.drain_to_close().await;
+        text
+    }
+
     /// Reads everything up to the close.
     async fn drain_to_close(&mut self) {
         while self.recv().await.is_some() {}
@@ -736,10 +744,14 @@ async fn gateway_events_and_presence_rows_conform() {
         );
     }
 
-    // SIGTERM: `shutdown` to every connection, then the close.
+    // SIGTERM: `shutdown` to every connection, then the close. Both are
+    // read at once, as real clients would: one left unread until the
+    // gateway has exited would answer its buffered pings into a closed
+    // socket, and the reset could cost it the frames still unread.
     gw.proc.signal(libc::SIGTERM);
-    for conn in [&mut watcher, &mut admin] {
-        let text = conn.event("shutdown").await;
+    let (watcher_shutdown, admin_shutdown) =
+        tokio::join!(watcher.shutdown_then_close(), admin.shutdown_then_close());
+    for text in [watcher_shutdown, admin_shutdown] {
         let v = c.frame("shutdown event", &text);
         c.part(
             "shutdown payload",
@@ -748,7 +760,6 @@ async fn gateway_events_and_presence_rows_conform() {
             &def("ShutdownEvent"),
             &v["payload"],
         );
-        conn.drain_to_close().await;
     }
 
     // Every frame both operators received, with event payloads checked by kind.
