@@ -29,7 +29,7 @@ use super::connection::{read_error_close, Connection, Gone};
 use super::http;
 use super::methods::{self, ConnContext};
 use super::metrics::HandshakeResult;
-use super::pins::PinCheck;
+use super::registry::{ClaimCheck, Device};
 use super::state::{Registration, Shared};
 use super::SERVER_VERSION;
 use crate::clock::now_ms;
@@ -175,6 +175,7 @@ async fn serve_connection(
         events,
         presence,
         kill,
+        replaced,
     } = accepted;
     info!(
         role = ctx.role.as_str(),
@@ -193,6 +194,7 @@ async fn serve_connection(
             events,
             presence,
             kill: &kill,
+            replaced: &replaced,
         };
         handler.run(&mut stop).await;
     }
@@ -210,6 +212,7 @@ struct Accepted {
     events: mpsc::Receiver<Arc<Outbound>>,
     presence: Option<watch::Receiver<u64>>,
     kill: Arc<Notify>,
+    replaced: Arc<Notify>,
 }
 
 /// Reads the first frame and decides ([`auth::parse_connect`],
@@ -238,9 +241,14 @@ async fn handshake(
             shared.record_auth_failure(remote_ip, now);
         }
     })?;
-    check_pin(shared, &req, admitted.device_id.as_deref())?;
-
     let params = &req.params;
+    let own_key = PresenceKey::for_connection(
+        params.client.instance_id.as_deref(),
+        admitted.device_id.as_deref(),
+        conn_id,
+    );
+    claim(shared, &req, &admitted, &own_key, remote_ip).await?;
+
     let registered = shared.register(Registration {
         conn: ConnectionInfo {
             conn_id,
@@ -250,16 +258,12 @@ async fn handshake(
             device_id: admitted.device_id.as_deref(),
             remote_ip: Some(remote_ip),
         },
+        own_key: &own_key,
         caps: &params.caps,
         commands: &params.commands,
     });
     let hello = hello_ok(shared, conn_id, &admitted, registered.presence_version, now);
     let hello_text = hello.response_text(&req.id, &registered.presence_json);
-    let own_key = PresenceKey::for_connection(
-        params.client.instance_id.as_deref(),
-        admitted.device_id.as_deref(),
-        conn_id,
-    );
     let ConnectRequest { params, .. } = req;
     Ok(Accepted {
         ctx: ConnContext {
@@ -277,6 +281,7 @@ async fn handshake(
         events: registered.events,
         presence: registered.presence,
         kill: registered.kill,
+        replaced: registered.replaced,
     })
 }
 
@@ -308,24 +313,42 @@ async fn first_text(source: &mut Source) -> Result<String, Rejection> {
     }
 }
 
-/// The instance id is pinned to the first device key that claimed it.
-fn check_pin(
+/// The connection's presence key is pinned to the first device that
+/// claimed it (a device's own id is its own); a client without a device
+/// claims nothing (its row is unclaimed: `PresenceKey::for_connection`).
+async fn claim(
     shared: &Shared,
     req: &ConnectRequest,
-    device_id: Option<&str>,
+    admitted: &auth::Admitted,
+    own_key: &PresenceKey,
+    remote_ip: IpAddr,
 ) -> Result<(), Rejection> {
-    let client = &req.params.client;
-    let instance_id = client.instance_id.as_deref();
-    match shared.check_pin(instance_id, device_id, client.display_name.as_deref()) {
-        PinCheck::Conflict(pin) => return Err(auth::pinned_elsewhere(req, &pin)),
-        PinCheck::New => info!(
-            instance_id,
-            device_id = device_id.unwrap_or("-"),
-            "instance id pinned to its device key"
-        ),
-        PinCheck::Known | PinCheck::Unpinned => {}
+    let (Some(device_id), Some(proof)) = (&admitted.device_id, &req.params.device) else {
+        return Ok(());
+    };
+    let device = Device {
+        id: device_id.clone(),
+        public_key: proof.public_key.clone(),
+        role: Some(admitted.role),
+        address: Some(remote_ip),
+        display_name: req.params.client.display_name.clone(),
+    };
+    match shared.claim(own_key, device).await {
+        Ok(ClaimCheck::Conflict(pin)) => Err(auth::pinned_elsewhere(req, own_key, &pin)),
+        Ok(ClaimCheck::New) => {
+            info!(
+                instance_id = %own_key,
+                device_id = %device_id,
+                "instance id pinned to its device key"
+            );
+            Ok(())
+        }
+        Ok(ClaimCheck::Known) => Ok(()),
+        Err(e) => {
+            warn!(error = %format!("{e:#}"), "device registry unavailable; refusing the connection");
+            Err(auth::registry_unavailable(req))
+        }
     }
-    Ok(())
 }
 
 /// The hello-ok, its `snapshot.presence` left empty: it is sent with the
@@ -391,6 +414,8 @@ struct Handler<'a> {
     presence: Option<watch::Receiver<u64>>,
     /// Notified when the event queue overflowed.
     kill: &'a Notify,
+    /// Notified when a newer connection of its device or row replaced it.
+    replaced: &'a Notify,
 }
 
 impl Handler<'_> {
@@ -441,6 +466,13 @@ impl Handler<'_> {
                 _ = liveness.tick() => self.conn.ping().await?,
                 _ = self.kill.notified() => {
                     self.conn.close(CloseCode::Policy, "slow consumer: send queue overflow").await;
+                    return Err(Gone);
+                }
+                _ = self.replaced.notified() => {
+                    let bound = self.shared.config.settings.tuning.max_connections_per_device;
+                    let reason = super::auth::replaced_reason(bound);
+                    debug!(reason, "closing: replaced");
+                    self.conn.close(CloseCode::Policy, &reason).await;
                     return Err(Gone);
                 }
                 _ = stop.changed() => {

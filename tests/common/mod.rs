@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod netns;
+pub mod node;
 pub mod openclaw;
 pub mod raw_ws;
 
