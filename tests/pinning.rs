@@ -116,3 +116,96 @@ async fn the_instances_page_row_cannot_be_squatted_by_a_node() {
         assert_eq!(row.host.as_deref(), Some("squatter"), "{row:#?}");
     }
 }
+
+/// The `pins.json` of an earlier version: `pins` instance ids of made-up
+/// devices, plus `inst-owner` pinned to `owner`.
+fn write_pins_json(state: &std::path::Path, owner: &DeviceIdentity, pins: usize) {
+    let mut map = serde_json::Map::new();
+    for i in 0..pins {
+        map.insert(
+            format!("inst-{i}"),
+            serde_json::json!({"deviceId": format!("{i:064x}"), "pinnedAtMs": 1_700_000_000_000u64 + i as u64}),
+        );
+    }
+    map.insert(
+        "Inst-Owner".into(),
+        serde_json::json!({"deviceId": owner.device_id(), "pinnedAtMs": 1_700_000_000_000u64, "displayName": "owner-host"}),
+    );
+    let file = serde_json::json!({"version": 1, "pins": map});
+    std::fs::write(state.join("pins.json"), file.to_string()).unwrap();
+}
+
+/// Upgrading: an earlier version's `pins.json` is imported into the
+/// registry on the first start (every pin), then kept as
+/// `pins.json.migrated`; its pins hold across restarts.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_earlier_pins_json_is_migrated_with_every_pin() {
+    let state = tempfile::tempdir().unwrap();
+    let owner = DeviceIdentity::ephemeral("unused");
+    let other = DeviceIdentity::ephemeral("unused");
+    write_pins_json(state.path(), &owner, 2_000);
+
+    let mut gw = TestGateway::start_at(state.path(), &[]);
+    let line = gw
+        .proc
+        .wait_for_log("imported into the device registry", RAW_WAIT);
+    assert!(line.contains("pins=2001"), "{line}");
+    assert!(!state.path().join("pins.json").exists());
+    assert!(state.path().join("pins.json.migrated").exists());
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(state.path().join("registry.sqlite"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "registry.sqlite mode {mode:o}");
+
+    for _restart in 0..2 {
+        // A migrated pin refuses another key (case-insensitively) ...
+        let (_, outcome) = connect_node(&gw, &other, "other", Some("inst-owner")).await;
+        refused_as_pinned(outcome, "another key claiming a migrated pin");
+        let (_, outcome) = connect_node(&gw, &other, "other", Some("inst-1999")).await;
+        refused_as_pinned(outcome, "another key claiming the last migrated pin");
+        // ... and lets its own device in.
+        let (_c, outcome) = connect_node(&gw, &owner, "owner-host", Some("inst-owner")).await;
+        assert!(matches!(outcome, Outcome::Hello(_)), "{outcome:?}");
+        let listen = gw.addr.to_string();
+        let _ = gw.proc.terminate();
+        gw = TestGateway::start_at(state.path(), &["--listen", &listen]);
+    }
+    assert_eq!(gw.proc.count_log("imported into the device registry"), 0);
+}
+
+/// A new pin is stored before the `hello-ok` that follows it: a gateway
+/// killed (SIGKILL) right after a burst of first connections has every one
+/// of their pins when it comes back.
+#[tokio::test(flavor = "multi_thread")]
+async fn pins_survive_a_sigkill_right_after_the_handshakes() {
+    const HOSTS: usize = 50;
+    let state = tempfile::tempdir().unwrap();
+    let mut gw = TestGateway::start_at(state.path(), &[]);
+    let listen = gw.addr.to_string();
+    let hosts: Vec<DeviceIdentity> = (0..HOSTS)
+        .map(|_| DeviceIdentity::ephemeral("unused"))
+        .collect();
+    for (i, host) in hosts.iter().enumerate() {
+        let id = format!("killed-{i}");
+        let (_, outcome) = connect_node(&gw, host, "host", Some(&id)).await;
+        assert!(matches!(outcome, Outcome::Hello(_)), "{outcome:?}");
+    }
+    gw.proc.signal(libc::SIGKILL);
+    gw.proc.wait_exit(RAW_WAIT);
+
+    let gw = TestGateway::start_at(state.path(), &["--listen", &listen]);
+    let intruder = DeviceIdentity::ephemeral("unused");
+    let mut kept = 0;
+    for i in 0..HOSTS {
+        let id = format!("killed-{i}");
+        if let (_, Outcome::Error(e, _)) = connect_node(&gw, &intruder, "intruder", Some(&id)).await
+        {
+            if e.detail_code_str() == Some("INSTANCE_ID_PINNED") {
+                kept += 1;
+            }
+        }
+    }
+    assert_eq!(kept, HOSTS, "pins kept across SIGKILL");
+}

@@ -68,6 +68,7 @@ pub struct Metrics {
     auth_failures: Family<Label, Counter>,
     beacons: Counter,
     refused: Family<Label, Counter>,
+    replaced: Counter,
 }
 
 impl Default for Metrics {
@@ -79,6 +80,7 @@ impl Default for Metrics {
             auth_failures: Family::default(),
             beacons: Counter::default(),
             refused: Family::default(),
+            replaced: Counter::default(),
         };
         for result in HandshakeResult::ALL {
             metrics
@@ -121,6 +123,12 @@ impl Metrics {
 
     pub fn beacon(&self) {
         self.beacons.inc();
+    }
+
+    /// Connections closed because a newer one of the same device or row
+    /// went past `max_connections_per_device`.
+    pub fn replaced(&self, n: u64) {
+        self.replaced.inc_by(n);
     }
 
     /// A connection refused with HTTP 503 (`connection_limit`, ...).
@@ -211,6 +219,11 @@ impl Metrics {
             "connections_refused",
             "Connections refused with HTTP 503 by reason",
             self.refused.clone(),
+        );
+        registry.register(
+            "connections_replaced",
+            "Connections closed because a newer one of the same device or presence row went past max_connections_per_device",
+            self.replaced.clone(),
         );
         let mut out = String::with_capacity(4096);
         // Writing to a String cannot fail.

@@ -197,7 +197,8 @@ impl Shared {
             },
         );
         let bound = self.config.settings.tuning.max_connections_per_device;
-        state.bound_connections(conn.conn_id, conn.device_id, reg.own_key, bound);
+        let replaced_count =
+            state.bound_connections(conn.conn_id, conn.device_id, reg.own_key, bound);
         if presence_key.is_some() {
             state.presence_changed();
         }
@@ -207,6 +208,11 @@ impl Shared {
         } else {
             String::from("[]")
         };
+        let presence_version = state.presence_version;
+        drop(state);
+        if replaced_count > 0 {
+            self.metrics.replaced(replaced_count);
+        }
         Registered {
             presence_key,
             events,
@@ -214,7 +220,7 @@ impl Shared {
             replaced,
             presence,
             presence_json,
-            presence_version: state.presence_version,
+            presence_version,
         }
     }
 
@@ -456,13 +462,14 @@ impl State {
     /// Adds `conn_id` to its device's and its row's connections; past
     /// `bound`, the oldest of either is told it was replaced (and leaves
     /// both lists at once, so a flood never holds more than `bound`).
+    /// Returns how many were told.
     fn bound_connections(
         &mut self,
         conn_id: &str,
         device_id: Option<&str>,
         own_key: &PresenceKey,
         bound: usize,
-    ) {
+    ) -> u64 {
         let mut replaced = Vec::new();
         if let Some(device) = device_id {
             let conns = self.by_device.entry(device.to_string()).or_default();
@@ -476,14 +483,20 @@ impl State {
         while conns.len() > bound {
             replaced.extend(conns.pop_front());
         }
+        // One connection may be the oldest of both lists.
+        replaced.sort();
+        replaced.dedup();
+        let mut told = 0;
         for old in replaced {
             if let Some(handle) = self.connections.get(&old) {
                 let (device, key) = (handle.device_id.clone(), handle.own_key.clone());
                 handle.replaced.notify_one();
                 debug!(replaced = %old, by = %conn_id, "connection replaced by a newer one");
                 self.forget_bound_of(&old, device.as_deref(), &key);
+                told += 1;
             }
         }
+        told
     }
 
     /// Removes a closed connection from the per-device and per-row lists.
