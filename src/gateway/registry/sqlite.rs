@@ -4,8 +4,9 @@
 //! process being killed (SIGKILL) at any point; a power loss may take the
 //! last commits back, never corrupt the file.
 //!
-//! Two connections: the handshake path reads through one (indexed lookups,
-//! O(log n), never waiting for a write: WAL readers see the last commit);
+//! Two connections: the handshake path reads through one (one indexed
+//! query, O(log n), its statement prepared once; never waiting for a
+//! write: WAL readers see the last commit);
 //! every write goes to a writer thread that owns the other and commits
 //! whatever queued up meanwhile as one transaction (a burst of first
 //! connections is one commit). A new pin is decided again inside that
@@ -28,7 +29,7 @@ use tracing::{info, warn};
 
 use super::writer::{self, Job};
 use super::{decide, pins_file, schema};
-use super::{Claim, ClaimCheck, Counts, Decision, Device, DeviceRegistry, Found, Pin};
+use super::{Claim, ClaimCheck, Counts, Decision, DeviceRegistry, Found, Pin};
 use crate::protocol::Role;
 
 /// The file name in the gateway's state directory.
@@ -109,19 +110,9 @@ impl SqliteRegistry {
 
     /// The claim decided from the last commit, when that needs no write:
     /// a known key (its own device's, or another's: refused). `None`: ask
-    /// the writer.
+    /// the writer. One indexed query.
     fn decide_from_reader(&self, claim: &Claim) -> Result<Option<ClaimCheck>> {
-        let conn = self.read();
-        let device = &claim.device;
-        let pin = select_pin(&conn, &claim.key)?;
-        let device_with_key_as_id = match pin {
-            None if claim.key != device.id => select_first_seen(&conn, &claim.key)?,
-            _ => None,
-        };
-        let found = Found {
-            pin,
-            device_with_key_as_id,
-        };
+        let (found, freshness) = reader_view(&self.read(), claim)?;
         let check = match decide(claim, &found) {
             Decision::Keep(conflict @ ClaimCheck::Conflict(_)) => return Ok(Some(conflict)),
             Decision::Keep(check) => check,
@@ -129,12 +120,12 @@ impl SqliteRegistry {
             Decision::PinToClaimant => return Ok(None),
         };
         // Admitted: the device's record must exist, and be fresh enough.
-        match seen_state(&conn, device, claim.now_ms)? {
+        match freshness {
             None => Ok(None),
             Some(Freshness::Fresh) => Ok(Some(check)),
             Some(Freshness::Stale) => {
                 // Best effort: a lost update is only a late last-seen time.
-                let _ = self.send(Job::Seen(device.clone(), claim.now_ms));
+                let _ = self.send(Job::Seen(claim.device.clone(), claim.now_ms));
                 Ok(Some(check))
             }
         }
@@ -277,17 +268,16 @@ fn import_pins_file(conn: &mut Connection, state_dir: &Path) -> Result<()> {
 
 pub(super) fn select_pin(conn: &Connection, key: &str) -> Result<Option<Pin>> {
     let pin = conn
-        .query_row(
+        .prepare_cached(
             "SELECT device_id, claimed_at_ms, display_name FROM instances WHERE instance_id = ?1",
-            [key],
-            |r| {
-                Ok(Pin {
-                    device_id: r.get(0)?,
-                    pinned_at_ms: r.get::<_, i64>(1)? as u64,
-                    display_name: r.get(2)?,
-                })
-            },
-        )
+        )?
+        .query_row([key], |r| {
+            Ok(Pin {
+                device_id: r.get(0)?,
+                pinned_at_ms: r.get::<_, i64>(1)? as u64,
+                display_name: r.get(2)?,
+            })
+        })
         .optional()?;
     Ok(pin)
 }
@@ -298,11 +288,8 @@ pub(super) fn select_first_seen(
     device_id: &str,
 ) -> Result<Option<(u64, Option<String>)>> {
     let found = conn
-        .query_row(
-            "SELECT first_seen_ms, display_name FROM devices WHERE device_id = ?1",
-            [device_id],
-            |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)),
-        )
+        .prepare_cached("SELECT first_seen_ms, display_name FROM devices WHERE device_id = ?1")?
+        .query_row([device_id], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))
         .optional()?;
     Ok(found)
 }
@@ -313,31 +300,63 @@ enum Freshness {
     Stale,
 }
 
-/// Whether `device`'s record is up to date; `None` when it has none.
-fn seen_state(conn: &Connection, device: &Device, now_ms: u64) -> Result<Option<Freshness>> {
+/// What a claim needs to know, in one query: the key's pin, whether the
+/// key is the id of a known device (when it is not the claimant's own), and
+/// how fresh the claiming device's record is (`None`: it has none).
+fn reader_view(conn: &Connection, claim: &Claim) -> Result<(Found, Option<Freshness>)> {
+    let device = &claim.device;
     let address = device.address.map(|a| a.to_string());
-    let fresh: Option<bool> = conn
-        .query_row(
-            "SELECT public_key IS ?2
-                AND last_seen_ms >= ?3
-                AND last_address IS ?4
-                AND (?5 IS NULL OR EXISTS (SELECT 1 FROM json_each(roles) WHERE value = ?5))
-             FROM devices WHERE device_id = ?1",
-            params![
-                device.id,
-                device.public_key,
-                now_ms.saturating_sub(SEEN_EVERY_MS) as i64,
-                address,
-                device.role.map(Role::as_str),
-            ],
-            |r| r.get(0),
-        )
-        .optional()?;
-    Ok(fresh.map(|f| {
-        if f {
-            Freshness::Fresh
-        } else {
-            Freshness::Stale
-        }
-    }))
+    let mut statement = conn.prepare_cached(
+        "SELECT i.device_id, i.claimed_at_ms, i.display_name,
+                k.first_seen_ms, k.display_name,
+                (SELECT public_key IS ?3
+                        AND last_seen_ms >= ?4
+                        AND last_address IS ?5
+                        AND (?6 IS NULL OR instr(roles, '\"' || ?6 || '\"') > 0)
+                   FROM devices WHERE device_id = ?2)
+         FROM (SELECT 1)
+         LEFT JOIN instances i ON i.instance_id = ?1
+         LEFT JOIN devices k ON k.device_id = ?1 AND ?1 != ?2",
+    )?;
+    let row = statement.query_row(
+        params![
+            claim.key,
+            device.id,
+            device.public_key,
+            claim.now_ms.saturating_sub(SEEN_EVERY_MS) as i64,
+            address,
+            device.role.map(Role::as_str),
+        ],
+        |r| {
+            let pin = match r.get::<_, Option<String>>(0)? {
+                Some(device_id) => Some(Pin {
+                    device_id,
+                    pinned_at_ms: r.get::<_, i64>(1)? as u64,
+                    display_name: r.get(2)?,
+                }),
+                None => None,
+            };
+            let device_with_key_as_id = match r.get::<_, Option<i64>>(3)? {
+                Some(first_seen) => Some((first_seen as u64, r.get(4)?)),
+                None => None,
+            };
+            let fresh: Option<bool> = r.get(5)?;
+            Ok((pin, device_with_key_as_id, fresh))
+        },
+    )?;
+    let (pin, device_with_key_as_id, fresh) = row;
+    let found = Found {
+        pin,
+        device_with_key_as_id,
+    };
+    Ok((
+        found,
+        fresh.map(|f| {
+            if f {
+                Freshness::Fresh
+            } else {
+                Freshness::Stale
+            }
+        }),
+    ))
 }

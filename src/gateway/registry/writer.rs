@@ -179,7 +179,7 @@ fn apply_claim(tx: &Transaction<'_>, claim: &Claim) -> Result<ClaimCheck> {
 /// Records `device` as seen now: its key, role, address and host name.
 fn upsert_device(tx: &Transaction<'_>, device: &Device, now_ms: u64) -> Result<()> {
     let address = device.address.map(|a| a.to_string());
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO devices (device_id, public_key, roles, display_name,
                               first_seen_ms, last_seen_ms, last_address)
          VALUES (?1, ?2, CASE WHEN ?3 IS NULL THEN '[]' ELSE json_array(?3) END, ?4, ?5, ?5, ?6)
@@ -192,15 +192,15 @@ fn upsert_device(tx: &Transaction<'_>, device: &Device, now_ms: u64) -> Result<(
             display_name = coalesce(excluded.display_name, display_name),
             last_seen_ms = max(last_seen_ms, excluded.last_seen_ms),
             last_address = coalesce(excluded.last_address, last_address)",
-        params![
-            device.id,
-            device.public_key,
-            device.role.map(Role::as_str),
-            device.display_name,
-            now_ms as i64,
-            address,
-        ],
-    )?;
+    )?
+    .execute(params![
+        device.id,
+        device.public_key,
+        device.role.map(Role::as_str),
+        device.display_name,
+        now_ms as i64,
+        address,
+    ])?;
     Ok(())
 }
 
