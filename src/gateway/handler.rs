@@ -336,9 +336,10 @@ async fn claim(
     match shared.claim(own_key, device).await {
         Ok(ClaimCheck::Conflict(pin)) => Err(auth::pinned_elsewhere(req, own_key, &pin)),
         Ok(ClaimCheck::New) => {
+            // Recorded as strings: escaped by every log format.
             info!(
-                instance_id = %own_key,
-                device_id = %device_id,
+                instance_id = own_key.as_str(),
+                device_id = device_id.as_str(),
                 "instance id pinned to its device key"
             );
             Ok(())

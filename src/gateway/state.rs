@@ -564,6 +564,7 @@ impl State {
             if let Some(handle) = self.connections.remove(&conn_id) {
                 warn!(conn_id = %conn_id, "dropping slow client: send queue full");
                 handle.kill.notify_one();
+                self.forget_bound(&conn_id, &handle);
             }
         }
     }
