@@ -1,8 +1,9 @@
 //! Criterion benchmarks of the gateway's hot paths (docs/PERFORMANCE.md):
 //! the presence store (upsert, beacon, list, eviction) at 200 rows (the
 //! spec's cap) and 10,000 rows, the `system-presence` answer, hello-ok
-//! serialization, and a signed node `connect`: frame parse, params check and
-//! Ed25519 verification, as the handshake does them.
+//! serialization, a signed node `connect`: frame parse, params check and
+//! Ed25519 verification, as the handshake does them, and the device
+//! registry's claim (the instance pin check) with 0 and 100,000 pins.
 //!
 //!     cargo bench --bench hot_paths
 //!     cargo bench --bench hot_paths -- presence/list   # one group
@@ -311,5 +312,69 @@ fn serialize(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, presence, connect, serialize);
+/// The registry's pin check as the handshake makes it, in a registry that
+/// holds `pins` pins (imported from a generated `pins.json`, as an upgrade
+/// does): a known device reconnecting, a first claim (a commit by the writer
+/// thread), and the known-device lookup of part 9's rate limit.
+fn registry(c: &mut Criterion) {
+    use clawnode::gateway::registry::{
+        Claim, Device, DeviceRegistry, MemoryRegistry, SqliteRegistry,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let device = |id: &str| Device {
+        id: id.to_string(),
+        public_key: format!("pk-{id}"),
+        role: Some(Role::Node),
+        address: Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 9))),
+        display_name: Some("bench".into()),
+    };
+    let claim = |key: &str, id: &str| Claim {
+        key: key.to_string(),
+        device: device(id),
+        now_ms: NOW,
+    };
+    for pins in [0usize, 100_000] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file: serde_json::Map<String, serde_json::Value> = (0..pins)
+            .map(|i| {
+                let pin = serde_json::json!({"deviceId": format!("{i:064x}"), "pinnedAtMs": NOW});
+                (format!("bench-{i:08}"), pin)
+            })
+            .collect();
+        let text = serde_json::json!({"version": 1, "pins": file}).to_string();
+        std::fs::write(dir.path().join("pins.json"), text).expect("pins.json");
+        let sqlite = SqliteRegistry::open(dir.path()).expect("registry");
+        let memory = MemoryRegistry::new();
+        for i in 0..pins {
+            memory.claim_now(&claim(&format!("bench-{i:08}"), &format!("{i:064x}")));
+        }
+        for registry in [&sqlite as &dyn DeviceRegistry, &memory] {
+            rt.block_on(registry.claim(claim("known-instance", "known-device")))
+                .expect("claim");
+        }
+        let mut g = c.benchmark_group(format!("registry/{pins}_pins"));
+        g.bench_function("sqlite_claim_known", |b| {
+            b.iter(|| rt.block_on(sqlite.claim(claim("known-instance", "known-device"))))
+        });
+        g.bench_function("memory_claim_known", |b| {
+            b.iter(|| rt.block_on(memory.claim(claim("known-instance", "known-device"))))
+        });
+        let mut n = 0u64;
+        g.bench_function("sqlite_claim_new", |b| {
+            b.iter(|| {
+                n += 1;
+                let key = format!("new-{n}");
+                rt.block_on(sqlite.claim(claim(&key, &format!("dev-{n}"))))
+            })
+        });
+        g.bench_function("sqlite_is_known_device", |b| {
+            b.iter(|| black_box(sqlite.is_known_device(black_box("known-device"))))
+        });
+        g.finish();
+    }
+}
+
+criterion_group!(benches, presence, connect, serialize, registry);
 criterion_main!(benches);

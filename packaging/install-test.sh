@@ -50,11 +50,13 @@ empty_output() { local out; out="$("$@" 2>&1)" || { echo "$out"; return 1; }; [ 
 # The host's clawnode state, to compare before and after: for each path
 # whether it exists, every file's type, mode, owner, size, mtime, link
 # target and content hash; the user, the group and dpkg's record. A
-# clawnode running on the host may rewrite its own pins.json and
+# clawnode running on the host may rewrite its own device registry
+# (registry.sqlite and its -wal/-shm files; pins.json and
+# pins.json.migrated in older versions or while it upgrades) and
 # device-token.json while the test runs (an agent connects, a device token
-# is issued): for those two only their existence is compared.
+# is issued): for those only their existence is compared.
 host_state() {
-    local p live='-name pins.json -o -name device-token.json'
+    local p live='-name registry.sqlite -o -name registry.sqlite-wal -o -name registry.sqlite-shm -o -name pins.json -o -name pins.json.migrated -o -name device-token.json'
     for p in /var/lib/clawnode /etc/clawnode /usr/bin/clawnode \
         /usr/lib/systemd/system/clawnode.service \
         /etc/systemd/system/multi-user.target.wants/clawnode.service; do

@@ -38,6 +38,9 @@ pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The cap of an agent's reconnect backoff (waits of 15–30 s at the cap).
 pub const DEFAULT_RECONNECT_MAX: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
+/// Room for a reconnect while the gateway still holds a few connections
+/// that died silently (found by the pings within two ticks).
+pub const DEFAULT_MAX_CONNECTIONS_PER_DEVICE: usize = 4;
 
 /// A secret string (a gateway token). `Debug` and `Display` never show it.
 #[derive(Clone, PartialEq, Eq)]
@@ -104,6 +107,9 @@ settings_table! {
         /// dropped.
         write_timeout (write_timeout_secs): Secs = DEFAULT_WRITE_TIMEOUT,
         max_connections (max_connections): Count = DEFAULT_MAX_CONNECTIONS,
+        /// Simultaneous connections of one device key, and of one presence
+        /// row: a new one past it replaces the oldest.
+        max_connections_per_device (max_connections_per_device): Count = DEFAULT_MAX_CONNECTIONS_PER_DEVICE,
         /// Caps on connections still in their handshake.
         max_pending_handshakes (max_pending_handshakes): Count = AdmissionLimits::default().total,
         max_pending_handshakes_per_ip (max_pending_handshakes_per_ip): Count = AdmissionLimits::default().per_ip,

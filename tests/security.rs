@@ -9,6 +9,15 @@ use std::time::Duration;
 use common::*;
 use serde_json::json;
 
+/// The pin of `id` in the registry of a stopped gateway's state dir.
+fn pin_in_registry(state: &std::path::Path, id: &str) -> Option<clawnode::gateway::registry::Pin> {
+    use clawnode::gateway::registry::{DeviceRegistry as _, SqliteRegistry};
+    let registry = SqliteRegistry::open(state).expect("the gateway's registry");
+    registry
+        .pin(&id.to_lowercase())
+        .expect("a readable registry")
+}
+
 fn instance_id(state: &std::path::Path) -> String {
     std::fs::read_to_string(state.join("instance-id"))
         .unwrap()
@@ -151,10 +160,8 @@ async fn an_instance_id_stays_with_its_first_key_until_forgotten() {
 
     // The pin survives a gateway restart (it is in the state dir).
     let _ = gw.proc.terminate();
-    let pins: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(gw_state.path().join("pins.json")).unwrap())
-            .unwrap();
-    assert!(pins["pins"][&id]["deviceId"].is_string(), "{pins}");
+    let pin = pin_in_registry(gw_state.path(), &id);
+    assert!(pin.is_some_and(|p| !p.device_id.is_empty()));
     gw = TestGateway::start_at(gw_state.path(), &["--listen", &listen]);
     let b = gw.agent(b_state.path(), &[]);
     b.wait_for_log("INSTANCE_ID_PINNED", Duration::from_secs(20));
@@ -193,7 +200,7 @@ async fn an_instance_id_stays_with_its_first_key_until_forgotten() {
     .await;
     drop(b);
 
-    // With the gateway stopped, forget edits the pins file directly.
+    // With the gateway stopped, forget edits the registry directly.
     let _ = gw.proc.terminate();
     let (code, out, err) = run_cli(&[
         "forget",
@@ -208,10 +215,7 @@ async fn an_instance_id_stays_with_its_first_key_until_forgotten() {
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("not running"), "{err}");
     assert!(out.contains(&format!("forgot instance {id}")), "{out}");
-    let pins: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(gw_state.path().join("pins.json")).unwrap())
-            .unwrap();
-    assert!(pins["pins"].get(&id).is_none(), "{pins}");
+    assert_eq!(pin_in_registry(gw_state.path(), &id), None);
 }
 
 /// Finding 9: wrong tokens from an address (here 127.0.0.1, the address of

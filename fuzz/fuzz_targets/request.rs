@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::OnceLock;
 
 use clawnode::gateway::methods::{self, ConnContext};
-use clawnode::gateway::pins::PinStore;
+use clawnode::gateway::registry::MemoryRegistry;
 use clawnode::gateway::state::Shared;
 use clawnode::gateway::GatewayConfig;
 use clawnode::presence::PresenceKey;
@@ -21,7 +21,7 @@ fn shared() -> &'static Shared {
         let listen: SocketAddr = "127.0.0.1:0".parse().unwrap_or(([127, 0, 0, 1], 0).into());
         Shared::new(
             GatewayConfig::new(listen, None, PresenceEntry::default()),
-            PinStore::in_memory(),
+            std::sync::Arc::new(MemoryRegistry::new()),
         )
     })
 }

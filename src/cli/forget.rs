@@ -1,12 +1,12 @@
 //! `clawnode forget <instanceId>`: drop an instance id's pin on the gateway
-//! (see `gateway::pins`). Asks the running gateway (operator.admin); when no
-//! gateway runs on this host, edits its pins file directly.
+//! (see `gateway::registry`). Asks the running gateway (operator.admin);
+//! when no gateway runs on this host, edits its registry directly.
 
 use anyhow::{bail, Result};
 use serde_json::{json, Value};
 
 use super::ForgetArgs;
-use crate::gateway::pins::{self, Pin};
+use crate::gateway::registry::{self, Pin};
 use crate::protocol::{method, scope};
 use crate::safe_text::escape;
 
@@ -18,7 +18,7 @@ pub async fn run(args: ForgetArgs) -> Result<()> {
     let (settings, url, tls) =
         super::operator_target(&args.common, &args.url, &args.token_file, &args.client_tls)?;
     let token = settings.token.read()?;
-    let pins_file = settings.state_dir.join(pins::PINS_FILE);
+    let state_dir = &settings.state_dir;
     let answer = crate::client::call_with_scopes(
         &url,
         &tls,
@@ -33,12 +33,12 @@ pub async fn run(args: ForgetArgs) -> Result<()> {
             let pin = payload.get("pin").cloned().unwrap_or(Value::Null);
             serde_json::from_value(pin).unwrap_or(None)
         }
-        // No gateway to ask, but its pins are here: edit them directly.
-        Err(e) if is_unreachable(&e) && pins_file.exists() => {
-            let removed = pins::forget_offline(&pins_file, id)?;
+        // No gateway to ask, but its registry is here: edit it directly.
+        Err(e) if is_unreachable(&e) && registry::exists_in(state_dir) => {
+            let removed = registry::forget_offline(state_dir, id)?;
             eprintln!(
                 "gateway {url} is not running; updated {} directly",
-                pins_file.display()
+                state_dir.join(registry::REGISTRY_FILE).display()
             );
             removed
         }

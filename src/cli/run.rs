@@ -254,12 +254,12 @@ async fn run_gateway(
         None => "none (ws://)".to_string(),
     };
     let config = GatewayConfig {
-        pins_file: Some(settings.state_dir.join(gateway::pins::PINS_FILE)),
+        registry_dir: Some(settings.state_dir.clone()),
         tls,
         ..GatewayConfig::from_settings(gw.clone(), token, self_entry(settings, identity, &facts))
     };
     let gateway = Gateway::new(listener, config)?.with_notifier(notifier.clone());
-    gateway.pin_self(identity.instance_id(), identity.device_id());
+    gateway.pin_self(identity).await?;
     info!(
         listen = %gateway.local_addr()?,
         auth = gateway::describe_auth(gw.auth),

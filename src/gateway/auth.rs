@@ -11,8 +11,9 @@ use sha2::{Digest, Sha256};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use super::metrics::HandshakeResult;
-use super::pins::Pin;
+use super::registry::Pin;
 use crate::config::Secret;
+use crate::presence::PresenceKey;
 use crate::protocol::device_auth::{self, Expected};
 use crate::protocol::{
     method, scope, ConnectParams, ErrorCode, ErrorDetailCode, ErrorShape, Frame, Request, Role,
@@ -295,9 +296,16 @@ pub fn authorize(req: &ConnectRequest, input: &AuthInput<'_>) -> Result<Admitted
     })
 }
 
-/// The refusal of an instance id pinned to another device key.
-pub fn pinned_elsewhere(req: &ConnectRequest, pin: &Pin) -> Rejection {
-    let id = req.params.client.instance_id.as_deref().unwrap_or_default();
+/// The refusal of a presence key (an instance id, or a device id a row is
+/// keyed by) pinned to another device key.
+pub fn pinned_elsewhere(req: &ConnectRequest, key: &PresenceKey, pin: &Pin) -> Rejection {
+    let id = req
+        .params
+        .client
+        .instance_id
+        .as_deref()
+        .map(str::trim)
+        .unwrap_or(key.as_str());
     Rejection::reply(
         &req.id,
         ErrorShape::invalid_request(format!(
@@ -311,6 +319,29 @@ pub fn pinned_elsewhere(req: &ConnectRequest, pin: &Pin) -> Rejection {
         ))
         .with_detail(ErrorDetailCode::InstanceIdPinned),
         CloseCode::Policy,
+    )
+}
+
+/// The refusal when the device registry cannot answer (a disk error): the
+/// pin cannot be checked, so the connection is not let in; retry later.
+pub fn registry_unavailable(req: &ConnectRequest) -> Rejection {
+    Rejection::reply(
+        &req.id,
+        ErrorShape::new(
+            ErrorCode::Unavailable,
+            "the gateway cannot read its device registry; retry later",
+        )
+        .with_retry_after(5_000),
+        CloseCode::Again,
+    )
+}
+
+/// The close reason of a connection replaced by a newer one of the same
+/// device or row (at most 123 bytes).
+pub fn replaced_reason(bound: usize) -> String {
+    format!(
+        "replaced by a newer connection of this device or instance id \
+         (max_connections_per_device = {bound})"
     )
 }
 
@@ -712,7 +743,8 @@ mod tests {
             pinned_at_ms: NOW,
             display_name: Some("web-1".into()),
         };
-        let r = pinned_elsewhere(&request(p), &pin);
+        let key = PresenceKey::normalize("inst-1").expect("a key");
+        let r = pinned_elsewhere(&request(p), &key, &pin);
         assert_eq!(detail(&r), Some("INSTANCE_ID_PINNED"));
         assert_eq!(r.result, HandshakeResult::Rejected);
         assert!(r.reason.contains("abcdef012345") && r.reason.contains("clawnode forget inst-1"));

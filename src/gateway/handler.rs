@@ -20,7 +20,7 @@ use tokio::time::{timeout_at, Instant};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
-use tracing::{debug, info, Instrument as _};
+use tracing::{debug, info, warn, Instrument as _};
 
 use super::admission::Ticket;
 use super::auth::{self, AuthInput, ConnectRequest, Rejection};
@@ -31,8 +31,8 @@ use super::log_summary::Kind;
 use super::methods::{self, ConnContext};
 use super::metrics::HandshakeResult;
 use super::outgoing::Outgoing;
-use super::pins::PinCheck;
 use super::preauth;
+use super::registry::{ClaimCheck, Device};
 use super::state::{Registration, Shared};
 use super::SERVER_VERSION;
 use crate::clock::now_ms;
@@ -183,7 +183,17 @@ async fn serve_connection(
     .await;
     let (sink, source) = ws.split();
     let mut conn = Connection::new(sink, config.settings.tuning.write_timeout);
-    let outcome = first.and_then(|text| handshake(&text, &shared, &conn_id, &nonce, remote_ip));
+    let outcome = match first {
+        // The decision may wait for the device registry's commit of a new
+        // pin: still under the handshake deadline, and the gateway's stop.
+        Ok(text) => tokio::select! {
+            r = timeout_at(deadline, Box::pin(handshake(&text, &shared, &conn_id, &nonce, remote_ip))) => {
+                r.unwrap_or_else(|_| Err(Rejection::timed_out()))
+            }
+            _ = stop.changed() => Err(Rejection::closed(CloseCode::Restart, "gateway stopping")),
+        },
+        Err(rejection) => Err(rejection),
+    };
     // The handshake is over either way: its pre-auth slot is free again.
     drop(ticket);
     let accepted = match outcome {
@@ -221,6 +231,7 @@ async fn serve_connection(
         events,
         presence,
         kill,
+        replaced,
     } = accepted;
     info!(
         role = ctx.role.as_str(),
@@ -240,6 +251,7 @@ async fn serve_connection(
             events,
             presence,
             kill: &kill,
+            replaced: &replaced,
         };
         handler.run(&mut stop).await;
     }
@@ -258,12 +270,13 @@ struct Accepted {
     events: mpsc::Receiver<Arc<Outbound>>,
     presence: Option<watch::Receiver<u64>>,
     kill: Arc<Notify>,
+    replaced: Arc<Notify>,
 }
 
 /// Decides on the first message ([`auth::parse_connect`],
 /// [`auth::authorize`], the instance pin). On success the connection is
 /// registered before returning.
-fn handshake(
+async fn handshake(
     text: &str,
     shared: &Shared,
     conn_id: &str,
@@ -273,21 +286,28 @@ fn handshake(
     let config = &shared.config;
     let req = auth::parse_connect(text, config.max_preauth_payload)?;
     let now = now_ms();
-    let input = AuthInput {
-        nonce,
-        now_ms: now,
-        token: config.token.as_ref(),
-        rate_limited_for_ms: shared.auth_retry_after(remote_ip, now),
-        known_device: &|device_id| shared.is_known_device(device_id),
+    let admitted = {
+        let input = AuthInput {
+            nonce,
+            now_ms: now,
+            token: config.token.as_ref(),
+            rate_limited_for_ms: shared.auth_retry_after(remote_ip, now),
+            known_device: &|device_id| shared.is_known_device(device_id),
+        };
+        auth::authorize(&req, &input).inspect_err(|rejection| {
+            if rejection.counts_against_rate_limit() {
+                shared.record_auth_failure(remote_ip, now);
+            }
+        })?
     };
-    let admitted = auth::authorize(&req, &input).inspect_err(|rejection| {
-        if rejection.counts_against_rate_limit() {
-            shared.record_auth_failure(remote_ip, now);
-        }
-    })?;
-    check_pin(shared, &req, admitted.device_id.as_deref())?;
-
     let params = &req.params;
+    let own_key = PresenceKey::for_connection(
+        params.client.instance_id.as_deref(),
+        admitted.device_id.as_deref(),
+        conn_id,
+    );
+    claim(shared, &req, &admitted, &own_key, remote_ip).await?;
+
     let registered = shared.register(Registration {
         conn: ConnectionInfo {
             conn_id,
@@ -297,16 +317,12 @@ fn handshake(
             device_id: admitted.device_id.as_deref(),
             remote_ip: Some(remote_ip),
         },
+        own_key: &own_key,
         caps: &params.caps,
         commands: &params.commands,
     });
     let hello = hello_ok(shared, conn_id, &admitted, registered.presence_version, now);
     let hello = hello_response(&hello, &req.id, registered.presence_json);
-    let own_key = PresenceKey::for_connection(
-        params.client.instance_id.as_deref(),
-        admitted.device_id.as_deref(),
-        conn_id,
-    );
     let ConnectRequest { params, .. } = req;
     Ok(Accepted {
         ctx: ConnContext {
@@ -324,27 +340,47 @@ fn handshake(
         events: registered.events,
         presence: registered.presence,
         kill: registered.kill,
+        replaced: registered.replaced,
     })
 }
 
-/// The instance id is pinned to the first device key that claimed it.
-fn check_pin(
+/// The connection's presence key is pinned to the first device that
+/// claimed it (a device's own id is its own); a client without a device
+/// claims nothing (its row is unclaimed: `PresenceKey::for_connection`).
+async fn claim(
     shared: &Shared,
     req: &ConnectRequest,
-    device_id: Option<&str>,
+    admitted: &auth::Admitted,
+    own_key: &PresenceKey,
+    remote_ip: IpAddr,
 ) -> Result<(), Rejection> {
-    let client = &req.params.client;
-    let instance_id = client.instance_id.as_deref();
-    match shared.check_pin(instance_id, device_id, client.display_name.as_deref()) {
-        PinCheck::Conflict(pin) => return Err(auth::pinned_elsewhere(req, &pin)),
-        PinCheck::New => info!(
-            instance_id,
-            device_id = device_id.unwrap_or("-"),
-            "instance id pinned to its device key"
-        ),
-        PinCheck::Known | PinCheck::Unpinned => {}
+    let (Some(device_id), Some(proof)) = (&admitted.device_id, &req.params.device) else {
+        return Ok(());
+    };
+    let device = Device {
+        id: device_id.clone(),
+        public_key: proof.public_key.clone(),
+        role: Some(admitted.role),
+        address: Some(remote_ip),
+        display_name: req.params.client.display_name.clone(),
+    };
+    match shared.claim(own_key, device).await {
+        Ok(ClaimCheck::Conflict(pin)) => Err(auth::pinned_elsewhere(req, own_key, &pin)),
+        Ok(ClaimCheck::New) => {
+            // Recorded as strings: escaped by every log format.
+            info!(
+                instance_id = own_key.as_str(),
+                device_id = device_id.as_str(),
+                "instance id pinned to its device key"
+            );
+            Ok(())
+        }
+        Ok(ClaimCheck::Known) => Ok(()),
+        Err(e) => {
+            warn!(error = %format!("{e:#}"), "device registry unavailable; refusing the connection");
+            Err(auth::registry_unavailable(req))
+        }
     }
-    Ok(())
 }
 
 /// The hello-ok response: its text around `snapshot.presence`
@@ -426,6 +462,8 @@ struct Handler<'a> {
     presence: Option<watch::Receiver<u64>>,
     /// Notified when the event queue overflowed.
     kill: &'a Notify,
+    /// Notified when a newer connection of its device or row replaced it.
+    replaced: &'a Notify,
 }
 
 impl Handler<'_> {
@@ -476,6 +514,13 @@ impl Handler<'_> {
                 _ = liveness.tick() => self.conn.ping().await?,
                 _ = self.kill.notified() => {
                     self.conn.close(CloseCode::Policy, "slow consumer: send queue overflow").await;
+                    return Err(Gone);
+                }
+                _ = self.replaced.notified() => {
+                    let bound = self.shared.config.settings.tuning.max_connections_per_device;
+                    let reason = super::auth::replaced_reason(bound);
+                    debug!(reason, "closing: replaced");
+                    self.conn.close(CloseCode::Policy, &reason).await;
                     return Err(Gone);
                 }
                 _ = stop.changed() => {

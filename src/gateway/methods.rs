@@ -222,8 +222,8 @@ struct ForgetParams {
 }
 
 /// `clawnode.instance.forget` (operator.admin): drops an instance id's pin
-/// so the next key that claims it is accepted (a re-imaged host). The file
-/// is rewritten before answering; this is a rare, small write.
+/// so the next key that claims it is accepted (a re-imaged host). The
+/// registry stores the change before answering (a rare, small write).
 fn instance_forget(
     shared: &Shared,
     ctx: &ConnContext,
@@ -240,7 +240,7 @@ fn instance_forget(
         tracing::error!(error = %e, "cannot save instance pins");
         ErrorShape::new(
             ErrorCode::Unavailable,
-            format!("pin removed in memory but not saved: {e}"),
+            format!("the pin was not removed: {e:#}"),
         )
     })?;
     tracing::info!(
@@ -271,13 +271,26 @@ fn system_event(
         .normalized()
         .map_err(|e| ErrorShape::invalid_request(format!("invalid system-event params: {e}")))?;
     let own_device = ctx.device_id.as_deref().and_then(PresenceKey::normalize);
+    // The connection's own instance id names its own row, also when that
+    // row is an unclaimed one (a client without a device).
+    let own_instance = ctx
+        .client
+        .instance_id
+        .as_deref()
+        .and_then(PresenceKey::normalize);
     let target = match params
         .instance_id
         .as_deref()
         .and_then(PresenceKey::normalize)
     {
         None => ctx.own_key.clone(),
-        Some(k) if k == ctx.own_key || Some(&k) == own_device.as_ref() => ctx.own_key.clone(),
+        Some(k)
+            if k == ctx.own_key
+                || Some(&k) == own_device.as_ref()
+                || Some(&k) == own_instance.as_ref() =>
+        {
+            ctx.own_key.clone()
+        }
         Some(k) => k,
     };
     let own = target == ctx.own_key;
@@ -430,7 +443,7 @@ mod tests {
         let listen = "127.0.0.1:0".parse().expect("address");
         Shared::new(
             GatewayConfig::new(listen, None, PresenceEntry::default()),
-            super::super::pins::PinStore::in_memory(),
+            std::sync::Arc::new(crate::gateway::registry::MemoryRegistry::new()),
         )
     }
 

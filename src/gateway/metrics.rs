@@ -68,6 +68,7 @@ pub struct Metrics {
     auth_failures: Family<Label, Counter>,
     beacons: Counter,
     refused: Family<Label, Counter>,
+    replaced: Counter,
 }
 
 impl Default for Metrics {
@@ -79,6 +80,7 @@ impl Default for Metrics {
             auth_failures: Family::default(),
             beacons: Counter::default(),
             refused: Family::default(),
+            replaced: Counter::default(),
         };
         for result in HandshakeResult::ALL {
             metrics
@@ -127,6 +129,12 @@ impl Metrics {
 
     pub fn beacon(&self) {
         self.beacons.inc();
+    }
+
+    /// Connections closed because a newer one of the same device or row
+    /// went past `max_connections_per_device`.
+    pub fn replaced(&self, n: u64) {
+        self.replaced.inc_by(n);
     }
 
     /// A connection refused with HTTP 503 (`connection_limit`, ...), or a
@@ -219,6 +227,11 @@ impl Metrics {
             "connections_refused",
             "Connections refused by reason: HTTP 503 for the limits, 421 for a foreign Host, 403 for a foreign Origin",
             self.refused.clone(),
+        );
+        registry.register(
+            "connections_replaced",
+            "Connections closed because a newer one of the same device or presence row went past max_connections_per_device",
+            self.replaced.clone(),
         );
         let mut out = String::with_capacity(4096);
         // Writing to a String cannot fail.

@@ -22,8 +22,8 @@ pub mod log_summary;
 pub mod methods;
 pub mod metrics;
 pub mod outgoing;
-pub mod pins;
 pub mod preauth;
+pub mod registry;
 pub mod state;
 
 use std::net::SocketAddr;
@@ -41,7 +41,7 @@ use crate::service::ServiceNotifier;
 pub const SERVER_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Everything the gateway needs to run: the resolved settings and what is
-/// made at start (token, own row, pins file, TLS acceptor).
+/// made at start (token, own row, registry location, TLS acceptor).
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
     /// Listen address, auth and the `[gateway]` table's numbers.
@@ -55,8 +55,9 @@ pub struct GatewayConfig {
     pub max_payload: usize,
     /// Per-connection outbound queue, in frames.
     pub send_queue: usize,
-    /// Where instance pins are kept (`None`: in memory only).
-    pub pins_file: Option<std::path::PathBuf>,
+    /// The state directory holding the device registry
+    /// (`registry.sqlite`; `None`: in memory only).
+    pub registry_dir: Option<std::path::PathBuf>,
     /// The gateway's own presence row (rule 1).
     pub self_entry: PresenceEntry,
     /// Serve `wss://`: the TLS handshake runs inside `handshake_timeout`.
@@ -72,7 +73,7 @@ impl GatewayConfig {
         GatewayConfig::from_settings(GatewaySettings::new(listen), token, self_entry)
     }
 
-    /// A gateway with resolved settings; no pins file, no TLS.
+    /// A gateway with resolved settings; the registry in memory, no TLS.
     pub fn from_settings(
         settings: GatewaySettings,
         token: Option<Secret>,
@@ -91,7 +92,7 @@ impl GatewayConfig {
             token,
             max_preauth_payload: 64 * 1024,
             send_queue: 256,
-            pins_file: None,
+            registry_dir: None,
             self_entry,
             tls: None,
         }
@@ -119,16 +120,17 @@ impl Gateway {
     }
 
     /// A gateway on an already bound listener (bind first, so a port in
-    /// use fails before anything else happens). Loads the instance pins.
+    /// use fails before anything else happens). Opens the device registry
+    /// (importing an earlier version's `pins.json` once).
     pub fn new(listener: TcpListener, mut config: GatewayConfig) -> Result<Gateway> {
         config.site.listen = listener.local_addr()?;
-        let pins = match &config.pins_file {
-            Some(path) => pins::PinStore::load(path)?,
-            None => pins::PinStore::in_memory(),
+        let registry: Arc<dyn registry::DeviceRegistry> = match &config.registry_dir {
+            Some(dir) => Arc::new(registry::SqliteRegistry::open(dir)?),
+            None => Arc::new(registry::MemoryRegistry::new()),
         };
         Ok(Gateway {
             listener,
-            state: Arc::new(state::Shared::new(config, pins)),
+            state: Arc::new(state::Shared::new(config, registry)),
             notifier: ServiceNotifier::disabled(),
         })
     }
@@ -141,9 +143,28 @@ impl Gateway {
 
     /// Pins the gateway's own instance id to its own device key, so no
     /// client can claim the gateway's row.
-    pub fn pin_self(&self, instance_id: &str, device_id: &str) {
-        self.state
-            .check_pin(Some(instance_id), Some(device_id), None);
+    pub async fn pin_self(&self, identity: &crate::identity::DeviceIdentity) -> Result<()> {
+        let key = crate::presence::PresenceKey::for_connection(
+            Some(identity.instance_id()),
+            Some(identity.device_id()),
+            "",
+        );
+        let device = registry::Device {
+            id: identity.device_id().to_string(),
+            public_key: identity.public_key().to_string(),
+            role: None,
+            address: None,
+            display_name: None,
+        };
+        if let registry::ClaimCheck::Conflict(pin) = self.state.claim(&key, device).await? {
+            tracing::warn!(
+                instance_id = identity.instance_id(),
+                pinned_to = %pin.device_id,
+                "the gateway's own instance id is pinned to another device key; run \
+                 `clawnode forget <instance id>` so that no client can claim the gateway's row"
+            );
+        }
+        Ok(())
     }
 
     pub fn local_addr(&self) -> Result<SocketAddr> {

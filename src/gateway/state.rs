@@ -1,6 +1,6 @@
 //! The gateway's state as one closed object (after mini-redis's `Db`): the
 //! presence store, the live connections, the nodes' latest host stats and
-//! the instance pins, behind private fields.
+//! the device registry (instance pins), behind private fields.
 //!
 //! Every operation that changes presence — [`Shared::register`],
 //! [`Shared::unregister`], [`Shared::beacon`], [`Shared::tick`] — changes
@@ -13,20 +13,21 @@
 //! This is the seam a shared engine (several gateways on one presence, part
 //! 11) goes behind: handlers and methods see only these operations.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch, Notify};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::broadcast::{self, Outbound};
 use super::log_summary::LogSummary;
 use super::metrics::{Metrics, Snapshot as MetricsSnapshot};
 use super::outgoing::Outgoing;
-use super::pins::{Pin, PinCheck, PinStore};
+use super::registry::{Claim, ClaimCheck, Device, DeviceRegistry, Pin};
 use super::GatewayConfig;
 use crate::clock::now_ms;
 use crate::presence::{ConnectionInfo, ListJson, PresenceKey, PresenceStore};
@@ -55,12 +56,19 @@ struct ConnHandle {
     role: Role,
     /// Notified when the connection must close because its queue overflowed.
     kill: Arc<Notify>,
+    /// Notified when a newer connection of its device or row replaced it.
+    replaced: Arc<Notify>,
+    /// Its device and the key of its row, for the per-device bound.
+    device_id: Option<String>,
+    own_key: PresenceKey,
 }
 
 /// A connection that passed its handshake, to register: what its presence
 /// row is made from, and what `node.list` shows of a node besides.
 pub struct Registration<'a> {
     pub conn: ConnectionInfo<'a>,
+    /// The key of the row it writes (`PresenceKey::for_connection`).
+    pub own_key: &'a PresenceKey,
     pub caps: &'a [String],
     pub commands: &'a [String],
 }
@@ -73,6 +81,9 @@ pub struct Registered {
     pub events: mpsc::Receiver<Arc<Outbound>>,
     /// Notified when the event queue overflowed.
     pub kill: Arc<Notify>,
+    /// Notified when a newer connection of the same device or row replaced
+    /// this one (`max_connections_per_device`).
+    pub replaced: Arc<Notify>,
     /// Presence changes, for clients that read presence.
     pub presence: Option<watch::Receiver<u64>>,
     /// The presence list, in the store's pieces (`[]` for clients that do
@@ -89,6 +100,10 @@ struct State {
     /// presence.
     presence_changes: watch::Sender<u64>,
     connections: HashMap<String, ConnHandle>,
+    /// Connection ids of each device, and of each row, oldest first: at
+    /// most `max_connections_per_device` each.
+    by_device: HashMap<String, VecDeque<String>>,
+    by_key: HashMap<PresenceKey, VecDeque<String>>,
     /// Keyed by connection id.
     nodes: HashMap<String, NodeRecord>,
     /// Failed auth attempts per remote address: (window start ms, count).
@@ -107,9 +122,9 @@ pub struct Shared {
     started: Instant,
     /// When the gateway started, in ms since the Unix epoch.
     started_ms: u64,
-    /// Which device key owns which instance id (its own lock: never held
-    /// with the state lock).
-    pins: Arc<PinStore>,
+    /// The devices seen and which presence key each owns (its own locks:
+    /// never taken with the state lock held).
+    registry: Arc<dyn DeviceRegistry>,
     state: Mutex<State>,
 }
 
@@ -118,7 +133,7 @@ pub const AUTH_FAILURE_LIMIT: u32 = 20;
 pub const AUTH_FAILURE_WINDOW_MS: u64 = 60_000;
 
 impl Shared {
-    pub fn new(config: GatewayConfig, pins: PinStore) -> Shared {
+    pub fn new(config: GatewayConfig, registry: Arc<dyn DeviceRegistry>) -> Shared {
         let presence = PresenceStore::new(config.self_entry.clone(), config.settings.limits());
         Shared {
             config,
@@ -126,12 +141,14 @@ impl Shared {
             log_summary: LogSummary::default(),
             started: Instant::now(),
             started_ms: now_ms(),
-            pins: Arc::new(pins),
+            registry,
             state: Mutex::new(State {
                 presence,
                 presence_version: 1,
                 presence_changes: watch::Sender::new(1),
                 connections: HashMap::new(),
+                by_device: HashMap::new(),
+                by_key: HashMap::new(),
                 nodes: HashMap::new(),
                 auth_failures: HashMap::new(),
                 over_cap: false,
@@ -156,12 +173,16 @@ impl Shared {
     /// 8), its node record, its event queue; the change is announced, and
     /// the new connection's own presence snapshot and watch are taken in
     /// the same step, so it sees every later change and no earlier one twice.
+    /// Past `max_connections_per_device` connections of its device, or of
+    /// its row, the oldest is told to close (the newest wins, as a
+    /// reconnect after a silent network loss must).
     pub fn register(&self, reg: Registration<'_>) -> Registered {
         let now = now_ms();
         let conn = &reg.conn;
         let reads_presence = super::auth::reads_presence(conn.role, conn.scopes);
         let (tx, events) = mpsc::channel(self.config.send_queue);
         let kill = Arc::new(Notify::new());
+        let replaced = Arc::new(Notify::new());
         let mut state = self.lock();
         let presence_key = state.presence.connect(conn, now);
         if conn.role == Role::Node {
@@ -175,8 +196,14 @@ impl Shared {
                 tx,
                 role: conn.role,
                 kill: kill.clone(),
+                replaced: replaced.clone(),
+                device_id: conn.device_id.map(str::to_string),
+                own_key: reg.own_key.clone(),
             },
         );
+        let bound = self.config.settings.tuning.max_connections_per_device;
+        let replaced_count =
+            state.bound_connections(conn.conn_id, conn.device_id, reg.own_key, bound);
         if presence_key.is_some() {
             state.presence_changed();
         }
@@ -186,13 +213,19 @@ impl Shared {
         } else {
             ListJson::empty()
         };
+        let presence_version = state.presence_version;
+        drop(state);
+        if replaced_count > 0 {
+            self.metrics.replaced(replaced_count);
+        }
         Registered {
             presence_key,
             events,
             kill,
+            replaced,
             presence,
             presence_json,
-            presence_version: state.presence_version,
+            presence_version,
         }
     }
 
@@ -200,7 +233,9 @@ impl Shared {
     /// TTL takes it (rule 6); its node record and queue go.
     pub fn unregister(&self, conn_id: &str, presence_key: Option<&PresenceKey>) {
         let mut state = self.lock();
-        state.connections.remove(conn_id);
+        if let Some(handle) = state.connections.remove(conn_id) {
+            state.forget_bound(conn_id, &handle);
+        }
         state.nodes.remove(conn_id);
         if let Some(key) = presence_key {
             if state.presence.disconnect(key, now_ms()) {
@@ -252,37 +287,61 @@ impl Shared {
         self.lock().fan_out(out);
     }
 
-    // --- instance pins --------------------------------------------------------
+    // --- device registry (instance pins) -------------------------------------
 
-    /// Whether `instance_id` may be claimed by `device_id` (first claim pins).
-    pub fn check_pin(
+    /// Whether `device` may hold the presence key `key`: the first device
+    /// that claims a key is pinned to it; a device's own id is its own.
+    /// Keys of clients without a device are claimed by nobody: `Known`.
+    /// The device is recorded as seen.
+    pub fn claim(
         &self,
-        instance_id: Option<&str>,
-        device_id: Option<&str>,
-        display_name: Option<&str>,
-    ) -> PinCheck {
-        self.pins
-            .check(instance_id, device_id, display_name, now_ms())
+        key: &PresenceKey,
+        device: Device,
+    ) -> impl Future<Output = anyhow::Result<ClaimCheck>> + Send + 'static {
+        let claimed = key.is_claimable().then(|| {
+            self.registry.claim(Claim {
+                key: key.as_str().to_string(),
+                device,
+                now_ms: now_ms(),
+            })
+        });
+        async move {
+            match claimed {
+                Some(claimed) => claimed.await,
+                None => Ok(ClaimCheck::Known),
+            }
+        }
     }
 
-    /// Whether `device_id` is a device this gateway has seen before (today:
-    /// one that holds an instance pin). A device that proves it holds such
-    /// a key is not held to its address's auth rate limit.
-    pub fn is_known_device(&self, device_id: &str) -> bool {
-        self.pins.has_device(device_id)
-    }
-
-    /// Drops an instance id's pin (a re-imaged host); saved before it returns.
+    /// Drops an instance id's pin (a re-imaged host); stored before it
+    /// returns.
     pub fn forget(&self, instance_id: &str) -> anyhow::Result<Option<Pin>> {
-        self.pins.forget(instance_id)
+        match PresenceKey::normalize(instance_id) {
+            Some(key) => self.registry.forget(key.as_str()),
+            None => Ok(None),
+        }
     }
 
-    /// The task that saves pins in batches until `stop`.
+    /// Whether `device_id` has proved its key to this gateway before (a
+    /// device with a record in the registry).
+    pub fn is_known_device(&self, device_id: &str) -> bool {
+        self.registry.is_known_device(device_id)
+    }
+
+    /// The registry's part of the shutdown: waits for `stop`, then stores
+    /// what is still queued (last-seen times).
     pub fn pin_writer(
         &self,
-        stop: watch::Receiver<bool>,
+        mut stop: watch::Receiver<bool>,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
-        self.pins.clone().run_writer(stop)
+        let registry = self.registry.clone();
+        async move {
+            let _ = stop.changed().await;
+            let flushed = tokio::task::spawn_blocking(move || registry.flush()).await;
+            if let Ok(Err(e)) = flushed {
+                warn!(error = %e, "cannot store the device registry on shutdown");
+            }
+        }
     }
 
     // --- auth rate limit --------------------------------------------------------
@@ -405,6 +464,68 @@ impl Shared {
 }
 
 impl State {
+    /// Adds `conn_id` to its device's and its row's connections; past
+    /// `bound`, the oldest of either is told it was replaced (and leaves
+    /// both lists at once, so a flood never holds more than `bound`).
+    /// Returns how many were told.
+    fn bound_connections(
+        &mut self,
+        conn_id: &str,
+        device_id: Option<&str>,
+        own_key: &PresenceKey,
+        bound: usize,
+    ) -> u64 {
+        let mut replaced = Vec::new();
+        if let Some(device) = device_id {
+            let conns = self.by_device.entry(device.to_string()).or_default();
+            conns.push_back(conn_id.to_string());
+            while conns.len() > bound {
+                replaced.extend(conns.pop_front());
+            }
+        }
+        let conns = self.by_key.entry(own_key.clone()).or_default();
+        conns.push_back(conn_id.to_string());
+        while conns.len() > bound {
+            replaced.extend(conns.pop_front());
+        }
+        // One connection may be the oldest of both lists.
+        replaced.sort();
+        replaced.dedup();
+        let mut told = 0;
+        for old in replaced {
+            if let Some(handle) = self.connections.get(&old) {
+                let (device, key) = (handle.device_id.clone(), handle.own_key.clone());
+                handle.replaced.notify_one();
+                debug!(replaced = %old, by = %conn_id, "connection replaced by a newer one");
+                self.forget_bound_of(&old, device.as_deref(), &key);
+                told += 1;
+            }
+        }
+        told
+    }
+
+    /// Removes a closed connection from the per-device and per-row lists.
+    fn forget_bound(&mut self, conn_id: &str, handle: &ConnHandle) {
+        self.forget_bound_of(conn_id, handle.device_id.as_deref(), &handle.own_key);
+    }
+
+    fn forget_bound_of(&mut self, conn_id: &str, device_id: Option<&str>, own_key: &PresenceKey) {
+        if let Some(device) = device_id {
+            if let Some(conns) = self.by_device.get_mut(device) {
+                conns.retain(|c| c != conn_id);
+                if conns.is_empty() {
+                    self.by_device.remove(device);
+                }
+            }
+        }
+        if let Some(conns) = self.by_key.get_mut(own_key) {
+            conns.retain(|c| c != conn_id);
+            if conns.is_empty() {
+                self.by_key.remove(own_key);
+            }
+        }
+    }
+
     /// The presence list changed: wakes the connections that read it, and
     /// logs once when live rows first hold the list over its cap (live rows
     /// are never evicted) and once when it is back within it.
@@ -448,6 +569,7 @@ impl State {
             if let Some(handle) = self.connections.remove(&conn_id) {
                 warn!(conn_id = %conn_id, "dropping slow client: send queue full");
                 handle.kill.notify_one();
+                self.forget_bound(&conn_id, &handle);
             }
         }
     }

@@ -46,40 +46,68 @@ impl Default for PresenceLimits {
 /// A normalized presence key: trimmed and lower-cased, so case variants of
 /// one instanceId name one row (rule 5). Built only by [`PresenceKey::normalize`]
 /// and [`PresenceKey::for_connection`].
+///
+/// clawnode difference (issue 15, finding 7): the row of a client without
+/// a device identity (the Instances page, an operator with the token only)
+/// is *unclaimed*: its key is apart from every key a device can claim, even
+/// with the same text, because nothing can be pinned to a client without a
+/// key. So no node can take over or lock out such a row by claiming its
+/// `instanceId`, and such a client cannot merge into a device's row.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PresenceKey(String);
+pub struct PresenceKey {
+    text: String,
+    unclaimed: bool,
+}
 
 impl PresenceKey {
     /// Rule 5: the key for a connection. The client's `instanceId` when it has
     /// one (blank counts as absent), else the device id, else the connection
     /// id. A client that reconnects without a stable `instanceId` or device
     /// therefore gets a new key, and a duplicate row, as the spec says.
+    /// Without a device the key is an unclaimed one (see the type's docs).
     pub fn for_connection(
         instance_id: Option<&str>,
         device_id: Option<&str>,
         conn_id: &str,
     ) -> PresenceKey {
-        instance_id
-            .and_then(PresenceKey::normalize)
-            .or_else(|| device_id.and_then(PresenceKey::normalize))
-            .unwrap_or_else(|| PresenceKey(conn_id.trim().to_lowercase()))
+        let instance = instance_id.and_then(PresenceKey::normalize);
+        match device_id.and_then(PresenceKey::normalize) {
+            Some(device) => instance.unwrap_or(device),
+            None => PresenceKey {
+                text: instance.map_or_else(|| conn_id.trim().to_lowercase(), |k| k.text),
+                unclaimed: true,
+            },
+        }
     }
 
     /// The key for `raw`, trimmed and lower-cased; `None` when blank.
     pub fn normalize(raw: &str) -> Option<PresenceKey> {
         let trimmed = raw.trim();
-        (!trimmed.is_empty()).then(|| PresenceKey(trimmed.to_lowercase()))
+        (!trimmed.is_empty()).then(|| PresenceKey::claimed(trimmed.to_lowercase()))
+    }
+
+    fn claimed(text: String) -> PresenceKey {
+        PresenceKey {
+            text,
+            unclaimed: false,
+        }
     }
 
     /// The normalized key text.
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.text
+    }
+
+    /// Whether a device can claim this key (pinned to the first that does):
+    /// `false` for the rows of clients without a device.
+    pub fn is_claimable(&self) -> bool {
+        !self.unclaimed
     }
 }
 
 impl fmt::Display for PresenceKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.text)
     }
 }
 
@@ -178,7 +206,7 @@ impl PresenceStore {
             .instance_id
             .as_deref()
             .and_then(PresenceKey::normalize)
-            .unwrap_or_else(|| PresenceKey(FALLBACK_SELF_KEY.to_string()));
+            .unwrap_or_else(|| PresenceKey::claimed(FALLBACK_SELF_KEY.to_string()));
         PresenceStore {
             limits,
             self_key,

@@ -71,10 +71,15 @@ fn v4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(a, b, c, d))
 }
 
-/// Connects a `ui` client with this instanceId at `now`.
+/// Connects a `ui` client with a device identity and this instanceId at
+/// `now`: its row is keyed by the instanceId.
 fn connect_ui(store: &mut PresenceStore, instance_id: &str, now: u64) -> PresenceKey {
     let c = client("ui", Some(instance_id));
-    store.connect(&conn(instance_id, &c, &[]), now).unwrap()
+    let info = ConnectionInfo {
+        device_id: Some("dev-ui"),
+        ..conn(instance_id, &c, &[])
+    };
+    store.connect(&info, now).unwrap()
 }
 
 #[test]
@@ -120,8 +125,22 @@ fn rule1_self_entry_is_never_pruned() {
 #[test]
 fn rule1_a_client_claiming_the_gateway_instance_id_gets_its_own_row() {
     let mut s = store();
-    let k = connect_ui(&mut s, &GW_INSTANCE.to_uppercase(), T0 + 1);
+    // A client with a device (the gateway refuses it: the gateway's own id
+    // is pinned; the store keeps the rule anyway).
+    let c = client("ui", Some(&GW_INSTANCE.to_uppercase()));
+    let info = ConnectionInfo {
+        device_id: Some("dev-1"),
+        ..conn("c-1", &c, &[])
+    };
+    let k = s.connect(&info, T0 + 1).unwrap();
     assert_eq!(&k, s.self_key());
+    // Without a device its key is an unclaimed one: never the self key.
+    let c = client("ui", Some(GW_INSTANCE));
+    let unclaimed = s.connect(&conn("c-2", &c, &[]), T0 + 1).unwrap();
+    assert_ne!(&unclaimed, s.self_key());
+    assert!(!unclaimed.is_claimable() && k.is_claimable());
+    assert!(s.disconnect(&unclaimed, T0 + 1));
+    s.prune(T0 + 1 + DEFAULT_TTL_MS + 1);
     let beacon = SystemEventParams {
         text: "impostor".into(),
         host: Some("elsewhere".into()),
@@ -202,12 +221,19 @@ fn rule2_reconnect_merges_roles_scopes_and_keeps_fields_it_does_not_give() {
     let read = vec!["operator.read".to_string()];
     let write = vec!["operator.write".to_string(), "operator.read".to_string()];
     let mut c = client("ui", Some("desk-1"));
-    s.connect(&conn("c1", &c, &read), T0 + 1);
+    s.connect(
+        &ConnectionInfo {
+            device_id: Some("dev-1"),
+            ..conn("c1", &c, &read)
+        },
+        T0 + 1,
+    );
     c.display_name = None;
     c.device_family = None;
     s.connect(
         &ConnectionInfo {
             role: Role::Node,
+            device_id: Some("dev-1"),
             ..conn("c2", &c, &write)
         },
         T0 + 2,

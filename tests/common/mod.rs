@@ -6,6 +6,7 @@
 pub mod browser;
 pub mod flood;
 pub mod netns;
+pub mod node;
 pub mod openclaw;
 pub mod raw_ws;
 

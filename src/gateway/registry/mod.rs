@@ -1,0 +1,188 @@
+//! The device registry: every device that proved its key to this gateway,
+//! and which presence keys (instance ids) each has claimed. It replaces
+//! `pins.json` (issue 15, finding 11) and is the start of part 10's device
+//! records (state, roles, first and last seen, last address, label,
+//! approval).
+//!
+//! **Pinning.** A presence key belongs to the first device that claimed it:
+//! another key claiming it is refused with `INSTANCE_ID_PINNED` until an
+//! operator runs `clawnode forget <id>`. A device's own id is always its own
+//! (a row keyed by a device id — a client that sent no `instanceId` — can
+//! be claimed by no other key), whether or not it was ever claimed
+//! explicitly. Connections without a device identity claim nothing: their
+//! rows live where no claim reaches (`PresenceKey::for_connection`).
+//!
+//! **The seam.** The gateway sees the registry only through
+//! [`DeviceRegistry`]; [`decide`] is the one rule every implementation
+//! applies. [`SqliteRegistry`] is the product (an embedded SQLite file in
+//! the state directory); [`MemoryRegistry`] serves embedded gateways,
+//! tests and fuzzing; part 11 puts a shared-engine implementation (NATS
+//! JetStream KV: create-if-absent for first-claim-wins) behind the same
+//! trait.
+
+mod memory;
+mod pins_file;
+mod schema;
+mod sqlite;
+mod writer;
+
+use std::net::IpAddr;
+use std::path::Path;
+
+use anyhow::Result;
+use futures_util::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+
+use crate::presence::PresenceKey;
+use crate::protocol::Role;
+
+pub use memory::MemoryRegistry;
+pub use pins_file::{PINS_FILE, PINS_FILE_MIGRATED};
+pub use sqlite::{SqliteRegistry, REGISTRY_FILE};
+
+/// One presence key's pin: the device that first claimed it (the answer
+/// of `clawnode.instance.forget` and the message of `INSTANCE_ID_PINNED`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Pin {
+    /// The device id (SHA-256 of the public key) that first claimed it.
+    pub device_id: String,
+    pub pinned_at_ms: u64,
+    /// The host name it connected with, to help an operator recognise it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+}
+
+/// A device that has just proved its key in a handshake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Device {
+    /// SHA-256 of the public key, lower-case hex (checked by the proof).
+    pub id: String,
+    /// The Ed25519 public key as the client sent it (base64url).
+    pub public_key: String,
+    /// The role it connected with (`None`: the gateway's own device).
+    pub role: Option<Role>,
+    /// Where it connected from.
+    pub address: Option<IpAddr>,
+    /// The host name it connected with.
+    pub display_name: Option<String>,
+}
+
+/// A connection's claim of a presence key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    /// The presence key, trimmed and lower-cased (`PresenceKey::as_str`).
+    pub key: String,
+    pub device: Device,
+    pub now_ms: u64,
+}
+
+/// What a claim decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimCheck {
+    /// The key is this device's: pinned to it before, or its own id.
+    Known,
+    /// First claim: the key is pinned to this device now.
+    New,
+    /// The key belongs to another device: refuse.
+    Conflict(Pin),
+}
+
+/// The registry as the gateway uses it. Keys are normalized by the caller
+/// (trimmed, lower-cased). Reads are cheap enough for the handshake path
+/// (indexed, O(log n)); writes never block the async runtime except
+/// [`DeviceRegistry::forget`], a rare operator action.
+pub trait DeviceRegistry: Send + Sync {
+    /// Decides `claim` (first claim wins, [`decide`]) and records the
+    /// device as seen. A new pin is stored before the future resolves.
+    fn claim(&self, claim: Claim) -> BoxFuture<'static, Result<ClaimCheck>>;
+
+    /// Drops a key's pin; stored before it returns. Blocks briefly.
+    fn forget(&self, key: &str) -> Result<Option<Pin>>;
+
+    /// The pin of `key`, if any.
+    fn pin(&self, key: &str) -> Result<Option<Pin>>;
+
+    /// Whether `device_id` has proved its key to this gateway before (for
+    /// part 9's rate limit: a known device is not locked out by other
+    /// clients' failures from its address).
+    fn is_known_device(&self, device_id: &str) -> bool;
+
+    /// How many devices and pins are stored.
+    fn counts(&self) -> Result<Counts>;
+
+    /// Stores everything queued so far (last-seen updates); blocks.
+    fn flush(&self) -> Result<()>;
+}
+
+/// Sizes, for metrics and the status line.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub devices: u64,
+    pub pins: u64,
+}
+
+/// What a claim finds stored about its key.
+#[derive(Debug, Clone, Default)]
+pub struct Found {
+    /// The key's pin, if it has one.
+    pub pin: Option<Pin>,
+    /// The key is the id of a known device: its first-seen time and name.
+    pub device_with_key_as_id: Option<(u64, Option<String>)>,
+}
+
+/// What to store after [`decide`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Nothing to change about the pin.
+    Keep(ClaimCheck),
+    /// Pin the key to the claiming device (a first claim, or a device
+    /// taking back its own id from a stale pin).
+    PinToClaimant,
+    /// The key is the claiming device's own id, not pinned: nothing to pin.
+    OwnId,
+}
+
+/// The one pinning rule (see the module docs): a device's own id is its
+/// own; a pinned key belongs to its pin's device; the id of another known
+/// device belongs to that device; anything else is pinned to the first
+/// device that claims it.
+pub fn decide(claim: &Claim, found: &Found) -> Decision {
+    let device = claim.device.id.as_str();
+    if claim.key == device {
+        return match &found.pin {
+            // A pin someone made on this device's id before the device
+            // was known: the id is the device's own, whatever was pinned.
+            Some(pin) if pin.device_id != device => Decision::PinToClaimant,
+            _ => Decision::OwnId,
+        };
+    }
+    match (&found.pin, &found.device_with_key_as_id) {
+        (Some(pin), _) if pin.device_id == device => Decision::Keep(ClaimCheck::Known),
+        (Some(pin), _) => Decision::Keep(ClaimCheck::Conflict(pin.clone())),
+        (None, Some((first_seen_ms, name))) => Decision::Keep(ClaimCheck::Conflict(Pin {
+            device_id: claim.key.clone(),
+            pinned_at_ms: *first_seen_ms,
+            display_name: name.clone(),
+        })),
+        (None, None) => Decision::PinToClaimant,
+    }
+}
+
+/// Drops a pin from the registry in `state_dir` directly, for `clawnode
+/// forget` when no gateway runs on this host (an earlier version's
+/// `pins.json` is imported first, as the gateway would).
+pub fn forget_offline(state_dir: &Path, instance_id: &str) -> Result<Option<Pin>> {
+    let Some(key) = PresenceKey::normalize(instance_id) else {
+        return Ok(None);
+    };
+    SqliteRegistry::open(state_dir)?.forget(key.as_str())
+}
+
+/// Whether `state_dir` holds a registry (or a `pins.json` to import).
+pub fn exists_in(state_dir: &Path) -> bool {
+    state_dir.join(REGISTRY_FILE).exists() || state_dir.join(PINS_FILE).exists()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,121 @@
+//! The registry database's schema, its migrations (`PRAGMA user_version`)
+//! and the one-time import of an earlier version's `pins.json`.
+//!
+//! Version 1 holds what part 10's device records need, so that part adds
+//! behaviour, not a table rebuild: `devices` (one row per device that proved
+//! its key: public key, state, roles, first and last seen, last address,
+//! host name, operator label, who approved it and when) and `instances`
+//! (presence key → the device that claimed it). Issue 15 writes every
+//! device as `approved` (admission by the shared token, today's policy) and
+//! leaves `label` and `approved_by` empty.
+
+use anyhow::{bail, Context as _, Result};
+use rusqlite::{params, Connection, OptionalExtension as _, TransactionBehavior};
+
+use super::pins_file::Legacy;
+
+/// The schema this build reads and writes.
+pub const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA_V1: &str = "
+CREATE TABLE devices (
+    device_id      TEXT PRIMARY KEY NOT NULL,
+    -- base64url Ed25519 key; NULL for a device migrated from pins.json
+    -- until it connects again
+    public_key     TEXT,
+    state          TEXT NOT NULL DEFAULT 'approved'
+                   CHECK (state IN ('pending', 'approved', 'rejected', 'revoked')),
+    -- JSON array of the roles it connected with
+    roles          TEXT NOT NULL DEFAULT '[]',
+    display_name   TEXT,
+    label          TEXT,
+    first_seen_ms  INTEGER NOT NULL,
+    last_seen_ms   INTEGER NOT NULL,
+    last_address   TEXT,
+    approved_by    TEXT,
+    approved_at_ms INTEGER
+) WITHOUT ROWID;
+CREATE TABLE instances (
+    -- the presence key: trimmed, lower-cased
+    instance_id    TEXT PRIMARY KEY NOT NULL,
+    device_id      TEXT NOT NULL REFERENCES devices (device_id) ON DELETE CASCADE,
+    display_name   TEXT,
+    claimed_at_ms  INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX instances_by_device ON instances (device_id);
+CREATE TABLE meta (
+    key            TEXT PRIMARY KEY NOT NULL,
+    value          TEXT NOT NULL
+) WITHOUT ROWID;
+";
+
+/// The `meta` key recording the digest of the pins file imported.
+const PINS_IMPORTED: &str = "pins_json_sha256";
+
+/// Brings the database to [`SCHEMA_VERSION`] in one transaction. A
+/// database from a newer clawnode is an error (never written over).
+pub fn migrate(conn: &mut Connection) -> Result<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    match version {
+        0 => {
+            tx.execute_batch(SCHEMA_V1)
+                .context("cannot create the registry tables")?;
+        }
+        SCHEMA_VERSION => return Ok(()),
+        newer if newer > SCHEMA_VERSION => bail!(
+            "it has schema version {newer}, made by a newer clawnode (this one reads \
+             {SCHEMA_VERSION}); run that version, or restore the registry from a backup"
+        ),
+        other => bail!("it has an unknown schema version {other}"),
+    }
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// Whether the pins file with this digest was imported already.
+pub fn imported(conn: &Connection, digest: &str) -> Result<bool> {
+    let stored: Option<String> = conn
+        .query_row(
+            "SELECT value FROM meta WHERE key = ?1",
+            [PINS_IMPORTED],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(stored.as_deref() == Some(digest))
+}
+
+/// Imports every pin of `legacy` in one transaction: all of them or none.
+/// A device gets the earliest pin time as its first seen, and no public
+/// key until it connects again. Pins already in the database win (an
+/// import is never repeated; this only matters for a file restored by
+/// hand). Returns how many pins were added.
+pub fn import_pins(conn: &mut Connection, legacy: &Legacy) -> Result<usize> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut added = 0;
+    {
+        let mut device = tx.prepare(
+            "INSERT INTO devices (device_id, display_name, first_seen_ms, last_seen_ms)
+             VALUES (?1, ?2, ?3, ?3)
+             ON CONFLICT (device_id) DO UPDATE SET
+                first_seen_ms = min(first_seen_ms, excluded.first_seen_ms),
+                display_name = coalesce(display_name, excluded.display_name)",
+        )?;
+        let mut pin = tx.prepare(
+            "INSERT OR IGNORE INTO instances (instance_id, device_id, display_name, claimed_at_ms)
+             VALUES (?1, ?2, ?3, ?4)",
+        )?;
+        for (key, p) in &legacy.pins {
+            let at = p.pinned_at_ms as i64;
+            device.execute(params![p.device_id, p.display_name, at])?;
+            added += pin.execute(params![key, p.device_id, p.display_name, at])?;
+        }
+    }
+    tx.execute(
+        "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",
+        params![PINS_IMPORTED, legacy.digest],
+    )?;
+    tx.commit()?;
+    Ok(added)
+}

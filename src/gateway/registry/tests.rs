@@ -1,0 +1,399 @@
+use std::path::Path;
+
+use rusqlite::Connection;
+
+use super::*;
+
+fn device(id: &str, role: Role) -> Device {
+    Device {
+        id: id.to_string(),
+        public_key: format!("pk-{id}"),
+        role: Some(role),
+        address: Some("192.0.2.7".parse().expect("address")),
+        display_name: Some(format!("host-{id}")),
+    }
+}
+
+fn claim(key: &str, device_id: &str, now_ms: u64) -> Claim {
+    Claim {
+        key: key.to_string(),
+        device: device(device_id, Role::Node),
+        now_ms,
+    }
+}
+
+fn block<T>(f: BoxFuture<'static, T>) -> T {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime")
+        .block_on(f)
+}
+
+fn conflict_with(check: ClaimCheck) -> Pin {
+    match check {
+        ClaimCheck::Conflict(pin) => pin,
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+}
+
+#[test]
+fn decide_first_claim_pins_and_a_device_id_belongs_to_its_device() {
+    let none = Found::default();
+    assert_eq!(
+        decide(&claim("i-1", "a", 1), &none),
+        Decision::PinToClaimant
+    );
+    let pinned_to_a = Found {
+        pin: Some(Pin {
+            device_id: "a".into(),
+            pinned_at_ms: 1,
+            display_name: None,
+        }),
+        device_with_key_as_id: None,
+    };
+    assert_eq!(
+        decide(&claim("i-1", "a", 2), &pinned_to_a),
+        Decision::Keep(ClaimCheck::Known)
+    );
+    assert!(matches!(
+        decide(&claim("i-1", "b", 2), &pinned_to_a),
+        Decision::Keep(ClaimCheck::Conflict(_))
+    ));
+    // A key that is another known device's id is that device's.
+    let a_is_a_device = Found {
+        pin: None,
+        device_with_key_as_id: Some((5, Some("web-1".into()))),
+    };
+    let Decision::Keep(ClaimCheck::Conflict(pin)) = decide(&claim("a", "b", 6), &a_is_a_device)
+    else {
+        panic!("another key claiming a device id must be refused");
+    };
+    assert_eq!((pin.device_id.as_str(), pin.pinned_at_ms), ("a", 5));
+    // A device's own id is its own, even over a pin made on it before.
+    assert_eq!(decide(&claim("a", "a", 6), &none), Decision::OwnId);
+    let squatted = Found {
+        pin: Some(Pin {
+            device_id: "b".into(),
+            pinned_at_ms: 1,
+            display_name: None,
+        }),
+        device_with_key_as_id: None,
+    };
+    assert_eq!(
+        decide(&claim("a", "a", 6), &squatted),
+        Decision::PinToClaimant
+    );
+}
+
+/// The rules every implementation must keep, run against each.
+fn keeps_the_rules(registry: &dyn DeviceRegistry) {
+    assert_eq!(
+        block(registry.claim(claim("i-1", "a", 1))).unwrap(),
+        ClaimCheck::New
+    );
+    assert!(registry.is_known_device("a"));
+    assert!(!registry.is_known_device("b"));
+    assert_eq!(
+        block(registry.claim(claim("i-1", "a", 2))).unwrap(),
+        ClaimCheck::Known
+    );
+    let pin = conflict_with(block(registry.claim(claim("i-1", "b", 3))).unwrap());
+    assert_eq!(pin.device_id, "a");
+    assert_eq!(pin.display_name.as_deref(), Some("host-a"));
+    // A refused device is not recorded.
+    assert!(!registry.is_known_device("b"));
+    // Device-id keys: the own id is the device's; another key is refused.
+    assert_eq!(
+        block(registry.claim(claim("a", "a", 4))).unwrap(),
+        ClaimCheck::Known
+    );
+    assert_eq!(
+        block(registry.claim(claim("c", "c", 4))).unwrap(),
+        ClaimCheck::New
+    );
+    let pin = conflict_with(block(registry.claim(claim("c", "a", 5))).unwrap());
+    assert_eq!(pin.device_id, "c");
+    // A key pinned before its device was known goes to the device.
+    assert_eq!(
+        block(registry.claim(claim("d", "a", 6))).unwrap(),
+        ClaimCheck::New
+    );
+    assert_eq!(
+        block(registry.claim(claim("d", "d", 7))).unwrap(),
+        ClaimCheck::New
+    );
+    assert_eq!(registry.pin("d").unwrap().unwrap().device_id, "d");
+    assert!(matches!(
+        block(registry.claim(claim("d", "a", 8))).unwrap(),
+        ClaimCheck::Conflict(_)
+    ));
+    // Forget frees a pin for the next key.
+    assert_eq!(registry.forget("i-1").unwrap().unwrap().device_id, "a");
+    assert_eq!(registry.forget("i-1").unwrap(), None);
+    assert_eq!(
+        block(registry.claim(claim("i-1", "b", 9))).unwrap(),
+        ClaimCheck::New
+    );
+    registry.flush().unwrap();
+    let counts = registry.counts().unwrap();
+    assert_eq!(counts.devices, 4, "{counts:?}"); // a, b, c, d
+    assert_eq!(counts.pins, 2, "{counts:?}"); // i-1 → b, d → d
+}
+
+#[test]
+fn memory_registry_keeps_the_rules() {
+    keeps_the_rules(&MemoryRegistry::new());
+}
+
+#[test]
+fn sqlite_registry_keeps_the_rules_and_its_records_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let registry = SqliteRegistry::open(dir.path()).unwrap();
+        keeps_the_rules(&registry);
+    }
+    let registry = SqliteRegistry::open(dir.path()).unwrap();
+    assert_eq!(registry.pin("i-1").unwrap().unwrap().device_id, "b");
+    assert!(registry.is_known_device("c"));
+    let pin = conflict_with(block(registry.claim(claim("i-1", "a", 10))).unwrap());
+    assert_eq!(pin.pinned_at_ms, 9);
+    // The file is the owner's alone.
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(dir.path().join(REGISTRY_FILE))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+}
+
+fn query_one(path: &Path, sql: &str) -> String {
+    let conn = Connection::open(path).unwrap();
+    conn.query_row(sql, [], |r| r.get::<_, Option<String>>(0))
+        .unwrap()
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_device_seen_again_gets_its_key_role_address_and_time_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = SqliteRegistry::open(dir.path()).unwrap();
+    block(registry.claim(claim("i-1", "a", 1_000))).unwrap();
+    let mut again = claim("i-1", "a", 1_000 + SEEN_EVERY_MS_FOR_TESTS + 1);
+    again.device.role = Some(Role::Operator);
+    again.device.address = Some("198.51.100.9".parse().unwrap());
+    assert_eq!(block(registry.claim(again)).unwrap(), ClaimCheck::Known);
+    registry.flush().unwrap();
+    let db = dir.path().join(REGISTRY_FILE);
+    let row = query_one(
+        &db,
+        "SELECT json_array(public_key, roles, last_address, last_seen_ms, first_seen_ms, state)
+         FROM devices WHERE device_id = 'a'",
+    );
+    assert_eq!(
+        row,
+        r#"["pk-a","[\"node\",\"operator\"]","198.51.100.9",61001,1000,"approved"]"#
+    );
+}
+
+const SEEN_EVERY_MS_FOR_TESTS: u64 = 60_000;
+
+fn write_pins_json(dir: &Path, pins: &[(&str, &str)]) -> String {
+    let pins: serde_json::Map<String, serde_json::Value> = pins
+        .iter()
+        .enumerate()
+        .map(|(i, (id, dev))| {
+            let pin = serde_json::json!({"deviceId": dev, "pinnedAtMs": 100 + i as u64, "displayName": format!("h{i}")});
+            (id.to_string(), pin)
+        })
+        .collect();
+    let text = serde_json::json!({"version": 1, "pins": pins}).to_string();
+    std::fs::write(dir.join(PINS_FILE), &text).unwrap();
+    text
+}
+
+#[test]
+fn pins_json_is_imported_once_whole_then_renamed() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = write_pins_json(
+        dir.path(),
+        &[("Inst-A", "a"), ("inst-b", "b"), ("inst-c", "a")],
+    );
+    {
+        let registry = SqliteRegistry::open(dir.path()).unwrap();
+        assert_eq!(
+            registry.counts().unwrap(),
+            Counts {
+                devices: 2,
+                pins: 3
+            }
+        );
+        // Keys are lower-cased as instance ids are matched.
+        let pin = conflict_with(block(registry.claim(claim("inst-a", "z", 5))).unwrap());
+        assert_eq!((pin.device_id.as_str(), pin.pinned_at_ms), ("a", 100));
+        assert_eq!(pin.display_name.as_deref(), Some("h0"));
+        assert!(registry.is_known_device("b"));
+        assert_eq!(
+            block(registry.claim(claim("inst-b", "b", 6))).unwrap(),
+            ClaimCheck::Known
+        );
+    }
+    assert!(!dir.path().join(PINS_FILE).exists());
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join(PINS_FILE_MIGRATED)).unwrap(),
+        text
+    );
+    // The key of a migrated device is filled in when it connects again.
+    assert_eq!(
+        query_one(
+            &dir.path().join(REGISTRY_FILE),
+            "SELECT public_key FROM devices WHERE device_id = 'b'"
+        ),
+        "pk-b"
+    );
+
+    // A file whose rename failed is recognised as imported: a pin forgotten
+    // since does not come back.
+    std::fs::copy(
+        dir.path().join(PINS_FILE_MIGRATED),
+        dir.path().join(PINS_FILE),
+    )
+    .unwrap();
+    {
+        let registry = SqliteRegistry::open(dir.path()).unwrap();
+        assert!(registry.forget("inst-c").unwrap().is_some());
+    }
+    std::fs::copy(
+        dir.path().join(PINS_FILE_MIGRATED),
+        dir.path().join(PINS_FILE),
+    )
+    .unwrap();
+    let registry = SqliteRegistry::open(dir.path()).unwrap();
+    assert_eq!(registry.pin("inst-c").unwrap(), None);
+    assert!(!dir.path().join(PINS_FILE).exists());
+}
+
+#[test]
+fn a_failed_import_keeps_every_pin_in_the_file_and_none_in_the_registry() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join(REGISTRY_FILE);
+    drop(SqliteRegistry::open(dir.path()).unwrap());
+    // Fail the import halfway: the third of five pins cannot be stored.
+    Connection::open(&db)
+        .unwrap()
+        .execute_batch(
+            "CREATE TRIGGER fail BEFORE INSERT ON instances WHEN NEW.instance_id = 'i-3'
+             BEGIN SELECT RAISE(ABORT, 'injected failure'); END;",
+        )
+        .unwrap();
+    let pins = [
+        ("i-1", "a"),
+        ("i-2", "b"),
+        ("i-3", "c"),
+        ("i-4", "d"),
+        ("i-5", "e"),
+    ];
+    let text = write_pins_json(dir.path(), &pins);
+    let err = SqliteRegistry::open(dir.path()).unwrap_err();
+    assert!(format!("{err:#}").contains("injected failure"), "{err:#}");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join(PINS_FILE)).unwrap(),
+        text
+    );
+    assert_eq!(
+        query_one(&db, "SELECT CAST(count(*) AS TEXT) FROM instances"),
+        "0"
+    );
+    assert_eq!(
+        query_one(&db, "SELECT CAST(count(*) AS TEXT) FROM devices"),
+        "0"
+    );
+    // Fixed, the next start imports all of them.
+    Connection::open(&db)
+        .unwrap()
+        .execute_batch("DROP TRIGGER fail")
+        .unwrap();
+    let registry = SqliteRegistry::open(dir.path()).unwrap();
+    assert_eq!(
+        registry.counts().unwrap(),
+        Counts {
+            devices: 5,
+            pins: 5
+        }
+    );
+}
+
+#[test]
+fn a_damaged_pins_file_or_database_is_an_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join(PINS_FILE),
+        "{\"version\":1,\"pins\":{\"x\":",
+    )
+    .unwrap();
+    let err = format!("{:#}", SqliteRegistry::open(dir.path()).unwrap_err());
+    assert!(
+        err.contains("pins.json") && err.contains("damaged"),
+        "{err}"
+    );
+    assert!(dir.path().join(PINS_FILE).exists());
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(REGISTRY_FILE), vec![b'x'; 8192]).unwrap();
+    let err = format!("{:#}", SqliteRegistry::open(dir.path()).unwrap_err());
+    assert!(err.contains("registry.sqlite"), "{err}");
+    assert!(err.contains("restore it from a backup"), "{err}");
+}
+
+#[test]
+fn a_registry_from_a_newer_clawnode_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(SqliteRegistry::open(dir.path()).unwrap());
+    Connection::open(dir.path().join(REGISTRY_FILE))
+        .unwrap()
+        .pragma_update(None, "user_version", 99)
+        .unwrap();
+    let err = format!("{:#}", SqliteRegistry::open(dir.path()).unwrap_err());
+    assert!(err.contains("schema version 99"), "{err}");
+}
+
+#[test]
+fn concurrent_first_claims_of_one_key_have_one_winner() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = std::sync::Arc::new(SqliteRegistry::open(dir.path()).unwrap());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    let checks = rt.block_on(async {
+        let claims: Vec<_> = (0..32)
+            .map(|i| registry.claim(claim("contested", &format!("dev-{i}"), 1)))
+            .collect();
+        futures_util::future::join_all(claims).await
+    });
+    let new = checks
+        .iter()
+        .filter(|c| matches!(c, Ok(ClaimCheck::New)))
+        .count();
+    let refused = checks
+        .iter()
+        .filter(|c| matches!(c, Ok(ClaimCheck::Conflict(_))))
+        .count();
+    assert_eq!((new, refused), (1, 31), "{checks:?}");
+}
+
+#[test]
+fn forget_offline_imports_pins_json_first() {
+    let dir = tempfile::tempdir().unwrap();
+    write_pins_json(dir.path(), &[("inst-a", "a"), ("inst-b", "b")]);
+    assert!(exists_in(dir.path()));
+    assert_eq!(
+        forget_offline(dir.path(), " INST-A ")
+            .unwrap()
+            .unwrap()
+            .device_id,
+        "a"
+    );
+    let registry = SqliteRegistry::open(dir.path()).unwrap();
+    assert_eq!(registry.pin("inst-a").unwrap(), None);
+    assert_eq!(registry.pin("inst-b").unwrap().unwrap().device_id, "b");
+}

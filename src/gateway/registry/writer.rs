@@ -1,0 +1,213 @@
+//! The registry's writer thread: owns the writing connection and stores
+//! whatever queued up while it was busy as one transaction, then answers
+//! each job once that transaction is committed.
+
+use std::sync::mpsc;
+
+use anyhow::{anyhow, Result};
+use rusqlite::{params, Connection, Transaction, TransactionBehavior};
+use tokio::sync::oneshot;
+use tracing::{debug, warn};
+
+use super::sqlite::{select_first_seen, select_pin};
+use super::{decide, Claim, ClaimCheck, Decision, Device, Found, Pin};
+use crate::protocol::Role;
+
+/// At most this many jobs in one transaction.
+const MAX_BATCH: usize = 4096;
+
+/// Work for the writer, in the order it was queued.
+pub enum Job {
+    /// A claim the reader could not decide (a first claim).
+    Claim(Claim, oneshot::Sender<Result<ClaimCheck>>),
+    /// A device seen again: public key, role, address, last-seen time.
+    Seen(Device, u64),
+    Forget(String, mpsc::SyncSender<Result<Option<Pin>>>),
+    /// Answered once everything queued before it is stored.
+    Flush(mpsc::SyncSender<Result<()>>),
+    /// Stores what is queued before it, then ends the thread.
+    Stop,
+}
+
+/// An answer to send once the transaction is committed (or failed).
+enum Reply {
+    Claim(oneshot::Sender<Result<ClaimCheck>>, Result<ClaimCheck>),
+    Forget(mpsc::SyncSender<Result<Option<Pin>>>, Result<Option<Pin>>),
+    Flush(mpsc::SyncSender<Result<()>>, Result<()>),
+}
+
+impl Reply {
+    /// The reply to `job` when its transaction failed with `why`; `None`
+    /// for jobs nobody waits for.
+    fn failed(job: Job, why: &str) -> Option<Reply> {
+        let e = || anyhow!("device registry: {why}");
+        match job {
+            Job::Claim(_, tx) => Some(Reply::Claim(tx, Err(e()))),
+            Job::Forget(_, tx) => Some(Reply::Forget(tx, Err(e()))),
+            Job::Flush(tx) => Some(Reply::Flush(tx, Err(e()))),
+            Job::Seen(..) | Job::Stop => None,
+        }
+    }
+
+    fn send(self) {
+        // A receiver that gave up (its handshake timed out) is no error.
+        match self {
+            Reply::Claim(tx, result) => drop(tx.send(result)),
+            Reply::Forget(tx, result) => drop(tx.send(result)),
+            Reply::Flush(tx, result) => drop(tx.send(result)),
+        }
+    }
+}
+
+/// The thread's body: until [`Job::Stop`] or every sender is gone.
+pub fn run(mut conn: Connection, jobs: mpsc::Receiver<Job>) {
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let stop = batch.iter().any(|j| matches!(j, Job::Stop));
+        for reply in store(&mut conn, batch) {
+            reply.send();
+        }
+        if stop {
+            break;
+        }
+    }
+    // Leave the database as one file (a checkpoint) when stopping cleanly.
+    if let Err(e) = conn.pragma_update(None, "wal_checkpoint", "TRUNCATE") {
+        debug!(error = %e, "registry checkpoint on stop failed");
+    }
+}
+
+/// Applies `batch` in one transaction: all of it or, on any failure, none
+/// (every job waiting for an answer is then told why). The replies to send.
+fn store(conn: &mut Connection, batch: Vec<Job>) -> Vec<Reply> {
+    let why = match apply_all(conn, &batch) {
+        Ok(replies) => {
+            return replies
+                .into_iter()
+                .zip(batch)
+                .filter_map(|(r, job)| r.reply(job))
+                .collect()
+        }
+        Err(e) => format!("{e:#}"),
+    };
+    warn!(error = %why, jobs = batch.len(), "cannot store in the device registry");
+    batch
+        .into_iter()
+        .filter_map(|job| Reply::failed(job, &why))
+        .collect()
+}
+
+/// What one job came to, before its transaction is committed.
+enum Outcome {
+    Claim(ClaimCheck),
+    Forget(Option<Pin>),
+    Done,
+}
+
+impl Outcome {
+    fn reply(self, job: Job) -> Option<Reply> {
+        match (self, job) {
+            (Outcome::Claim(check), Job::Claim(_, tx)) => Some(Reply::Claim(tx, Ok(check))),
+            (Outcome::Forget(pin), Job::Forget(_, tx)) => Some(Reply::Forget(tx, Ok(pin))),
+            (_, Job::Flush(tx)) => Some(Reply::Flush(tx, Ok(()))),
+            _ => None,
+        }
+    }
+}
+
+/// Applies every job and commits; the outcomes in job order.
+fn apply_all(conn: &mut Connection, batch: &[Job]) -> Result<Vec<Outcome>> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut outcomes = Vec::with_capacity(batch.len());
+    for job in batch {
+        outcomes.push(match job {
+            Job::Claim(claim, _) => Outcome::Claim(apply_claim(&tx, claim)?),
+            Job::Seen(device, now_ms) => {
+                upsert_device(&tx, device, *now_ms)?;
+                Outcome::Done
+            }
+            Job::Forget(key, _) => Outcome::Forget(apply_forget(&tx, key)?),
+            Job::Flush(_) | Job::Stop => Outcome::Done,
+        });
+    }
+    tx.commit()?;
+    Ok(outcomes)
+}
+
+/// Decides a claim against the transaction's view and stores the outcome.
+fn apply_claim(tx: &Transaction<'_>, claim: &Claim) -> Result<ClaimCheck> {
+    let device = &claim.device;
+    let pin = select_pin(tx, &claim.key)?;
+    let device_with_key_as_id = match pin {
+        None if claim.key != device.id => select_first_seen(tx, &claim.key)?,
+        _ => None,
+    };
+    let found = Found {
+        pin,
+        device_with_key_as_id,
+    };
+    let known = select_first_seen(tx, &device.id)?.is_some();
+    let decision = decide(claim, &found);
+    let check = match &decision {
+        Decision::Keep(conflict @ ClaimCheck::Conflict(_)) => return Ok(conflict.clone()),
+        Decision::Keep(check) => check.clone(),
+        Decision::OwnId if known => ClaimCheck::Known,
+        Decision::OwnId | Decision::PinToClaimant => ClaimCheck::New,
+    };
+    upsert_device(tx, device, claim.now_ms)?;
+    if decision == Decision::PinToClaimant {
+        tx.execute(
+            "INSERT OR REPLACE INTO instances (instance_id, device_id, display_name, claimed_at_ms)
+             VALUES (?1, ?2, ?3, ?4)",
+            params![
+                claim.key,
+                device.id,
+                device.display_name,
+                claim.now_ms as i64
+            ],
+        )?;
+    }
+    Ok(check)
+}
+
+/// Records `device` as seen now: its key, role, address and host name.
+fn upsert_device(tx: &Transaction<'_>, device: &Device, now_ms: u64) -> Result<()> {
+    let address = device.address.map(|a| a.to_string());
+    tx.prepare_cached(
+        "INSERT INTO devices (device_id, public_key, roles, display_name,
+                              first_seen_ms, last_seen_ms, last_address)
+         VALUES (?1, ?2, CASE WHEN ?3 IS NULL THEN '[]' ELSE json_array(?3) END, ?4, ?5, ?5, ?6)
+         ON CONFLICT (device_id) DO UPDATE SET
+            public_key = excluded.public_key,
+            roles = CASE
+                WHEN ?3 IS NULL OR EXISTS (SELECT 1 FROM json_each(roles) WHERE value = ?3)
+                THEN roles
+                ELSE json_insert(roles, '$[#]', ?3) END,
+            display_name = coalesce(excluded.display_name, display_name),
+            last_seen_ms = max(last_seen_ms, excluded.last_seen_ms),
+            last_address = coalesce(excluded.last_address, last_address)",
+    )?
+    .execute(params![
+        device.id,
+        device.public_key,
+        device.role.map(Role::as_str),
+        device.display_name,
+        now_ms as i64,
+        address,
+    ])?;
+    Ok(())
+}
+
+fn apply_forget(tx: &Transaction<'_>, key: &str) -> Result<Option<Pin>> {
+    let pin = select_pin(tx, key)?;
+    if pin.is_some() {
+        tx.execute("DELETE FROM instances WHERE instance_id = ?1", [key])?;
+    }
+    Ok(pin)
+}
