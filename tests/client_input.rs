@@ -9,6 +9,7 @@ mod common;
 
 use clawnode::identity::DeviceIdentity;
 use clawnode::protocol::{method, ErrorCode};
+use common::node::node_params;
 use common::*;
 use serde_json::json;
 

@@ -5,6 +5,7 @@ mod common;
 use clawnode::config::Secret;
 use clawnode::identity::DeviceIdentity;
 use clawnode::protocol::{ErrorCode, Frame};
+use common::node::node_params;
 use common::*;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;

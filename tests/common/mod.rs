@@ -562,37 +562,6 @@ pub fn operator_params(
     )
 }
 
-/// A node's `connect` as our agent builds it: signed with `id` for the
-/// challenge `c` got, with the shared `token`.
-pub fn node_params(
-    c: &RawClient,
-    id: &clawnode::identity::DeviceIdentity,
-    token: &Secret,
-) -> clawnode::protocol::ConnectParams {
-    let config = clawnode::agent::AgentConfig {
-        url: String::new(),
-        tls: Default::default(),
-        token: clawnode::config::TokenSource::Env {
-            var: "X",
-            token: token.clone(),
-        },
-        display_name: Some("raw-node".into()),
-        tuning: Default::default(),
-        disk_path: "/".into(),
-        state_dir: "/nonexistent".into(),
-    };
-    clawnode::agent::session::connect_params(
-        &config,
-        id,
-        &clawnode::host::HostFacts::collect(),
-        &clawnode::agent::session::Credentials {
-            shared: Some(token.clone()),
-            device_token: None,
-        },
-        &c.challenge,
-    )
-}
-
 /// How long a raw client waits for one thing it expects: the socket and
 /// challenge, a response, an event, the close.
 pub const RAW_WAIT: Duration = Duration::from_secs(10);

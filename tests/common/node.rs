@@ -3,6 +3,7 @@
 //! `connect` builder (so the signature is what a real agent sends).
 
 use clawnode::agent::session::{signed_node_connect, Credentials};
+use clawnode::config::Secret;
 use clawnode::identity::DeviceIdentity;
 use clawnode::protocol::{ClientInfo, ConnectParams};
 
@@ -35,6 +36,17 @@ pub fn signed_params(
         shared: Some(gw.token()),
         device_token: None,
     };
+    signed_node_connect(identity, client, &credentials, &c.challenge)
+}
+
+/// A node's signed `connect` for `c`'s challenge as our agent sends it:
+/// `identity`'s own instance id, the shared `token`.
+pub fn node_params(c: &RawClient, identity: &DeviceIdentity, token: &Secret) -> ConnectParams {
+    let credentials = Credentials {
+        shared: Some(token.clone()),
+        device_token: None,
+    };
+    let client = node_client("raw-node", Some(identity.instance_id()));
     signed_node_connect(identity, client, &credentials, &c.challenge)
 }
 
