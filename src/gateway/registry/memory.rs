@@ -7,9 +7,12 @@ use std::sync::{Mutex, MutexGuard};
 use anyhow::Result;
 use futures_util::future::BoxFuture;
 
-use super::{decide, Claim, ClaimCheck, Counts, Decision, DeviceRegistry, Found, Pin};
+use super::{
+    decide, Change, Claim, ClaimCheck, Counts, Decision, Device, DeviceRecord, DeviceRegistry,
+    DeviceState, Found, Pin,
+};
 
-/// Devices (id → first seen, display name) and pins, under one lock.
+/// Device records and pins, under one lock.
 #[derive(Debug, Default)]
 pub struct MemoryRegistry {
     state: Mutex<State>,
@@ -17,8 +20,56 @@ pub struct MemoryRegistry {
 
 #[derive(Debug, Default)]
 struct State {
-    devices: HashMap<String, (u64, Option<String>)>,
+    devices: HashMap<String, DeviceRecord>,
     pins: HashMap<String, Pin>,
+}
+
+impl State {
+    /// Records `device` as seen now (a new record is approved).
+    fn seen(&mut self, device: &Device, now_ms: u64) {
+        let record = self
+            .devices
+            .entry(device.id.clone())
+            .or_insert_with(|| DeviceRecord {
+                device_id: device.id.clone(),
+                public_key: None,
+                state: DeviceState::Approved,
+                roles: Vec::new(),
+                display_name: None,
+                label: None,
+                first_seen_ms: now_ms,
+                last_seen_ms: now_ms,
+                last_address: None,
+                approved_by: None,
+                approved_at_ms: None,
+                instance_ids: Vec::new(),
+            });
+        record.public_key = Some(device.public_key.clone());
+        if let Some(role) = device.role {
+            if !record.roles.iter().any(|r| r == role.as_str()) {
+                record.roles.push(role.as_str().to_string());
+            }
+        }
+        if device.display_name.is_some() {
+            record.display_name = device.display_name.clone();
+        }
+        record.last_seen_ms = record.last_seen_ms.max(now_ms);
+        if let Some(address) = device.address {
+            record.last_address = Some(address.to_string());
+        }
+    }
+
+    fn record(&self, device_id: &str) -> Option<DeviceRecord> {
+        let mut record = self.devices.get(device_id)?.clone();
+        record.instance_ids = self
+            .pins
+            .iter()
+            .filter(|(_, pin)| pin.device_id == device_id)
+            .map(|(key, _)| key.clone())
+            .collect();
+        record.instance_ids.sort();
+        Some(record)
+    }
 }
 
 impl MemoryRegistry {
@@ -27,8 +78,8 @@ impl MemoryRegistry {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        // Every change is one map operation: a poisoned lock holds no
-        // half-made change.
+        // Every change is applied whole under the lock: a poisoned lock
+        // holds no half-made change.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -37,7 +88,10 @@ impl MemoryRegistry {
         let mut state = self.lock();
         let found = Found {
             pin: state.pins.get(&claim.key).cloned(),
-            device_with_key_as_id: state.devices.get(&claim.key).cloned(),
+            device_with_key_as_id: state
+                .devices
+                .get(&claim.key)
+                .map(|r| (r.first_seen_ms, r.display_name.clone())),
         };
         let device = &claim.device;
         let known = state.devices.contains_key(&device.id);
@@ -57,10 +111,7 @@ impl MemoryRegistry {
                 ClaimCheck::New
             }
         };
-        state
-            .devices
-            .entry(device.id.clone())
-            .or_insert((claim.now_ms, device.display_name.clone()));
+        state.seen(device, claim.now_ms);
         check
     }
 }
@@ -93,5 +144,54 @@ impl DeviceRegistry for MemoryRegistry {
 
     fn flush(&self) -> Result<()> {
         Ok(())
+    }
+
+    fn device_state(&self, device_id: &str) -> Result<Option<DeviceState>> {
+        Ok(self.lock().devices.get(device_id).map(|r| r.state))
+    }
+
+    fn change(&self, change: Change) -> Result<Option<DeviceRecord>> {
+        let mut state = self.lock();
+        match change {
+            Change::SetState {
+                device_id,
+                state: new_state,
+                by,
+                device,
+                now_ms,
+            } => {
+                if !state.devices.contains_key(&device_id) {
+                    match &device {
+                        Some(device) if device.id == device_id => state.seen(device, now_ms),
+                        _ => return Ok(None),
+                    }
+                }
+                if let Some(record) = state.devices.get_mut(&device_id) {
+                    record.state = new_state;
+                    if new_state == DeviceState::Approved {
+                        record.approved_by = by;
+                        record.approved_at_ms = Some(now_ms);
+                    }
+                }
+                Ok(state.record(&device_id))
+            }
+            Change::Remove { device_id } => {
+                let record = state.record(&device_id);
+                state.devices.remove(&device_id);
+                state.pins.retain(|_, pin| pin.device_id != device_id);
+                Ok(record)
+            }
+        }
+    }
+
+    fn devices(&self) -> Result<Vec<DeviceRecord>> {
+        let state = self.lock();
+        let mut all: Vec<DeviceRecord> = state
+            .devices
+            .keys()
+            .filter_map(|id| state.record(id))
+            .collect();
+        all.sort_by(|a, b| (a.first_seen_ms, &a.device_id).cmp(&(b.first_seen_ms, &b.device_id)));
+        Ok(all)
     }
 }

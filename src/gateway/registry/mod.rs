@@ -113,6 +113,95 @@ pub trait DeviceRegistry: Send + Sync {
 
     /// Stores everything queued so far (last-seen updates); blocks.
     fn flush(&self) -> Result<()>;
+
+    /// A device's admission state (`None`: no record). One indexed read.
+    fn device_state(&self, device_id: &str) -> Result<Option<DeviceState>>;
+
+    /// Applies an operator's change; stored before it returns (blocks
+    /// briefly, a rare operator action). The device's record after the
+    /// change (before it, for a removal); `None`: no such device.
+    fn change(&self, change: Change) -> Result<Option<DeviceRecord>>;
+
+    /// Every device's record, oldest first.
+    fn devices(&self) -> Result<Vec<DeviceRecord>>;
+}
+
+/// A device's admission state. `pending` requests live in the gateway's
+/// memory (`gateway::pairing`), bounded and expiring; the registry stores
+/// the decided states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceState {
+    Pending,
+    Approved,
+    Rejected,
+    Revoked,
+}
+
+impl DeviceState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceState::Pending => "pending",
+            DeviceState::Approved => "approved",
+            DeviceState::Rejected => "rejected",
+            DeviceState::Revoked => "revoked",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<DeviceState> {
+        [
+            DeviceState::Pending,
+            DeviceState::Approved,
+            DeviceState::Rejected,
+            DeviceState::Revoked,
+        ]
+        .into_iter()
+        .find(|d| d.as_str() == s)
+    }
+}
+
+/// A device's stored record (`device.pair.list`, `clawnode devices list`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceRecord {
+    pub device_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
+    pub state: DeviceState,
+    #[serde(default)]
+    pub roles: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    pub first_seen_ms: u64,
+    pub last_seen_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_address: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approved_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approved_at_ms: Option<u64>,
+    /// The presence keys (instance ids) pinned to it.
+    #[serde(default)]
+    pub instance_ids: Vec<String>,
+}
+
+/// An operator's change to a device record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Sets a device's state (`approved` records who and when). A device
+    /// with no record gets one from `device` (approving a pending request);
+    /// without `device` nothing changes.
+    SetState {
+        device_id: String,
+        state: DeviceState,
+        by: Option<String>,
+        device: Option<Device>,
+        now_ms: u64,
+    },
+    /// Deletes the record and the device's pins.
+    Remove { device_id: String },
 }
 
 /// Sizes, for metrics and the status line.

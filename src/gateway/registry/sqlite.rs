@@ -29,7 +29,10 @@ use tracing::{info, warn};
 
 use super::writer::{self, Job};
 use super::{decide, pins_file, schema};
-use super::{Claim, ClaimCheck, Counts, Decision, DeviceRegistry, Found, Pin};
+use super::{
+    Change, Claim, ClaimCheck, Counts, Decision, DeviceRecord, DeviceRegistry, DeviceState, Found,
+    Pin,
+};
 use crate::protocol::Role;
 
 /// The file name in the gateway's state directory.
@@ -205,6 +208,71 @@ impl DeviceRegistry for SqliteRegistry {
         rx.recv()
             .map_err(|_| anyhow!("the device registry writer has stopped"))?
     }
+
+    fn device_state(&self, device_id: &str) -> Result<Option<DeviceState>> {
+        let state: Option<String> = self
+            .read()
+            .prepare_cached("SELECT state FROM devices WHERE device_id = ?1")?
+            .query_row([device_id], |r| r.get(0))
+            .optional()?;
+        Ok(state.and_then(|s| DeviceState::parse(&s)))
+    }
+
+    fn change(&self, change: Change) -> Result<Option<DeviceRecord>> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.send(Job::Change(change, tx))?;
+        rx.recv()
+            .map_err(|_| anyhow!("the device registry writer has stopped"))?
+    }
+
+    fn devices(&self) -> Result<Vec<DeviceRecord>> {
+        let conn = self.read();
+        let mut statement = conn.prepare_cached(&format!(
+            "{SELECT_RECORD} ORDER BY d.first_seen_ms, d.device_id"
+        ))?;
+        let rows = statement.query_map([], record_of_row)?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(Into::into)
+    }
+}
+
+/// A device record with its pins; `record_of_row` reads it.
+const SELECT_RECORD: &str = "
+    SELECT d.device_id, d.public_key, d.state, d.roles, d.display_name, d.label,
+           d.first_seen_ms, d.last_seen_ms, d.last_address, d.approved_by, d.approved_at_ms,
+           (SELECT json_group_array(instance_id) FROM instances i WHERE i.device_id = d.device_id)
+    FROM devices d";
+
+fn record_of_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceRecord> {
+    let json_list = |s: Option<String>| -> Vec<String> {
+        s.and_then(|s| serde_json::from_str(&s).ok())
+            .unwrap_or_default()
+    };
+    let state: String = r.get(2)?;
+    Ok(DeviceRecord {
+        device_id: r.get(0)?,
+        public_key: r.get(1)?,
+        // The table's CHECK allows only the four states.
+        state: DeviceState::parse(&state).unwrap_or(DeviceState::Revoked),
+        roles: json_list(r.get(3)?),
+        display_name: r.get(4)?,
+        label: r.get(5)?,
+        first_seen_ms: r.get::<_, i64>(6)? as u64,
+        last_seen_ms: r.get::<_, i64>(7)? as u64,
+        last_address: r.get(8)?,
+        approved_by: r.get(9)?,
+        approved_at_ms: r.get::<_, Option<i64>>(10)?.map(|v| v as u64),
+        instance_ids: json_list(r.get(11)?),
+    })
+}
+
+/// One device's record, if it has one.
+pub(super) fn select_record(conn: &Connection, device_id: &str) -> Result<Option<DeviceRecord>> {
+    let record = conn
+        .prepare_cached(&format!("{SELECT_RECORD} WHERE d.device_id = ?1"))?
+        .query_row([device_id], record_of_row)
+        .optional()?;
+    Ok(record)
 }
 
 /// Creates `path` empty with mode 0600 if it does not exist. When root

@@ -397,3 +397,72 @@ fn forget_offline_imports_pins_json_first() {
     assert_eq!(registry.pin("inst-a").unwrap(), None);
     assert_eq!(registry.pin("inst-b").unwrap().unwrap().device_id, "b");
 }
+
+/// Device states and operator changes, the same in every implementation.
+fn keeps_device_states(registry: &dyn DeviceRegistry) {
+    let set = |id: &str, state: DeviceState, device: Option<Device>| {
+        registry
+            .change(Change::SetState {
+                device_id: id.to_string(),
+                state,
+                by: Some("op".into()),
+                device,
+                now_ms: 50,
+            })
+            .expect("change")
+    };
+    assert_eq!(registry.device_state("a").expect("state"), None);
+    // An unknown device without its details is not created.
+    assert_eq!(set("a", DeviceState::Revoked, None), None);
+    block(registry.claim(claim("i-1", "a", 10))).expect("claim");
+    assert_eq!(
+        registry.device_state("a").expect("state"),
+        Some(DeviceState::Approved)
+    );
+    let revoked = set("a", DeviceState::Revoked, None).expect("record");
+    assert_eq!(revoked.state, DeviceState::Revoked);
+    assert_eq!(revoked.instance_ids, vec!["i-1".to_string()]);
+    assert_eq!(revoked.roles, vec!["node".to_string()]);
+    assert_eq!(revoked.last_address.as_deref(), Some("192.0.2.7"));
+    assert_eq!(
+        registry.device_state("a").expect("state"),
+        Some(DeviceState::Revoked)
+    );
+    // Approving a pending device creates its record, approved by whom.
+    let b = set("b", DeviceState::Approved, Some(device("b", Role::Node))).expect("record");
+    assert_eq!(
+        (b.state, b.approved_by.as_deref(), b.approved_at_ms),
+        (DeviceState::Approved, Some("op"), Some(50))
+    );
+    let all = registry.devices().expect("list");
+    assert_eq!(
+        all.iter().map(|r| r.device_id.as_str()).collect::<Vec<_>>(),
+        ["a", "b"]
+    );
+    // Removal drops the record and its pins.
+    let removed = registry
+        .change(Change::Remove {
+            device_id: "a".into(),
+        })
+        .expect("remove")
+        .expect("record");
+    assert_eq!(removed.device_id, "a");
+    assert_eq!(registry.device_state("a").expect("state"), None);
+    assert_eq!(registry.pin("i-1").expect("pin"), None);
+}
+
+#[test]
+fn memory_registry_keeps_device_states() {
+    keeps_device_states(&MemoryRegistry::new());
+}
+
+#[test]
+fn sqlite_registry_keeps_device_states_across_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    keeps_device_states(&SqliteRegistry::open(dir.path()).expect("open"));
+    let reopened = SqliteRegistry::open(dir.path()).expect("reopen");
+    assert_eq!(
+        reopened.device_state("b").expect("state"),
+        Some(DeviceState::Approved)
+    );
+}

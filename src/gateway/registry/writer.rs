@@ -9,8 +9,10 @@ use rusqlite::{params, Connection, Transaction, TransactionBehavior};
 use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
-use super::sqlite::{select_first_seen, select_pin};
-use super::{decide, Claim, ClaimCheck, Decision, Device, Found, Pin};
+use super::sqlite::{select_first_seen, select_pin, select_record};
+use super::{
+    decide, Change, Claim, ClaimCheck, Decision, Device, DeviceRecord, DeviceState, Found, Pin,
+};
 use crate::protocol::Role;
 
 /// At most this many jobs in one transaction.
@@ -23,6 +25,8 @@ pub enum Job {
     /// A device seen again: public key, role, address, last-seen time.
     Seen(Device, u64),
     Forget(String, mpsc::SyncSender<Result<Option<Pin>>>),
+    /// An operator's change to a device record.
+    Change(Change, mpsc::SyncSender<Result<Option<DeviceRecord>>>),
     /// Answered once everything queued before it is stored.
     Flush(mpsc::SyncSender<Result<()>>),
     /// Stores what is queued before it, then ends the thread.
@@ -33,6 +37,10 @@ pub enum Job {
 enum Reply {
     Claim(oneshot::Sender<Result<ClaimCheck>>, Result<ClaimCheck>),
     Forget(mpsc::SyncSender<Result<Option<Pin>>>, Result<Option<Pin>>),
+    Change(
+        mpsc::SyncSender<Result<Option<DeviceRecord>>>,
+        Result<Option<DeviceRecord>>,
+    ),
     Flush(mpsc::SyncSender<Result<()>>, Result<()>),
 }
 
@@ -44,6 +52,7 @@ impl Reply {
         match job {
             Job::Claim(_, tx) => Some(Reply::Claim(tx, Err(e()))),
             Job::Forget(_, tx) => Some(Reply::Forget(tx, Err(e()))),
+            Job::Change(_, tx) => Some(Reply::Change(tx, Err(e()))),
             Job::Flush(tx) => Some(Reply::Flush(tx, Err(e()))),
             Job::Seen(..) | Job::Stop => None,
         }
@@ -54,6 +63,7 @@ impl Reply {
         match self {
             Reply::Claim(tx, result) => drop(tx.send(result)),
             Reply::Forget(tx, result) => drop(tx.send(result)),
+            Reply::Change(tx, result) => drop(tx.send(result)),
             Reply::Flush(tx, result) => drop(tx.send(result)),
         }
     }
@@ -107,6 +117,7 @@ fn store(conn: &mut Connection, batch: Vec<Job>) -> Vec<Reply> {
 enum Outcome {
     Claim(ClaimCheck),
     Forget(Option<Pin>),
+    Change(Option<DeviceRecord>),
     Done,
 }
 
@@ -115,6 +126,7 @@ impl Outcome {
         match (self, job) {
             (Outcome::Claim(check), Job::Claim(_, tx)) => Some(Reply::Claim(tx, Ok(check))),
             (Outcome::Forget(pin), Job::Forget(_, tx)) => Some(Reply::Forget(tx, Ok(pin))),
+            (Outcome::Change(record), Job::Change(_, tx)) => Some(Reply::Change(tx, Ok(record))),
             (_, Job::Flush(tx)) => Some(Reply::Flush(tx, Ok(()))),
             _ => None,
         }
@@ -133,6 +145,7 @@ fn apply_all(conn: &mut Connection, batch: &[Job]) -> Result<Vec<Outcome>> {
                 Outcome::Done
             }
             Job::Forget(key, _) => Outcome::Forget(apply_forget(&tx, key)?),
+            Job::Change(change, _) => Outcome::Change(apply_change(&tx, change)?),
             Job::Flush(_) | Job::Stop => Outcome::Done,
         });
     }
@@ -210,4 +223,40 @@ fn apply_forget(tx: &Transaction<'_>, key: &str) -> Result<Option<Pin>> {
         tx.execute("DELETE FROM instances WHERE instance_id = ?1", [key])?;
     }
     Ok(pin)
+}
+
+/// Applies an operator's change (see [`Change`]).
+fn apply_change(tx: &Transaction<'_>, change: &Change) -> Result<Option<DeviceRecord>> {
+    match change {
+        Change::SetState {
+            device_id,
+            state,
+            by,
+            device,
+            now_ms,
+        } => {
+            if select_first_seen(tx, device_id)?.is_none() {
+                match device {
+                    Some(device) if device.id == *device_id => upsert_device(tx, device, *now_ms)?,
+                    _ => return Ok(None),
+                }
+            }
+            let approved = *state == DeviceState::Approved;
+            tx.execute(
+                "UPDATE devices SET state = ?2,
+                    approved_by = CASE WHEN ?3 THEN ?4 ELSE approved_by END,
+                    approved_at_ms = CASE WHEN ?3 THEN ?5 ELSE approved_at_ms END
+                 WHERE device_id = ?1",
+                params![device_id, state.as_str(), approved, by, *now_ms as i64],
+            )?;
+            select_record(tx, device_id)
+        }
+        Change::Remove { device_id } => {
+            let record = select_record(tx, device_id)?;
+            if record.is_some() {
+                tx.execute("DELETE FROM devices WHERE device_id = ?1", [device_id])?;
+            }
+            Ok(record)
+        }
+    }
 }
