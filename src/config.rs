@@ -118,6 +118,39 @@ settings_table! {
         max_payload (max_payload_bytes): Whole<65_536, 16_777_216> = 1024 * 1024,
         /// `GET /metrics` needs `Authorization: Bearer <token>`.
         metrics_require_token (metrics_require_token): Bool = false,
+        /// How a new node device is admitted: `token` (approved on first
+        /// use) or `manual` (pending until an operator approves it).
+        admission (admission): AdmissionPolicy = Admission::Token,
+    }
+}
+
+/// How a new node device (a valid device proof and token) is admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Admission {
+    /// Approved on first use, its instance id pinned (the default).
+    Token,
+    /// Refused with `PAIRING_REQUIRED` and a request id until an operator
+    /// approves it (`clawnode devices approve`).
+    Manual,
+}
+
+/// The `admission` row's kind.
+pub struct AdmissionPolicy;
+
+impl table::Kind for AdmissionPolicy {
+    type File = Admission;
+    type Value = Admission;
+    fn check(_: &str, v: Admission) -> Result<Admission> {
+        Ok(v)
+    }
+    fn show(v: Admission) -> String {
+        // Quoted: `check-config` prints a TOML file.
+        match v {
+            Admission::Token => "\"token\"",
+            Admission::Manual => "\"manual\"",
+        }
+        .to_string()
     }
 }
 

@@ -31,8 +31,10 @@ use super::log_summary::Kind;
 use super::methods::{self, ConnContext};
 use super::metrics::HandshakeResult;
 use super::outgoing::Outgoing;
+use super::pairing;
 use super::preauth;
 use super::registry::{ClaimCheck, Device};
+use super::state::Admit;
 use super::state::{Registration, Shared};
 use super::SERVER_VERSION;
 use crate::clock::now_ms;
@@ -232,6 +234,7 @@ async fn serve_connection(
         presence,
         kill,
         replaced,
+        revoked,
     } = accepted;
     info!(
         role = ctx.role.as_str(),
@@ -252,6 +255,7 @@ async fn serve_connection(
             presence,
             kill: &kill,
             replaced: &replaced,
+            revoked: &revoked,
         };
         handler.run(&mut stop).await;
     }
@@ -271,6 +275,7 @@ struct Accepted {
     presence: Option<watch::Receiver<u64>>,
     kill: Arc<Notify>,
     replaced: Arc<Notify>,
+    revoked: Arc<Notify>,
 }
 
 /// Decides on the first message ([`auth::parse_connect`],
@@ -341,6 +346,7 @@ async fn handshake(
         presence: registered.presence,
         kill: registered.kill,
         replaced: registered.replaced,
+        revoked: registered.revoked,
     })
 }
 
@@ -364,6 +370,7 @@ async fn claim(
         address: Some(remote_ip),
         display_name: req.params.client.display_name.clone(),
     };
+    admit(shared, req, &device)?;
     match shared.claim(own_key, device).await {
         Ok(ClaimCheck::Conflict(pin)) => Err(auth::pinned_elsewhere(req, own_key, &pin)),
         Ok(ClaimCheck::New) => {
@@ -376,6 +383,55 @@ async fn claim(
             Ok(())
         }
         Ok(ClaimCheck::Known) => Ok(()),
+        Err(e) => {
+            warn!(error = %format!("{e:#}"), "device registry unavailable; refusing the connection");
+            Err(auth::registry_unavailable(req))
+        }
+    }
+}
+
+/// Admission (`[gateway] admission`, the device's stored state): a device
+/// an operator rejected or revoked is refused; a new node device waits for
+/// approval under `manual`. Decisions are logged with the device id and
+/// address (a waiting device's retries at debug).
+fn admit(shared: &Shared, req: &ConnectRequest, device: &Device) -> Result<(), Rejection> {
+    let address = device.address.map(|a| a.to_string()).unwrap_or_default();
+    let id = device.id.as_str();
+    match shared.admit(device) {
+        Ok(Admit::Approved) => Ok(()),
+        Ok(Admit::Pending { request_id, new }) => {
+            shared.metrics.admission("pending");
+            if new {
+                info!(
+                    device_id = id,
+                    address, request_id, "new device waiting for approval"
+                );
+            } else {
+                debug!(
+                    device_id = id,
+                    address, request_id, "device still waiting for approval"
+                );
+            }
+            Err(pairing::pairing_required(req, id, &request_id))
+        }
+        Ok(Admit::QueueFull) => {
+            shared.metrics.admission("queue_full");
+            debug!(
+                device_id = id,
+                address, "pairing queue full; device refused"
+            );
+            Err(pairing::queue_full(req))
+        }
+        Ok(Admit::Refused(state)) => {
+            shared.metrics.admission(state.as_str());
+            debug!(
+                device_id = id,
+                address,
+                state = state.as_str(),
+                "device refused"
+            );
+            Err(pairing::device_refused(req, id, state))
+        }
         Err(e) => {
             warn!(error = %format!("{e:#}"), "device registry unavailable; refusing the connection");
             Err(auth::registry_unavailable(req))
@@ -464,6 +520,8 @@ struct Handler<'a> {
     kill: &'a Notify,
     /// Notified when a newer connection of its device or row replaced it.
     replaced: &'a Notify,
+    /// Notified when its device was revoked, rejected or removed.
+    revoked: &'a Notify,
 }
 
 impl Handler<'_> {
@@ -521,6 +579,11 @@ impl Handler<'_> {
                     let reason = super::auth::replaced_reason(bound);
                     debug!(reason, "closing: replaced");
                     self.conn.close(CloseCode::Policy, &reason).await;
+                    return Err(Gone);
+                }
+                _ = self.revoked.notified() => {
+                    debug!("closing: device revoked");
+                    self.conn.close(CloseCode::Policy, "device revoked by an operator").await;
                     return Err(Gone);
                 }
                 _ = stop.changed() => {

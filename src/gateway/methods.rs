@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 
 use super::auth::grants;
 use super::outgoing::Outgoing;
+use super::pairing_methods;
 use super::state::Shared;
 use crate::clock::now_ms;
 use crate::presence::PresenceKey;
@@ -28,6 +29,11 @@ pub const METHODS: &[&str] = &[
     method::NODE_PLUGIN_TOOLS_UPDATE,
     method::NODE_RUNNER_INVENTORY_UPDATE,
     method::INSTANCE_FORGET,
+    method::DEVICE_PAIR_LIST,
+    method::DEVICE_PAIR_APPROVE,
+    method::DEVICE_PAIR_REJECT,
+    method::DEVICE_PAIR_REMOVE,
+    method::DEVICE_REVOKE,
 ];
 
 /// Who is asking: fixed for the life of a connection.
@@ -59,7 +65,7 @@ impl ConnContext {
         super::auth::reads_presence(self.role, &self.scopes)
     }
 
-    fn require_operator_scope(&self, needed: &str) -> Result<(), ErrorShape> {
+    pub(crate) fn require_operator_scope(&self, needed: &str) -> Result<(), ErrorShape> {
         if self.role == Role::Operator && self.has_scope(needed) {
             Ok(())
         } else {
@@ -208,6 +214,11 @@ fn handle_value(shared: &Shared, ctx: &ConnContext, req: &Request) -> Result<Val
             runner_inventory_update(ctx.node_id(), &req.params)
         }
         method::INSTANCE_FORGET => instance_forget(shared, ctx, parse_params(req)?),
+        method::DEVICE_PAIR_LIST => pairing_methods::list(shared, ctx),
+        method::DEVICE_PAIR_APPROVE => pairing_methods::approve(shared, ctx, parse_params(req)?),
+        method::DEVICE_PAIR_REJECT => pairing_methods::reject(shared, ctx, parse_params(req)?),
+        method::DEVICE_PAIR_REMOVE => pairing_methods::remove(shared, ctx, parse_params(req)?),
+        method::DEVICE_REVOKE => pairing_methods::revoke(shared, ctx, parse_params(req)?),
         method::CONNECT => Err(ErrorShape::invalid_request("already connected")),
         other => Err(ErrorShape::invalid_request(format!(
             "unknown method: {other}"

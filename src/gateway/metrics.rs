@@ -62,6 +62,16 @@ pub struct Snapshot {
     pub evictions: crate::presence::Evictions,
 }
 
+/// The `decision` labels of `clawnode_admission_decisions_total`.
+pub const ADMISSION_DECISIONS: [&str; 6] = [
+    "pending",
+    "queue_full",
+    "rejected",
+    "revoked",
+    "approved",
+    "removed",
+];
+
 /// The counters, bumped by the handler and listener.
 pub struct Metrics {
     handshakes: Family<Label, Counter>,
@@ -69,6 +79,7 @@ pub struct Metrics {
     beacons: Counter,
     refused: Family<Label, Counter>,
     replaced: Counter,
+    admissions: Family<Label, Counter>,
 }
 
 impl Default for Metrics {
@@ -81,7 +92,14 @@ impl Default for Metrics {
             beacons: Counter::default(),
             refused: Family::default(),
             replaced: Counter::default(),
+            admissions: Family::default(),
         };
+        for decision in ADMISSION_DECISIONS {
+            metrics
+                .admissions
+                .get_or_create(&[("decision", decision)])
+                .inc_by(0);
+        }
         for result in HandshakeResult::ALL {
             metrics
                 .handshakes
@@ -135,6 +153,14 @@ impl Metrics {
     /// went past `max_connections_per_device`.
     pub fn replaced(&self, n: u64) {
         self.replaced.inc_by(n);
+    }
+
+    /// An admission decision other than a known device's plain approval:
+    /// one of [`ADMISSION_DECISIONS`].
+    pub fn admission(&self, decision: &'static str) {
+        self.admissions
+            .get_or_create(&[("decision", decision)])
+            .inc();
     }
 
     /// A connection refused with HTTP 503 (`connection_limit`, ...), or a
@@ -232,6 +258,11 @@ impl Metrics {
             "connections_replaced",
             "Connections closed because a newer one of the same device or presence row went past max_connections_per_device",
             self.replaced.clone(),
+        );
+        registry.register(
+            "admission_decisions",
+            "Device admission decisions: pending (refused, waiting for approval), queue_full (refused, not stored), rejected and revoked (refused), approved and removed (by an operator)",
+            self.admissions.clone(),
         );
         let mut out = String::with_capacity(4096);
         // Writing to a String cannot fail.

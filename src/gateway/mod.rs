@@ -22,6 +22,8 @@ pub mod log_summary;
 pub mod methods;
 pub mod metrics;
 pub mod outgoing;
+pub mod pairing;
+pub mod pairing_methods;
 pub mod preauth;
 pub mod registry;
 pub mod state;

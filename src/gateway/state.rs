@@ -27,7 +27,10 @@ use super::broadcast::{self, Outbound};
 use super::log_summary::LogSummary;
 use super::metrics::{Metrics, Snapshot as MetricsSnapshot};
 use super::outgoing::Outgoing;
-use super::registry::{Claim, ClaimCheck, Device, DeviceRegistry, Pin};
+use super::pairing::{PendingRequests, PendingView, Requested};
+use super::registry::{
+    Change, Claim, ClaimCheck, Device, DeviceRecord, DeviceRegistry, DeviceState, Pin,
+};
 use super::GatewayConfig;
 use crate::clock::now_ms;
 use crate::presence::{ConnectionInfo, ListJson, PresenceKey, PresenceStore};
@@ -58,6 +61,8 @@ struct ConnHandle {
     kill: Arc<Notify>,
     /// Notified when a newer connection of its device or row replaced it.
     replaced: Arc<Notify>,
+    /// Notified when its device was revoked, rejected or removed.
+    revoked: Arc<Notify>,
     /// Its device and the key of its row, for the per-device bound.
     device_id: Option<String>,
     own_key: PresenceKey,
@@ -84,6 +89,8 @@ pub struct Registered {
     /// Notified when a newer connection of the same device or row replaced
     /// this one (`max_connections_per_device`).
     pub replaced: Arc<Notify>,
+    /// Notified when its device was revoked, rejected or removed.
+    pub revoked: Arc<Notify>,
     /// Presence changes, for clients that read presence.
     pub presence: Option<watch::Receiver<u64>>,
     /// The presence list, in the store's pieces (`[]` for clients that do
@@ -125,7 +132,23 @@ pub struct Shared {
     /// The devices seen and which presence key each owns (its own locks:
     /// never taken with the state lock held).
     registry: Arc<dyn DeviceRegistry>,
+    /// New devices waiting for approval (`admission = "manual"`); its own
+    /// lock, never taken with the state lock held.
+    pending: Mutex<PendingRequests>,
     state: Mutex<State>,
+}
+
+/// What admission decided about a device that proved its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admit {
+    /// Approved (before, or now by the token policy): go on.
+    Approved,
+    /// Waiting for an operator: refuse with this request id.
+    Pending { request_id: String, new: bool },
+    /// Too many requests wait: refuse, nothing stored.
+    QueueFull,
+    /// Rejected or revoked by an operator: refuse.
+    Refused(DeviceState),
 }
 
 /// Auth rate limit: this many failures per window per remote address.
@@ -142,6 +165,7 @@ impl Shared {
             started: Instant::now(),
             started_ms: now_ms(),
             registry,
+            pending: Mutex::new(PendingRequests::default()),
             state: Mutex::new(State {
                 presence,
                 presence_version: 1,
@@ -183,6 +207,7 @@ impl Shared {
         let (tx, events) = mpsc::channel(self.config.send_queue);
         let kill = Arc::new(Notify::new());
         let replaced = Arc::new(Notify::new());
+        let revoked = Arc::new(Notify::new());
         let mut state = self.lock();
         let presence_key = state.presence.connect(conn, now);
         if conn.role == Role::Node {
@@ -197,6 +222,7 @@ impl Shared {
                 role: conn.role,
                 kill: kill.clone(),
                 replaced: replaced.clone(),
+                revoked: revoked.clone(),
                 device_id: conn.device_id.map(str::to_string),
                 own_key: reg.own_key.clone(),
             },
@@ -223,6 +249,7 @@ impl Shared {
             events,
             kill,
             replaced,
+            revoked,
             presence,
             presence_json,
             presence_version,
@@ -326,6 +353,146 @@ impl Shared {
     /// device with a record in the registry).
     pub fn is_known_device(&self, device_id: &str) -> bool {
         self.registry.is_known_device(device_id)
+    }
+
+    // --- admission and device records ------------------------------------------
+
+    /// Whether `device` (a valid proof and token) may connect: its stored
+    /// state; a device with no record is approved by the token policy, or
+    /// waits for an operator (`admission = "manual"`, node devices only:
+    /// operators are admitted by their credential).
+    pub fn admit(&self, device: &Device) -> anyhow::Result<Admit> {
+        match self.registry.device_state(&device.id)? {
+            Some(DeviceState::Approved) => return Ok(Admit::Approved),
+            Some(state @ (DeviceState::Rejected | DeviceState::Revoked)) => {
+                return Ok(Admit::Refused(state))
+            }
+            Some(DeviceState::Pending) | None => {}
+        }
+        let manual = self.config.settings.tuning.admission == crate::config::Admission::Manual;
+        if !manual || device.role != Some(Role::Node) {
+            return Ok(Admit::Approved);
+        }
+        let requested = self.pending_lock().request(device, now_ms());
+        Ok(match requested {
+            Requested::New(request_id) => Admit::Pending {
+                request_id,
+                new: true,
+            },
+            Requested::Waiting(request_id) => Admit::Pending {
+                request_id,
+                new: false,
+            },
+            Requested::Full => Admit::QueueFull,
+        })
+    }
+
+    fn pending_lock(&self) -> MutexGuard<'_, PendingRequests> {
+        // Every change is one map operation: a poisoned lock is usable.
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The pending requests and every device record (`device.pair.list`).
+    pub fn pairing_list(&self) -> anyhow::Result<(Vec<PendingView>, Vec<DeviceRecord>)> {
+        let pending = self.pending_lock().list(now_ms());
+        Ok((pending, self.registry.devices()?))
+    }
+
+    /// Approves a pending request (by request id or device id) or a known
+    /// device; stored before it returns. `None`: no such request or device.
+    pub fn approve(&self, id: &str, by: &str) -> anyhow::Result<Option<(String, DeviceRecord)>> {
+        let now = now_ms();
+        let taken = self.pending_lock().take(id, now);
+        let (request_id, device_id, device) = match taken {
+            Some(p) => (p.request_id, p.device.id.clone(), Some(p.device)),
+            None => (id.to_string(), id.to_string(), None),
+        };
+        let record = self.registry.change(Change::SetState {
+            device_id,
+            state: DeviceState::Approved,
+            by: Some(by.to_string()),
+            device,
+            now_ms: now,
+        })?;
+        Ok(record.map(|r| (request_id, r)))
+    }
+
+    /// Rejects a pending request or revokes a known device (`state`), and
+    /// closes the device's live connections. `None`: nothing with that id.
+    pub fn refuse(
+        &self,
+        id: &str,
+        state: DeviceState,
+    ) -> anyhow::Result<Option<(String, DeviceRecord)>> {
+        let now = now_ms();
+        let taken = self.pending_lock().take(id, now);
+        let (request_id, device_id, device) = match taken {
+            Some(p) => (p.request_id, p.device.id.clone(), Some(p.device)),
+            None => (id.to_string(), id.to_string(), None),
+        };
+        let record = self.registry.change(Change::SetState {
+            device_id: device_id.clone(),
+            state,
+            by: None,
+            device,
+            now_ms: now,
+        })?;
+        if record.is_some() {
+            self.close_device(&device_id);
+        }
+        Ok(record.map(|r| (request_id, r)))
+    }
+
+    /// Deletes a device's record and pins (and any pending request), and
+    /// closes its live connections. `None`: no such device.
+    pub fn remove_device(&self, device_id: &str) -> anyhow::Result<Option<DeviceRecord>> {
+        let pending = self.pending_lock().take(device_id, now_ms());
+        let record = self.registry.change(Change::Remove {
+            device_id: device_id.to_string(),
+        })?;
+        self.close_device(device_id);
+        Ok(record.or_else(|| {
+            pending.map(|p| DeviceRecord {
+                device_id: p.device.id,
+                public_key: Some(p.device.public_key),
+                state: DeviceState::Pending,
+                roles: Vec::new(),
+                display_name: p.device.display_name,
+                label: None,
+                first_seen_ms: p.created_ms,
+                last_seen_ms: p.last_ms,
+                last_address: p.device.address.map(|a| a.to_string()),
+                approved_by: None,
+                approved_at_ms: None,
+                instance_ids: Vec::new(),
+            })
+        }))
+    }
+
+    /// Tells every live connection of `device_id` to close; how many.
+    pub fn close_device(&self, device_id: &str) -> usize {
+        let state = self.lock();
+        let Some(conns) = state.by_device.get(device_id) else {
+            return 0;
+        };
+        let mut told = 0;
+        for conn_id in conns {
+            if let Some(handle) = state.connections.get(conn_id) {
+                handle.revoked.notify_one();
+                told += 1;
+            }
+        }
+        told
+    }
+
+    /// Whether `device_id` has a live connection.
+    pub fn is_device_connected(&self, device_id: &str) -> bool {
+        self.lock().by_device.contains_key(device_id)
+    }
+
+    /// How many requests wait for approval.
+    pub fn pending_count(&self) -> usize {
+        self.pending_lock().len()
     }
 
     /// The registry's part of the shutdown: waits for `stop`, then stores

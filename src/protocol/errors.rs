@@ -68,10 +68,16 @@ pub enum ErrorDetailCode {
     PairingChanged,
     /// clawnode's own: the instance id is pinned to another device key.
     InstanceIdPinned,
+    /// clawnode's own: an operator revoked this device.
+    DeviceRevoked,
+    /// clawnode's own: an operator rejected this device's pairing request.
+    DeviceRejected,
+    /// clawnode's own: too many pairing requests wait; not stored.
+    PairingQueueFull,
 }
 
 impl ErrorDetailCode {
-    pub const ALL: [ErrorDetailCode; 14] = [
+    pub const ALL: [ErrorDetailCode; 17] = [
         ErrorDetailCode::AuthTokenMissing,
         ErrorDetailCode::AuthTokenMismatch,
         ErrorDetailCode::AuthRateLimited,
@@ -86,6 +92,9 @@ impl ErrorDetailCode {
         ErrorDetailCode::PairingRequired,
         ErrorDetailCode::PairingChanged,
         ErrorDetailCode::InstanceIdPinned,
+        ErrorDetailCode::DeviceRevoked,
+        ErrorDetailCode::DeviceRejected,
+        ErrorDetailCode::PairingQueueFull,
     ];
 
     /// A refused credential: the shared token, or the device's identity
@@ -122,6 +131,9 @@ impl ErrorDetailCode {
             ErrorDetailCode::PairingRequired => "PAIRING_REQUIRED",
             ErrorDetailCode::PairingChanged => "PAIRING_CHANGED",
             ErrorDetailCode::InstanceIdPinned => "INSTANCE_ID_PINNED",
+            ErrorDetailCode::DeviceRevoked => "DEVICE_REVOKED",
+            ErrorDetailCode::DeviceRejected => "DEVICE_REJECTED",
+            ErrorDetailCode::PairingQueueFull => "PAIRING_QUEUE_FULL",
         }
     }
 

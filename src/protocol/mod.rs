@@ -58,6 +58,14 @@ pub mod method {
     pub const NODE_RUNNER_INVENTORY_UPDATE: &str = "node.runnerInventory.update";
     /// clawnode's own: drop an instance id's pin (`clawnode forget`).
     pub const INSTANCE_FORGET: &str = "clawnode.instance.forget";
+    /// Device pairing, with OpenClaw's shapes (`openclaw devices ...`).
+    pub const DEVICE_PAIR_LIST: &str = "device.pair.list";
+    pub const DEVICE_PAIR_APPROVE: &str = "device.pair.approve";
+    pub const DEVICE_PAIR_REJECT: &str = "device.pair.reject";
+    pub const DEVICE_PAIR_REMOVE: &str = "device.pair.remove";
+    /// clawnode's own: mark an approved device revoked (`clawnode devices
+    /// revoke`): its connections close, it is refused until approved again.
+    pub const DEVICE_REVOKE: &str = "clawnode.device.revoke";
 }
 
 /// Event names.
@@ -75,6 +83,8 @@ pub mod scope {
     pub const OPERATOR_READ: &str = "operator.read";
     pub const OPERATOR_WRITE: &str = "operator.write";
     pub const OPERATOR_ADMIN: &str = "operator.admin";
+    /// Device pairing (`device.pair.*`), as OpenClaw scopes it.
+    pub const OPERATOR_PAIRING: &str = "operator.pairing";
 }
 
 /// Client modes with special meaning.

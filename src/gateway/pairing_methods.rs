@@ -1,0 +1,181 @@
+//! The device pairing methods, with OpenClaw's request and response shapes
+//! (`device.pair.list|approve|reject|remove`; `openclaw devices ...` and
+//! `clawnode devices ...` speak them) and clawnode's `clawnode.device.revoke`.
+//! Every one needs `operator.pairing` (OpenClaw's scope; `operator.admin`
+//! implies it). Changes are stored before the answer; reject, revoke and
+//! remove close the device's live connections at once.
+
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use tracing::info;
+
+use super::methods::ConnContext;
+use super::registry::{DeviceRecord, DeviceState};
+use super::state::Shared;
+use crate::protocol::{method, scope, ErrorCode, ErrorShape};
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestIdParams {
+    request_id: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceIdParams {
+    device_id: String,
+}
+
+fn unavailable(e: anyhow::Error) -> ErrorShape {
+    tracing::error!(error = %format!("{e:#}"), "cannot change the device registry");
+    ErrorShape::new(
+        ErrorCode::Unavailable,
+        format!("the device registry was not changed: {e:#}"),
+    )
+}
+
+fn non_empty<'a>(what: &str, method: &str, id: &'a str) -> Result<&'a str, ErrorShape> {
+    let id = id.trim();
+    if id.is_empty() {
+        return Err(ErrorShape::invalid_request(format!(
+            "invalid {method} params: {what} is empty"
+        )));
+    }
+    Ok(id)
+}
+
+/// Who made a change, for `approvedBy`: the caller's device, else its name.
+fn caller(ctx: &ConnContext) -> String {
+    ctx.device_id
+        .clone()
+        .or_else(|| ctx.client.display_name.clone())
+        .unwrap_or_else(|| ctx.client.id.clone())
+}
+
+/// A record as `paired` lists it: ours, plus OpenClaw's names for the
+/// same facts (`createdAtMs`, `remoteIp`, `role`, `operatorLabel`).
+pub fn paired_view(record: &DeviceRecord, connected: bool) -> Value {
+    let mut v = serde_json::to_value(record).unwrap_or_else(|_| json!({}));
+    if let Value::Object(map) = &mut v {
+        let mut extra = Map::new();
+        extra.insert("createdAtMs".into(), json!(record.first_seen_ms));
+        extra.insert("lastSeenAtMs".into(), json!(record.last_seen_ms));
+        if let Some(ip) = &record.last_address {
+            extra.insert("remoteIp".into(), json!(ip));
+        }
+        if let Some(role) = record.roles.first() {
+            extra.insert("role".into(), json!(role));
+        }
+        if let Some(label) = &record.label {
+            extra.insert("operatorLabel".into(), json!(label));
+        }
+        extra.insert("connected".into(), json!(connected));
+        map.extend(extra);
+    }
+    v
+}
+
+/// `device.pair.list`: `{ pending, paired }` as OpenClaw answers it, and
+/// clawnode's `refused` (rejected and revoked devices).
+pub fn list(shared: &Shared, ctx: &ConnContext) -> Result<Value, ErrorShape> {
+    ctx.require_operator_scope(scope::OPERATOR_PAIRING)?;
+    let (pending, records) = shared.pairing_list().map_err(unavailable)?;
+    let (paired, refused): (Vec<_>, Vec<_>) = records
+        .iter()
+        .partition(|r| r.state == DeviceState::Approved);
+    let view = |r: &&DeviceRecord| paired_view(r, shared.is_device_connected(&r.device_id));
+    Ok(json!({
+        "pending": pending,
+        "paired": paired.iter().map(view).collect::<Vec<_>>(),
+        "refused": refused.iter().map(view).collect::<Vec<_>>(),
+    }))
+}
+
+/// `device.pair.approve { requestId }`: a pending request (its request id
+/// or device id), or a rejected or revoked device by its id.
+pub fn approve(
+    shared: &Shared,
+    ctx: &ConnContext,
+    params: RequestIdParams,
+) -> Result<Value, ErrorShape> {
+    ctx.require_operator_scope(scope::OPERATOR_PAIRING)?;
+    let id = non_empty("requestId", method::DEVICE_PAIR_APPROVE, &params.request_id)?;
+    let by = caller(ctx);
+    let Some((request_id, record)) = shared.approve(id, &by).map_err(unavailable)? else {
+        return Err(ErrorShape::invalid_request("unknown requestId"));
+    };
+    shared.metrics.admission("approved");
+    info!(
+        device_id = record.device_id.as_str(),
+        approved_by = by.as_str(),
+        "device approved by an operator"
+    );
+    Ok(json!({ "requestId": request_id, "device": paired_view(&record, false) }))
+}
+
+/// `device.pair.reject { requestId }`: the device is refused until
+/// approved again; its connections close.
+pub fn reject(
+    shared: &Shared,
+    ctx: &ConnContext,
+    params: RequestIdParams,
+) -> Result<Value, ErrorShape> {
+    ctx.require_operator_scope(scope::OPERATOR_PAIRING)?;
+    let id = non_empty("requestId", method::DEVICE_PAIR_REJECT, &params.request_id)?;
+    refuse(shared, id, DeviceState::Rejected).map(
+        |(request_id, record)| json!({ "requestId": request_id, "deviceId": record.device_id }),
+    )
+}
+
+/// `clawnode.device.revoke { deviceId }`: as reject, for an approved device.
+pub fn revoke(
+    shared: &Shared,
+    ctx: &ConnContext,
+    params: DeviceIdParams,
+) -> Result<Value, ErrorShape> {
+    ctx.require_operator_scope(scope::OPERATOR_PAIRING)?;
+    let id = non_empty("deviceId", method::DEVICE_REVOKE, &params.device_id)?;
+    refuse(shared, id, DeviceState::Revoked).map(
+        |(_, record)| json!({ "deviceId": record.device_id, "device": paired_view(&record, false) }),
+    )
+}
+
+fn refuse(
+    shared: &Shared,
+    id: &str,
+    state: DeviceState,
+) -> Result<(String, DeviceRecord), ErrorShape> {
+    let Some((request_id, record)) = shared.refuse(id, state).map_err(unavailable)? else {
+        return Err(ErrorShape::invalid_request(match state {
+            DeviceState::Rejected => "unknown requestId",
+            _ => "unknown deviceId",
+        }));
+    };
+    shared.metrics.admission(state.as_str());
+    info!(
+        device_id = record.device_id.as_str(),
+        state = state.as_str(),
+        "device refused by an operator; its connections are closed"
+    );
+    Ok((request_id, record))
+}
+
+/// `device.pair.remove { deviceId }`: the record and its pins go; its
+/// connections close. Under `admission = "token"` it may join again.
+pub fn remove(
+    shared: &Shared,
+    ctx: &ConnContext,
+    params: DeviceIdParams,
+) -> Result<Value, ErrorShape> {
+    ctx.require_operator_scope(scope::OPERATOR_PAIRING)?;
+    let id = non_empty("deviceId", method::DEVICE_PAIR_REMOVE, &params.device_id)?;
+    let Some(record) = shared.remove_device(id).map_err(unavailable)? else {
+        return Err(ErrorShape::invalid_request("unknown deviceId"));
+    };
+    shared.metrics.admission("removed");
+    info!(
+        device_id = record.device_id.as_str(),
+        "device removed by an operator; its connections are closed"
+    );
+    Ok(json!({ "deviceId": record.device_id, "removedAtMs": crate::clock::now_ms() }))
+}
