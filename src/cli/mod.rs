@@ -2,6 +2,7 @@
 //! is testable; `main.rs` only calls [`main`].
 
 pub mod check_config;
+pub mod devices;
 pub mod forget;
 pub mod identity;
 pub mod presence;
@@ -40,6 +41,9 @@ pub enum Command {
     /// On the gateway host: forget which device key owns an instance id, so
     /// a re-imaged host (new key, same instance id) is accepted again.
     Forget(ForgetArgs),
+    /// On the gateway host: list devices and pairing requests; approve,
+    /// reject, revoke or remove a device.
+    Devices(devices::DevicesArgs),
 }
 
 /// How a client reaches the gateway over TLS (agent and `presence`).
@@ -300,6 +304,7 @@ pub async fn main(cli: Cli) -> ExitCode {
         Command::Identity(args) => identity::run(args),
         Command::CheckConfig(args) => check_config::run(args),
         Command::Forget(args) => forget::run(args).await,
+        Command::Devices(args) => devices::run(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
