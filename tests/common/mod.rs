@@ -435,15 +435,17 @@ impl TestGateway {
     /// Runs `clawnode presence` against this gateway (pinned to its
     /// certificate when it serves TLS).
     pub fn presence_cli(&self, extra: &[&str]) -> (i32, String, String) {
+        self.operator_cli(&["presence"], extra)
+    }
+
+    /// Runs an operator command (`command`, e.g. `["devices", "list"]`)
+    /// against this gateway, with its credential and certificate, then
+    /// `extra`.
+    pub fn operator_cli(&self, command: &[&str], extra: &[&str]) -> (i32, String, String) {
         let url = self.url();
         let tf = self.token_file();
-        let mut args = vec![
-            "presence",
-            "--url",
-            &url,
-            "--token-file",
-            tf.to_str().unwrap(),
-        ];
+        let mut args = command.to_vec();
+        args.extend(["--url", &url, "--token-file", tf.to_str().unwrap()]);
         if let Some(cert) = &self.tls {
             args.extend(["--tls-fingerprint", &cert.fingerprint]);
         }
