@@ -311,6 +311,7 @@ async fn handshake(
         admitted.device_id.as_deref(),
         conn_id,
     );
+    let revocations = shared.revocations();
     claim(shared, &req, &admitted, &own_key, remote_ip).await?;
 
     let registered = shared.register(Registration {
@@ -326,6 +327,18 @@ async fn handshake(
         caps: &params.caps,
         commands: &params.commands,
     });
+    // Revoked between its admission and its registration: the sweep that
+    // closed the device's connections may have missed this one.
+    if let Some(device_id) = &admitted.device_id {
+        if shared.revocations() != revocations && shared.is_refused(device_id) {
+            shared.unregister(conn_id, registered.presence_key.as_ref());
+            return Err(pairing::device_refused(
+                &req,
+                device_id,
+                super::registry::DeviceState::Revoked,
+            ));
+        }
+    }
     let hello = hello_ok(shared, conn_id, &admitted, registered.presence_version, now);
     let hello = hello_response(&hello, &req.id, registered.presence_json);
     let ConnectRequest { params, .. } = req;

@@ -135,6 +135,10 @@ pub struct Shared {
     /// New devices waiting for approval (`admission = "manual"`); its own
     /// lock, never taken with the state lock held.
     pending: Mutex<PendingRequests>,
+    /// Bumped by every rejection, revocation and removal: a handshake that
+    /// saw another value before it registered checks its device again (a
+    /// revocation between its admission and its registration).
+    revocations: std::sync::atomic::AtomicU64,
     state: Mutex<State>,
 }
 
@@ -166,6 +170,7 @@ impl Shared {
             started_ms: now_ms(),
             registry,
             pending: Mutex::new(PendingRequests::default()),
+            revocations: std::sync::atomic::AtomicU64::new(0),
             state: Mutex::new(State {
                 presence,
                 presence_version: 1,
@@ -438,6 +443,7 @@ impl Shared {
             now_ms: now,
         })?;
         if record.is_some() {
+            self.bump_revocations();
             self.close_device(&device_id);
         }
         Ok(record.map(|r| (request_id, r)))
@@ -450,6 +456,7 @@ impl Shared {
         let record = self.registry.change(Change::Remove {
             device_id: device_id.to_string(),
         })?;
+        self.bump_revocations();
         self.close_device(device_id);
         Ok(record.or_else(|| {
             pending.map(|p| DeviceRecord {
@@ -467,6 +474,24 @@ impl Shared {
                 instance_ids: Vec::new(),
             })
         }))
+    }
+
+    fn bump_revocations(&self) {
+        self.revocations
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// How many rejections, revocations and removals there were.
+    pub fn revocations(&self) -> u64 {
+        self.revocations.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Whether an operator rejected or revoked `device_id` (read again).
+    pub fn is_refused(&self, device_id: &str) -> bool {
+        matches!(
+            self.registry.device_state(device_id),
+            Ok(Some(DeviceState::Rejected | DeviceState::Revoked))
+        )
     }
 
     /// Tells every live connection of `device_id` to close; how many.
