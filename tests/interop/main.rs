@@ -7,5 +7,6 @@
 mod common;
 
 mod agent_to_openclaw;
+mod devices_cli;
 mod openclaw_to_gateway;
 mod schema;

@@ -1,0 +1,75 @@
+//! `openclaw devices …` (the real OpenClaw CLI) against our gateway under
+//! `admission = "manual"` (issue 16, part 7): it lists our agent's pending
+//! request, and its approval lets the agent in.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::common::openclaw::OpenClawHome;
+use crate::common::*;
+
+#[test]
+fn openclaw_devices_lists_and_approves_a_pending_agent_on_our_gateway() {
+    let gw = TestGateway::start_with_config("[gateway]\nadmission = \"manual\"\n");
+    let (url, token) = (gw.url(), gw.token());
+    let token = token.expose().to_string();
+    let agent_dir = tempfile::tempdir().unwrap();
+    let _agent = gw.agent(agent_dir.path(), &["--display-name", "cn-pending"]);
+    let home = OpenClawHome::new();
+    let list_args = [
+        "devices", "list", "--json", "--url", &url, "--token", &token,
+    ];
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let pending = loop {
+        let list = home.run_json(&list_args);
+        let found = list["pending"].as_array().and_then(|p| p.first()).cloned();
+        if let Some(p) = found {
+            break p;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "openclaw devices list never showed our pending agent: {list:#}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(pending["displayName"], "cn-pending", "{pending:#}");
+    let request_id = pending["requestId"]
+        .as_str()
+        .expect("requestId")
+        .to_string();
+    let device_id = pending["deviceId"].as_str().expect("deviceId").to_string();
+
+    home.run(&[
+        "devices",
+        "approve",
+        &request_id,
+        "--url",
+        &url,
+        "--token",
+        &token,
+    ]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(gw.wait_presence_within(
+        "the agent approved by openclaw devices approve",
+        Duration::from_secs(10),
+        |l| {
+            l.iter().any(|e| {
+                e.device_id.as_deref() == Some(device_id.as_str())
+                    && e.reason.as_deref() != Some("disconnect")
+            })
+        },
+    ));
+    let list = home.run_json(&list_args);
+    let paired = list["paired"].as_array().cloned().unwrap_or_default();
+    assert!(
+        paired
+            .iter()
+            .any(|d| d["deviceId"] == Value::from(device_id.as_str())),
+        "{list:#}"
+    );
+}
