@@ -209,6 +209,18 @@ async fn a_revoked_device_is_closed_within_a_second_and_kept_out_with_the_gatewa
         .await;
     revoke_then_reapprove(&gw, &device_id).await;
 
+    // An operator label, kept with the record (escaped in the table).
+    let (code, out, err) = gw.operator_cli(&["devices", "rename"], &[&device_id, "rack 4\u{1b}"]);
+    assert_ne!(code, 0, "a label with a control character was taken: {out}");
+    assert!(err.contains("invalid label"), "{err}");
+    gw.operator_cli(&["devices", "rename"], &[&device_id, "rack 4"]);
+    let list = devices_json(&gw);
+    assert_eq!(
+        entry(&list, "paired", &device_id).map(|d| d["label"].clone()),
+        Some(Value::from("rack 4")),
+        "{list:#}"
+    );
+
     // Removal closes it too; under the token policy it may join again.
     devices_cli(&gw, "remove", &device_id);
     wait_devices(

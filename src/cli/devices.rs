@@ -40,6 +40,16 @@ pub enum DevicesCommand {
     Revoke(IdArgs),
     /// Delete a device's record and its instance pins; its connections close.
     Remove(IdArgs),
+    /// Set a device's operator label (shown before its host name).
+    Rename {
+        #[command(flatten)]
+        target: TargetArgs,
+        /// The device id.
+        #[arg(value_name = "DEVICE_ID")]
+        id: String,
+        #[arg(value_name = "LABEL")]
+        label: String,
+    },
 }
 
 /// Which gateway, and how to reach it.
@@ -125,6 +135,20 @@ pub async fn run(args: DevicesArgs) -> Result<()> {
             println!(
                 "removed device {} and its instance pins; its connections are closed",
                 escape(text(&out, "deviceId"))
+            );
+        }
+        DevicesCommand::Rename { target, id, label } => {
+            let id = trimmed(&id)?;
+            let out = call(
+                &target,
+                method::DEVICE_PAIR_RENAME,
+                json!({ "deviceId": id, "label": label }),
+            )
+            .await?;
+            println!(
+                "device {} is labelled {}",
+                escape(text(&out, "deviceId")),
+                escape(text(&out, "label"))
             );
         }
     }

@@ -33,6 +33,7 @@ pub const METHODS: &[&str] = &[
     method::DEVICE_PAIR_APPROVE,
     method::DEVICE_PAIR_REJECT,
     method::DEVICE_PAIR_REMOVE,
+    method::DEVICE_PAIR_RENAME,
     method::DEVICE_REVOKE,
 ];
 
@@ -219,6 +220,7 @@ fn handle_value(shared: &Shared, ctx: &ConnContext, req: &Request) -> Result<Val
         method::DEVICE_PAIR_REJECT => pairing_methods::reject(shared, ctx, parse_params(req)?),
         method::DEVICE_PAIR_REMOVE => pairing_methods::remove(shared, ctx, parse_params(req)?),
         method::DEVICE_REVOKE => pairing_methods::revoke(shared, ctx, parse_params(req)?),
+        method::DEVICE_PAIR_RENAME => pairing_methods::rename(shared, ctx, parse_params(req)?),
         method::CONNECT => Err(ErrorShape::invalid_request("already connected")),
         other => Err(ErrorShape::invalid_request(format!(
             "unknown method: {other}"

@@ -26,6 +26,16 @@ pub struct DeviceIdParams {
     device_id: String,
 }
 
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RenameParams {
+    device_id: String,
+    label: String,
+}
+
+/// The longest operator label, in characters.
+pub const MAX_LABEL_CHARS: usize = 128;
+
 fn unavailable(e: anyhow::Error) -> ErrorShape {
     tracing::error!(error = %format!("{e:#}"), "cannot change the device registry");
     ErrorShape::new(
@@ -178,4 +188,32 @@ pub fn remove(
         "device removed by an operator; its connections are closed"
     );
     Ok(json!({ "deviceId": record.device_id, "removedAtMs": crate::clock::now_ms() }))
+}
+
+/// `device.pair.rename { deviceId, label }`: the operator's label, shown
+/// before the host name; `{ deviceId, label }` as OpenClaw answers.
+pub fn rename(
+    shared: &Shared,
+    ctx: &ConnContext,
+    params: RenameParams,
+) -> Result<Value, ErrorShape> {
+    ctx.require_operator_scope(scope::OPERATOR_PAIRING)?;
+    let id = non_empty("deviceId", method::DEVICE_PAIR_RENAME, &params.device_id)?;
+    let label = params.label.trim();
+    if label.is_empty() {
+        return Err(ErrorShape::invalid_request("label required"));
+    }
+    if label.chars().count() > MAX_LABEL_CHARS || label.chars().any(crate::safe_text::is_unsafe) {
+        return Err(ErrorShape::invalid_request(format!(
+            "invalid label: at most {MAX_LABEL_CHARS} characters, no control or bidi characters"
+        )));
+    }
+    let Some(record) = shared.rename_device(id, label).map_err(unavailable)? else {
+        return Err(ErrorShape::invalid_request("unknown deviceId"));
+    };
+    info!(
+        device_id = record.device_id.as_str(),
+        label, "device renamed by an operator"
+    );
+    Ok(json!({ "deviceId": record.device_id, "label": label }))
 }

@@ -494,6 +494,18 @@ impl Shared {
         )
     }
 
+    /// Sets a device's operator label. `None`: no such device.
+    pub fn rename_device(
+        &self,
+        device_id: &str,
+        label: &str,
+    ) -> anyhow::Result<Option<DeviceRecord>> {
+        self.registry.change(Change::Label {
+            device_id: device_id.to_string(),
+            label: label.to_string(),
+        })
+    }
+
     /// Tells every live connection of `device_id` to close; how many.
     pub fn close_device(&self, device_id: &str) -> usize {
         let state = self.lock();

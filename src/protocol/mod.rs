@@ -63,6 +63,7 @@ pub mod method {
     pub const DEVICE_PAIR_APPROVE: &str = "device.pair.approve";
     pub const DEVICE_PAIR_REJECT: &str = "device.pair.reject";
     pub const DEVICE_PAIR_REMOVE: &str = "device.pair.remove";
+    pub const DEVICE_PAIR_RENAME: &str = "device.pair.rename";
     /// clawnode's own: mark an approved device revoked (`clawnode devices
     /// revoke`): its connections close, it is refused until approved again.
     pub const DEVICE_REVOKE: &str = "clawnode.device.revoke";

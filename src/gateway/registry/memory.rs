@@ -175,6 +175,12 @@ impl DeviceRegistry for MemoryRegistry {
                 }
                 Ok(state.record(&device_id))
             }
+            Change::Label { device_id, label } => {
+                if let Some(record) = state.devices.get_mut(&device_id) {
+                    record.label = Some(label);
+                }
+                Ok(state.record(&device_id))
+            }
             Change::Remove { device_id } => {
                 let record = state.record(&device_id);
                 state.devices.remove(&device_id);

@@ -202,6 +202,8 @@ pub enum Change {
     },
     /// Deletes the record and the device's pins.
     Remove { device_id: String },
+    /// Sets the operator's label (shown before the host name).
+    Label { device_id: String, label: String },
 }
 
 /// Sizes, for metrics and the status line.

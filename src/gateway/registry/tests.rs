@@ -439,6 +439,14 @@ fn keeps_device_states(registry: &dyn DeviceRegistry) {
         all.iter().map(|r| r.device_id.as_str()).collect::<Vec<_>>(),
         ["a", "b"]
     );
+    let labelled = registry
+        .change(Change::Label {
+            device_id: "b".into(),
+            label: "rack 4".into(),
+        })
+        .expect("label")
+        .expect("record");
+    assert_eq!(labelled.label.as_deref(), Some("rack 4"));
     // Removal drops the record and its pins.
     let removed = registry
         .change(Change::Remove {
@@ -465,4 +473,6 @@ fn sqlite_registry_keeps_device_states_across_a_restart() {
         reopened.device_state("b").expect("state"),
         Some(DeviceState::Approved)
     );
+    let b = reopened.devices().expect("list");
+    assert_eq!(b[0].label.as_deref(), Some("rack 4"));
 }

@@ -251,6 +251,13 @@ fn apply_change(tx: &Transaction<'_>, change: &Change) -> Result<Option<DeviceRe
             )?;
             select_record(tx, device_id)
         }
+        Change::Label { device_id, label } => {
+            tx.execute(
+                "UPDATE devices SET label = ?2 WHERE device_id = ?1",
+                params![device_id, label],
+            )?;
+            select_record(tx, device_id)
+        }
         Change::Remove { device_id } => {
             let record = select_record(tx, device_id)?;
             if record.is_some() {
