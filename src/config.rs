@@ -12,6 +12,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context as _, Result};
 use serde::Deserialize;
 
+pub mod cidr;
 mod table;
 use table::{settings_table, AtLeastOne, Bool, Count, Secs, Whole};
 
@@ -95,6 +96,7 @@ settings_table! {
         tls_key: Option<PathBuf>,
         public_names: Option<Vec<String>>,
         allowed_origins: Option<Vec<String>>,
+        admission_cidrs: Option<Vec<String>>,
     }
     /// The gateway's numbers and switches, resolved (flags over file over
     /// defaults; only the presence limits have flags).
@@ -415,6 +417,9 @@ pub struct GatewaySettings {
     pub public_names: Vec<HostName>,
     /// Origins of pages elsewhere that may open the WebSocket.
     pub allowed_origins: Vec<Origin>,
+    /// Under `admission = "manual"`, new devices connecting from these
+    /// networks are approved on first use.
+    pub admission_cidrs: Vec<cidr::Cidr>,
     /// The numbers and switches of the `[gateway]` table.
     pub tuning: GatewayTuning,
 }
@@ -429,6 +434,7 @@ impl GatewaySettings {
             tls: None,
             public_names: Vec::new(),
             allowed_origins: Vec::new(),
+            admission_cidrs: Vec::new(),
             tuning: GatewayTuning::default(),
         }
     }
@@ -645,6 +651,16 @@ impl Settings {
             };
             let allowed_origins =
                 parse_allowed_origins(g.allowed_origins.as_deref().unwrap_or_default())?;
+            let admission_cidrs = g
+                .admission_cidrs
+                .as_deref()
+                .unwrap_or_default()
+                .iter()
+                .map(|c| cidr::Cidr::parse(c).context("invalid admission_cidrs entry"))
+                .collect::<Result<Vec<_>>>()?;
+            if !admission_cidrs.is_empty() && tuning.admission != Admission::Manual {
+                bail!("admission_cidrs needs admission = \"manual\": under \"token\" every new device is approved anyway");
+            }
             if tuning.metrics_require_token && auth == AuthMode::None {
                 bail!("metrics_require_token = true needs auth = \"token\": without auth there is no token to require");
             }
@@ -654,6 +670,7 @@ impl Settings {
                 tls,
                 public_names,
                 allowed_origins,
+                admission_cidrs,
                 tuning,
             })
         } else {

@@ -230,3 +230,43 @@ async fn a_revoked_device_is_closed_within_a_second_and_kept_out_with_the_gatewa
         |l| entry(l, "paired", &device_id).map(|_| ()),
     );
 }
+
+/// `admission_cidrs`: under `manual`, a new device from a listed network is
+/// approved on first use (the rest wait, as above); the setting without
+/// `manual` is a config error naming what to change.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_device_from_an_admission_cidr_is_approved_on_first_use() {
+    let gw = TestGateway::start_with_config(
+        "[gateway]\nadmission = \"manual\"\nadmission_cidrs = [\"127.0.0.0/8\"]\n",
+    );
+    let agent_dir = tempfile::tempdir().unwrap();
+    let _agent = gw.agent(agent_dir.path(), &[]);
+    let device_id = wait_devices(&gw, "the agent approved", Duration::from_secs(20), |l| {
+        let d = l["paired"].as_array()?.iter().find(|d| {
+            d["roles"]
+                .as_array()
+                .is_some_and(|r| r.contains(&Value::from("node")))
+        })?;
+        Some(d["deviceId"].as_str()?.to_string())
+    });
+    gw.wait_presence("the agent's row", |l| connected(l, &device_id))
+        .await;
+    assert_eq!(admissions(&gw, "pending"), 0.0);
+
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("c.toml");
+    std::fs::write(&config, "[gateway]\nadmission_cidrs = [\"10.0.0.0/8\"]\n").unwrap();
+    let (code, _, err) = run_cli(&[
+        "check-config",
+        "--gateway",
+        "--config",
+        config.to_str().unwrap(),
+        "--state-dir",
+        tmp.path().to_str().unwrap(),
+    ]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("admission_cidrs needs admission = \"manual\""),
+        "{err}"
+    );
+}

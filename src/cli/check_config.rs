@@ -133,6 +133,14 @@ pub fn render(s: &Settings, token_note: &str) -> String {
             "allowed_origins = {}",
             list(g.allowed_origins.iter().map(ToString::to_string).collect())
         ));
+        line(
+            "# Networks whose new devices are approved on first use (admission = \"manual\")"
+                .into(),
+        );
+        line(format!(
+            "admission_cidrs = {}",
+            list(g.admission_cidrs.iter().map(ToString::to_string).collect())
+        ));
         for l in g.tuning.lines() {
             line(l);
         }

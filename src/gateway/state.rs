@@ -374,8 +374,12 @@ impl Shared {
             }
             Some(DeviceState::Pending) | None => {}
         }
-        let manual = self.config.settings.tuning.admission == crate::config::Admission::Manual;
-        if !manual || device.role != Some(Role::Node) {
+        let settings = &self.config.settings;
+        let manual = settings.tuning.admission == crate::config::Admission::Manual;
+        let trusted = device
+            .address
+            .is_some_and(|ip| settings.admission_cidrs.iter().any(|c| c.contains(ip)));
+        if !manual || trusted || device.role != Some(Role::Node) {
             return Ok(Admit::Approved);
         }
         let requested = self.pending_lock().request(device, now_ms());
