@@ -91,6 +91,8 @@ async fn revoke_then_reapprove(gw: &TestGateway, device_id: &str) {
         Some(Value::from("revoked")),
         "{list:#}"
     );
+    let (_, _, metrics) = get(gw.addr, "/metrics");
+    assert_eq!(series(&metrics, "clawnode_devices{state=\"revoked\"}"), 1.0);
     // The agent retries (every 2 s, as told) and is refused each time.
     let deadline = Instant::now() + Duration::from_secs(20);
     while admissions(gw, "revoked") < before + 3.0 {
@@ -139,6 +141,8 @@ async fn manual_admission_keeps_a_new_agent_pending_until_approved_and_records_s
         !connected(&gw.presence().await, &device_id),
         "a pending device has a row"
     );
+    let (_, _, metrics) = get(gw.addr, "/metrics");
+    assert_eq!(series(&metrics, "clawnode_devices{state=\"pending\"}"), 1.0);
     let (code, table, _) = gw.operator_cli(&["devices", "list"], &[]);
     assert_eq!(code, 0);
     assert!(

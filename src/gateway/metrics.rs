@@ -60,6 +60,9 @@ pub struct Snapshot {
     pub nodes: usize,
     pub operators: usize,
     pub evictions: crate::presence::Evictions,
+    /// Devices pending, approved, rejected, revoked (`None`: the registry
+    /// could not be read).
+    pub devices: Option<[u64; 4]>,
 }
 
 /// The `decision` labels of `clawnode_admission_decisions_total`.
@@ -259,6 +262,20 @@ impl Metrics {
             "Connections closed because a newer one of the same device or presence row went past max_connections_per_device",
             self.replaced.clone(),
         );
+        if let Some(devices) = snapshot.devices {
+            let family = Family::<Label, Gauge>::default();
+            for (state, n) in ["pending", "approved", "rejected", "revoked"]
+                .into_iter()
+                .zip(devices)
+            {
+                family.get_or_create(&[("state", state)]).set(n as i64);
+            }
+            registry.register(
+                "devices",
+                "Devices by state: pending (waiting for approval, in memory), approved, rejected, revoked (in the device registry)",
+                family,
+            );
+        }
         registry.register(
             "admission_decisions",
             "Device admission decisions: pending (refused, waiting for approval), queue_full (refused, not stored), rejected and revoked (refused), approved and removed (by an operator)",

@@ -664,8 +664,21 @@ impl Shared {
             evictions: state.presence.evictions(),
             max_entries: state.presence.limits().max_entries,
             overshoot: state.presence.cap_overshoot(),
+            devices: None,
         };
         drop(state);
+        // The registry's own lock, never under the state lock.
+        let snapshot = MetricsSnapshot {
+            devices: self.registry.counts().ok().map(|c| {
+                [
+                    self.pending_count() as u64,
+                    c.approved,
+                    c.rejected,
+                    c.revoked,
+                ]
+            }),
+            ..snapshot
+        };
         self.metrics
             .render(&snapshot, self.started_ms as f64 / 1000.0)
     }

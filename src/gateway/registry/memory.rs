@@ -136,9 +136,14 @@ impl DeviceRegistry for MemoryRegistry {
 
     fn counts(&self) -> Result<Counts> {
         let state = self.lock();
+        let by_state =
+            |s: DeviceState| state.devices.values().filter(|r| r.state == s).count() as u64;
         Ok(Counts {
             devices: state.devices.len() as u64,
             pins: state.pins.len() as u64,
+            approved: by_state(DeviceState::Approved),
+            rejected: by_state(DeviceState::Rejected),
+            revoked: by_state(DeviceState::Revoked),
         })
     }
 

@@ -211,6 +211,10 @@ pub enum Change {
 pub struct Counts {
     pub devices: u64,
     pub pins: u64,
+    /// Devices approved, rejected and revoked.
+    pub approved: u64,
+    pub rejected: u64,
+    pub revoked: u64,
 }
 
 /// What a claim finds stored about its key.

@@ -196,9 +196,20 @@ impl DeviceRegistry for SqliteRegistry {
                 conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))?;
             Ok(n as u64)
         };
+        let by_state = |state: DeviceState| -> Result<u64> {
+            let n: i64 = conn.query_row(
+                "SELECT count(*) FROM devices WHERE state = ?1",
+                [state.as_str()],
+                |r| r.get(0),
+            )?;
+            Ok(n as u64)
+        };
         Ok(Counts {
             devices: count("devices")?,
             pins: count("instances")?,
+            approved: by_state(DeviceState::Approved)?,
+            rejected: by_state(DeviceState::Rejected)?,
+            revoked: by_state(DeviceState::Revoked)?,
         })
     }
 
