@@ -1,6 +1,7 @@
 //! `openclaw devices …` (the real OpenClaw CLI) against our gateway under
 //! `admission = "manual"` (issue 16, part 7): it lists our agent's pending
-//! request, and its approval lets the agent in.
+//! request, its approval lets the agent in, and its removal closes the
+//! agent's connection (pending again).
 
 use std::time::{Duration, Instant};
 
@@ -10,7 +11,7 @@ use crate::common::openclaw::OpenClawHome;
 use crate::common::*;
 
 #[test]
-fn openclaw_devices_lists_and_approves_a_pending_agent_on_our_gateway() {
+fn openclaw_devices_lists_approves_and_removes_an_agent_on_our_gateway() {
     let gw = TestGateway::start_with_config("[gateway]\nadmission = \"manual\"\n");
     let (url, token) = (gw.url(), gw.token());
     let token = token.expose().to_string();
@@ -72,4 +73,36 @@ fn openclaw_devices_lists_and_approves_a_pending_agent_on_our_gateway() {
             .any(|d| d["deviceId"] == Value::from(device_id.as_str())),
         "{list:#}"
     );
+
+    // `openclaw devices remove` closes its connection; under manual
+    // admission it is pending again.
+    home.run(&[
+        "devices", "remove", &device_id, "--url", &url, "--token", &token,
+    ]);
+    rt.block_on(gw.wait_presence_within(
+        "the removed agent's row left",
+        Duration::from_secs(1),
+        |l| {
+            !l.iter().any(|e| {
+                e.device_id.as_deref() == Some(device_id.as_str())
+                    && e.reason.as_deref() != Some("disconnect")
+            })
+        },
+    ));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let list = home.run_json(&list_args);
+        let again = list["pending"].as_array().is_some_and(|p| {
+            p.iter()
+                .any(|r| r["deviceId"] == Value::from(device_id.as_str()))
+        });
+        if again {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the removed agent is not pending again: {list:#}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
