@@ -593,6 +593,44 @@ mod tests {
     }
 
     #[test]
+    fn pairing_methods_need_operator_pairing() {
+        let node = ctx(Role::Node, &[]);
+        let reader = ctx(
+            Role::Operator,
+            &[scope::OPERATOR_READ, scope::OPERATOR_WRITE],
+        );
+        let calls = [
+            (method::DEVICE_PAIR_LIST, json!({})),
+            (method::DEVICE_PAIR_APPROVE, json!({ "requestId": "r" })),
+            (method::DEVICE_PAIR_REJECT, json!({ "requestId": "r" })),
+            (method::DEVICE_PAIR_REMOVE, json!({ "deviceId": "d" })),
+            (
+                method::DEVICE_PAIR_RENAME,
+                json!({ "deviceId": "d", "label": "l" }),
+            ),
+            (method::DEVICE_REVOKE, json!({ "deviceId": "d" })),
+        ];
+        for (m, params) in &calls {
+            for who in [&node, &reader] {
+                let e = call(who, m, params.clone()).unwrap_err();
+                assert_eq!(e.code, ErrorCode::Forbidden, "{m} by {:?}", who.role);
+                assert_eq!(e.message, "missing scope: operator.pairing");
+            }
+        }
+        for scopes in [[scope::OPERATOR_PAIRING], [scope::OPERATOR_ADMIN]] {
+            let op = ctx(Role::Operator, &scopes);
+            let list = call(&op, method::DEVICE_PAIR_LIST, json!({})).unwrap();
+            assert_eq!(list, json!({ "pending": [], "paired": [], "refused": [] }));
+            // Unknown ids are OpenClaw's errors.
+            for (m, params) in &calls[1..] {
+                let e = call(&op, m, params.clone()).unwrap_err();
+                assert_eq!(e.code, ErrorCode::InvalidRequest, "{m}");
+                assert!(e.message.starts_with("unknown "), "{m}: {}", e.message);
+            }
+        }
+    }
+
+    #[test]
     fn other_node_methods_stay_unknown() {
         let node = ctx(Role::Node, &[]);
         for m in [
