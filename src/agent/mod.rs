@@ -74,9 +74,24 @@ pub fn retry_after_rejection(
         error!(error = %error, error_code, device_id, "the gateway knows our instance id with another device key (a restored or copied state directory?); if this host was re-imaged, run `clawnode forget <instanceId>` on the gateway host; retrying every {}s", backoff.max().as_secs());
         backoff.max()
     } else if pairing {
+        let delay = hinted.unwrap_or(backoff.max());
+        // A string field: escaped by every log format.
+        let request_id = error
+            .details
+            .as_ref()
+            .and_then(|d| d.get("requestId"))
+            .and_then(|r| r.as_str())
+            .unwrap_or("-");
         if !memory.pairing_logged {
             memory.pairing_logged = true;
-            warn!(error = %error, error_code, device_id, "this device is waiting for pairing approval: on the gateway host run `openclaw devices list`, then `openclaw devices approve <requestId>`; retrying every {}s", backoff.max().as_secs());
+            if matches!(
+                detail,
+                Some(ErrorDetailCode::DeviceRevoked | ErrorDetailCode::DeviceRejected)
+            ) {
+                warn!(error = %error, error_code, device_id, "the gateway's operator refused this device: it is let in again once approved (`clawnode devices approve <deviceId>` on the gateway host); retrying every {}s", delay.as_secs().max(1));
+            } else {
+                warn!(error = %error, error_code, device_id, request_id, "this device is waiting for pairing approval: on the gateway host run `clawnode devices approve <requestId>` (an OpenClaw gateway: `openclaw devices list`, then `openclaw devices approve <requestId>`); retrying every {}s", delay.as_secs().max(1));
+            }
         } else {
             debug!(error = %error, "still waiting for pairing approval");
         }
