@@ -274,3 +274,48 @@ async fn a_device_from_an_admission_cidr_is_approved_on_first_use() {
         "{err}"
     );
 }
+
+/// `clawnode devices reject`: the pending request goes, the device is
+/// stored rejected and its retries are refused (not pending again) until
+/// an operator approves it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rejected_request_stays_refused_until_approved() {
+    let gw = TestGateway::start_with_config("[gateway]\nadmission = \"manual\"\n");
+    let agent_dir = tempfile::tempdir().unwrap();
+    let _agent = gw.agent(agent_dir.path(), &[]);
+    let (request_id, device_id) =
+        wait_devices(&gw, "a pending request", Duration::from_secs(20), |l| {
+            let p = l["pending"].as_array()?.first()?;
+            Some((
+                p["requestId"].as_str()?.to_string(),
+                p["deviceId"].as_str()?.to_string(),
+            ))
+        });
+    let before = admissions(&gw, "rejected");
+    devices_cli(&gw, "reject", &request_id);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while admissions(&gw, "rejected") < before + 3.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the rejected agent's retries were not refused:\n{}",
+            gw.proc.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let list = devices_json(&gw);
+    assert!(
+        list["pending"].as_array().is_some_and(|p| p.is_empty()),
+        "{list:#}"
+    );
+    assert_eq!(
+        entry(&list, "refused", &device_id).map(|d| d["state"].clone()),
+        Some(Value::from("rejected")),
+        "{list:#}"
+    );
+    assert!(!connected(&gw.presence().await, &device_id));
+    devices_cli(&gw, "approve", &device_id);
+    gw.wait_presence_within("the approved device", Duration::from_secs(10), |l| {
+        connected(l, &device_id)
+    })
+    .await;
+}
