@@ -116,6 +116,22 @@ pub fn render(s: &Settings, token_note: &str) -> String {
                 crate::config::AuthMode::None => "none",
             })
         ));
+        match g.operator_token.file() {
+            Some(p) => {
+                line(
+                    "# The operator credential (any role; the token above grants role node only)"
+                        .into(),
+                );
+                line(format!(
+                    "operator_token_file = {}",
+                    quote(&p.to_string_lossy())
+                ));
+            }
+            None => line(format!(
+                "# operator_token_file: {}",
+                g.operator_token.describe()
+            )),
+        }
         let list = |items: Vec<String>| {
             let quoted: Vec<String> = items.iter().map(|i| quote(i)).collect();
             format!("[{}]", quoted.join(", "))

@@ -56,6 +56,9 @@ pub enum ErrorDetailCode {
     AuthTokenMissing,
     AuthTokenMismatch,
     AuthRateLimited,
+    /// A valid credential that does not cover the role asked for (the
+    /// join token asking for role operator).
+    AuthScopeMismatch,
     ProtocolMismatch,
     DeviceIdentityRequired,
     DeviceAuthSignatureInvalid,
@@ -71,10 +74,11 @@ pub enum ErrorDetailCode {
 }
 
 impl ErrorDetailCode {
-    pub const ALL: [ErrorDetailCode; 14] = [
+    pub const ALL: [ErrorDetailCode; 15] = [
         ErrorDetailCode::AuthTokenMissing,
         ErrorDetailCode::AuthTokenMismatch,
         ErrorDetailCode::AuthRateLimited,
+        ErrorDetailCode::AuthScopeMismatch,
         ErrorDetailCode::ProtocolMismatch,
         ErrorDetailCode::DeviceIdentityRequired,
         ErrorDetailCode::DeviceAuthSignatureInvalid,
@@ -96,6 +100,7 @@ impl ErrorDetailCode {
             ErrorDetailCode::AuthTokenMissing
                 | ErrorDetailCode::AuthTokenMismatch
                 | ErrorDetailCode::AuthRateLimited
+                | ErrorDetailCode::AuthScopeMismatch
                 | ErrorDetailCode::DeviceIdentityRequired
                 | ErrorDetailCode::DeviceAuthSignatureInvalid
                 | ErrorDetailCode::DeviceAuthDeviceIdMismatch
@@ -111,6 +116,7 @@ impl ErrorDetailCode {
             ErrorDetailCode::AuthTokenMissing => "AUTH_TOKEN_MISSING",
             ErrorDetailCode::AuthTokenMismatch => "AUTH_TOKEN_MISMATCH",
             ErrorDetailCode::AuthRateLimited => "AUTH_RATE_LIMITED",
+            ErrorDetailCode::AuthScopeMismatch => "AUTH_SCOPE_MISMATCH",
             ErrorDetailCode::ProtocolMismatch => "PROTOCOL_MISMATCH",
             ErrorDetailCode::DeviceIdentityRequired => "DEVICE_IDENTITY_REQUIRED",
             ErrorDetailCode::DeviceAuthSignatureInvalid => "DEVICE_AUTH_SIGNATURE_INVALID",
