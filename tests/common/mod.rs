@@ -777,6 +777,7 @@ fn scrub_env(cmd: &mut Command) {
     for var in [
         "CLAWNODE_TOKEN",
         "CLAWNODE_TOKEN_FILE",
+        "CLAWNODE_OPERATOR_TOKEN_FILE",
         "OPENCLAW_GATEWAY_TOKEN",
         "CLAWNODE_URL",
         "CLAWNODE_STATE_DIR",
