@@ -41,6 +41,17 @@ fn refused_as_node_only(outcome: Outcome, gw: &TestGateway, what: &str) {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_join_token_is_a_node_credential_and_the_operator_token_an_operator_one() {
     let gw = TestGateway::start(&[]);
+    // The join token asking for role operator, with any scope: refused.
+    for scopes in [
+        &["operator.read"][..],
+        &["operator.write"],
+        &["operator.admin"],
+        &[],
+    ] {
+        let mut c = RawClient::open(&gw.url()).await;
+        let params = operator_params("cli", Some("intruder"), scopes, Some(&gw.token()));
+        refused_as_node_only(c.connect(&params).await, &gw, &format!("{scopes:?}"));
+    }
     // Generated on first start, private like gateway.token, and distinct.
     for file in [gw.token_file(), gw.operator_token_file()] {
         let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
@@ -56,12 +67,6 @@ async fn the_join_token_is_a_node_credential_and_the_operator_token_an_operator_
     })
     .await;
 
-    // The join token asking for role operator, with any scope: refused.
-    for scopes in [&["operator.read"][..], &["operator.write"], &["operator.admin"], &[]] {
-        let mut c = RawClient::open(&gw.url()).await;
-        let params = operator_params("cli", Some("intruder"), scopes, Some(&gw.token()));
-        refused_as_node_only(c.connect(&params).await, &gw, &format!("{scopes:?}"));
-    }
     // The CLI with the join token says the same, in one line.
     let tf = gw.token_file();
     let (code, out, err) = run_cli(&[
@@ -112,7 +117,10 @@ async fn the_join_token_is_a_node_credential_and_the_operator_token_an_operator_
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("cred-node") && out.contains("beacon"), "{out}");
     // Nothing the join token's holder sent reached the list.
-    assert!(!out.contains("hijacked") && !out.contains("intruder"), "{out}");
+    assert!(
+        !out.contains("hijacked") && !out.contains("intruder"),
+        "{out}"
+    );
 }
 
 /// On the gateway host (its config file), `clawnode presence` and `forget`
