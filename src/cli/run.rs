@@ -240,7 +240,7 @@ fn load_or_generate(
     let created = state_file::create_atomic(path, format!("{token}\n").as_bytes())
         .with_context(|| format!("cannot write {what} {}", path.display()))?;
     let note = if created {
-        format!("generated a {what} in {}; {use_note}", path.display())
+        format!("generated the {what} in {}; {use_note}", path.display())
     } else {
         format!("{what} from file {}", path.display())
     };
