@@ -362,11 +362,18 @@ pub fn path_list(paths: &[PathBuf]) -> String {
 pub fn read_token_file(path: &Path) -> Result<Secret> {
     let text = std::fs::read_to_string(path).with_context(|| {
         let hint = if path.exists() {
-            ""
+            String::new()
         } else {
-            " (a gateway on this host keeps its token in /var/lib/clawnode/gateway.token when \
-             run as root or as the service, else in ~/.local/state/clawnode/gateway.token; an \
-             agent or `clawnode presence` for a local gateway finds it without --token-file)"
+            let (file, finder) = if path.file_name() == Some(OPERATOR_TOKEN_FILE.as_ref()) {
+                (OPERATOR_TOKEN_FILE, "`clawnode presence` or `forget`")
+            } else {
+                (GATEWAY_TOKEN_FILE, "an agent")
+            };
+            format!(
+                " (a gateway on this host keeps its token in /var/lib/clawnode/{file} when \
+                 run as root or as the service, else in ~/.local/state/clawnode/{file}; \
+                 {finder} for a local gateway finds it without --token-file)"
+            )
         };
         format!("cannot read token file {}{hint}", path.display())
     })?;
@@ -1079,6 +1086,14 @@ mod tests {
             e.contains("cannot read token file /nonexistent/gateway.token")
                 && e.contains("/var/lib/clawnode/gateway.token")
                 && e.contains("~/.local/state/clawnode/gateway.token"),
+            "{e}"
+        );
+        let e = format!(
+            "{:#}",
+            read_token_file(Path::new("/nonexistent/operator.token")).unwrap_err()
+        );
+        assert!(
+            e.contains("/var/lib/clawnode/operator.token") && e.contains("clawnode presence"),
             "{e}"
         );
     }
