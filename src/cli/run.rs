@@ -335,7 +335,7 @@ async fn run_gateway(
         instances_page = %page,
         metrics = %format!("{page}metrics"),
         health = %format!("{page}healthz"),
-        "open the Instances page in a browser (with the gateway token); Prometheus scrapes /metrics"
+        "open the Instances page in a browser (with the operator token); Prometheus scrapes /metrics"
     );
     notifier.ready(&format!("gateway listening on {}", gateway.local_addr()?));
     gateway.serve(async move { stop.wait().await }).await?;
