@@ -134,7 +134,7 @@ if boot; then
         grep -Eq "^StatusText=connected to ws://127.0.0.1:$GW_PORT as [0-9a-f-]{36}$" "$ROOT/probe/status"
     instance=$(sed -n 's/^StatusText=connected to .* as //p' "$ROOT/probe/status")
     expect "agent: its row is in the gateway's presence list, with host facts read under the sandbox" sh -c "
-        '$HOST_BIN' presence --config /dev/null --url ws://127.0.0.1:$GW_PORT --token-file '$WORK/gw/gateway.token' --json |
+        '$HOST_BIN' presence --config /dev/null --url ws://127.0.0.1:$GW_PORT --token-file '$WORK/gw/operator.token' --json |
         python3 -c 'import json,sys
 rows=[r for r in json.load(sys.stdin) if r.get(\"instanceId\")==\"$instance\"]
 assert rows, \"no row for $instance\"
@@ -171,8 +171,16 @@ if boot; then
     expect "gateway: active (running)" status_is "ActiveState=active"
     expect "gateway: status counts entries and connections" \
         grep -Eq '^StatusText=gateway: [0-9]+ (entry|entries), [0-9]+ connections?$' "$ROOT/probe/status"
+    # /etc/clawnode/token is the join token (role node only): an operator
+    # uses the operator token the service generated in its state directory.
+    expect "gateway: generated its operator token, 0600, owned by clawnode" sh -c "
+        [ \"\$(stat -c %a '$ROOT/var/lib/clawnode/operator.token')\" = 600 ] &&
+        [ \"\$(stat -c %u '$ROOT/var/lib/clawnode/operator.token')\" = \"\$(chroot '$LOWER' id -u clawnode)\" ]"
+    expect "gateway: refuses the join token as an operator, naming the operator token" sh -c "
+        '$HOST_BIN' presence --config /dev/null --url ws://127.0.0.1:$GW2_PORT --token-file '$WORK/gw/gateway.token' 2>&1 |
+        grep -q 'grants role node only; operators use /var/lib/clawnode/operator.token'"
     expect "gateway: answers system-presence with its self row" sh -c "
-        '$HOST_BIN' presence --config /dev/null --url ws://127.0.0.1:$GW2_PORT --token-file '$WORK/gw/gateway.token' | grep -q ' gateway '"
+        '$HOST_BIN' presence --config /dev/null --url ws://127.0.0.1:$GW2_PORT --token-file '$ROOT/var/lib/clawnode/operator.token' | grep -q ' gateway '"
 else
     fail "gateway: clawnode.service did not become ready within 90 s" "$(tail -30 "$WORK/console.log")"
 fi

@@ -55,14 +55,14 @@ for r in $(seq "$RUNS"); do
   emit ours.handshakes "$($LOAD --url ws://127.0.0.1:$port --token-file "$work/ours/gateway.token" --mode handshakes --concurrency 64 --duration 10 --presence-rate 0)"
 done
 for r in $(seq "$RUNS"); do
-  emit ours.presence200 "$($LOAD --url ws://127.0.0.1:$port --token-file "$work/ours/gateway.token" --nodes 200 --duration 20 --beacon-interval 0 --stats-interval 0 --presence-rate 50)"
+  emit ours.presence200 "$($LOAD --url ws://127.0.0.1:$port --token-file "$work/ours/gateway.token" --operator-token-file "$work/ours/operator.token" --nodes 200 --duration 20 --beacon-interval 0 --stats-interval 0 --presence-rate 50)"
 done
 kill $GW; wait $GW 2>/dev/null || true
 
 # 10,000 nodes held for 60 s; RSS sampled while they are connected.
 start_ours "$work/ours10k" $port
 base=$(tree_rss_kib $GW)
-$LOAD --url ws://127.0.0.1:$port --token-file "$work/ours10k/gateway.token" --nodes 10000 --duration 60 \
+$LOAD --url ws://127.0.0.1:$port --token-file "$work/ours10k/gateway.token" --operator-token-file "$work/ours10k/operator.token" --nodes 10000 --duration 60 \
   --beacon-interval 60 --stats-interval 60 --presence-rate 10 >"$work/hold.json" &
 loadpid=$!
 sleep 40

@@ -9,7 +9,9 @@
 #   ulimit -n "$(ulimit -Hn)"
 #   clawnode run --gateway --state-dir /tmp/gw --listen 127.0.0.1:18789
 #
-# (its token is then in /tmp/gw/gateway.token). `clawnode-load --help` lists
+# (its join token is then in /tmp/gw/gateway.token, its operator token, for
+# the system-presence caller, in /tmp/gw/operator.token: pass it with
+# --operator-token-file). `clawnode-load --help` lists
 # the modes; scripts/bench-gateway.sh runs the documented comparison with
 # OpenClaw. Results: one JSON line on stdout.
 set -euo pipefail

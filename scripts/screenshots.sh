@@ -40,7 +40,7 @@ sleep 2
 
 # The terminal, as tmux shows it.
 tmux -L "$sock" -f /dev/null new-session -d -x 132 -y 11 -e CLAWNODE_CONFIG=/dev/null \
-  "$bin presence --watch --url ws://$addr --token-file $work/gw/gateway.token"
+  "$bin presence --watch --url ws://$addr --token-file $work/gw/operator.token"
 sleep 3
 tmux -L "$sock" capture-pane -p -e >"$work/screen.ansi"
 python3 - "$work/screen.ansi" "$work/screen.html" <<'EOF'
@@ -75,7 +75,7 @@ chromium --headless --no-sandbox --disable-gpu --disable-background-networking \
   --window-size=1140,230 --screenshot="$out/terminal.png" "file://$work/screen.html" >/dev/null 2>&1
 
 # The browser page: the table, one row's detail open.
-GATEWAY="http://$addr" TOKEN="$(cat "$work/gw/gateway.token")" SHOT="$out/instances.png" \
+GATEWAY="http://$addr" TOKEN="$(cat "$work/gw/operator.token")" SHOT="$out/instances.png" \
   node --input-type=module -e '
 import { chromium } from "./tests/web/node_modules/playwright-core/index.mjs";
 const browser = await chromium.launch({ executablePath: "/usr/bin/chromium",

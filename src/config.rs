@@ -27,6 +27,10 @@ pub const DEFAULT_CONFIG_FILE: &str = "/etc/clawnode/clawnode.toml";
 pub const DEFAULT_URL: &str = "ws://127.0.0.1:18789";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:18789";
 pub const GATEWAY_TOKEN_FILE: &str = "gateway.token";
+/// The operator credential's file in the gateway's state directory.
+pub const OPERATOR_TOKEN_FILE: &str = "operator.token";
+/// Names the operator token's file (gateway and operator commands).
+pub const OPERATOR_TOKEN_FILE_ENV: &str = "CLAWNODE_OPERATOR_TOKEN_FILE";
 /// The state directory of root and of the packaged service.
 pub const SYSTEM_STATE_DIR: &str = "/var/lib/clawnode";
 
@@ -92,6 +96,7 @@ settings_table! {
         enabled: Option<bool>,
         listen: Option<String>,
         auth: Option<AuthMode>,
+        operator_token_file: Option<PathBuf>,
         tls_cert: Option<PathBuf>,
         tls_key: Option<PathBuf>,
         public_names: Option<Vec<String>>,
@@ -216,6 +221,10 @@ pub struct Flags {
     pub state_dir: Option<PathBuf>,
     pub display_name: Option<String>,
     pub gateway: bool,
+    /// An operator command (`presence`, `forget`): the token is the
+    /// operator credential, found on the gateway host in `operator.token`
+    /// (see [`Settings::resolve`]).
+    pub operator: bool,
     pub log_format: Option<LogFormat>,
     pub listen: Option<String>,
     pub auth: Option<AuthMode>,
@@ -309,6 +318,10 @@ impl TokenSource {
     }
 
     /// The file the token is read from now, if it comes from a file.
+    pub fn file(&self) -> Option<&Path> {
+        self.path()
+    }
+
     fn path(&self) -> Option<&Path> {
         match self {
             TokenSource::File(p) | TokenSource::StateDirDefault(p) => Some(p),
@@ -384,11 +397,18 @@ pub fn path_list(paths: &[PathBuf]) -> String {
 pub fn read_token_file(path: &Path) -> Result<Secret> {
     let text = std::fs::read_to_string(path).with_context(|| {
         let hint = if path.exists() {
-            ""
+            String::new()
         } else {
-            " (a gateway on this host keeps its token in /var/lib/clawnode/gateway.token when \
-             run as root or as the service, else in ~/.local/state/clawnode/gateway.token; an \
-             agent or `clawnode presence` for a local gateway finds it without --token-file)"
+            let (file, finder) = if path.file_name() == Some(OPERATOR_TOKEN_FILE.as_ref()) {
+                (OPERATOR_TOKEN_FILE, "`clawnode presence` or `forget`")
+            } else {
+                (GATEWAY_TOKEN_FILE, "an agent")
+            };
+            format!(
+                " (a gateway on this host keeps its token in /var/lib/clawnode/{file} when \
+                 run as root or as the service, else in ~/.local/state/clawnode/{file}; \
+                 {finder} for a local gateway finds it without --token-file)"
+            )
         };
         format!("cannot read token file {}{hint}", path.display())
     })?;
@@ -410,6 +430,10 @@ pub fn read_token_file(path: &Path) -> Result<Secret> {
 pub struct GatewaySettings {
     pub listen: SocketAddr,
     pub auth: AuthMode,
+    /// The operator credential (any role): `CLAWNODE_OPERATOR_TOKEN_FILE`,
+    /// `[gateway] operator_token_file`, else `<state-dir>/operator.token`
+    /// (generated on first start).
+    pub operator_token: TokenSource,
     /// `Some` when the gateway serves TLS (`wss://`).
     pub tls: Option<ServerTlsFiles>,
     /// Names the gateway is reached by besides its defaults (`localhost`,
@@ -431,6 +455,7 @@ impl GatewaySettings {
         GatewaySettings {
             listen,
             auth: AuthMode::Token,
+            operator_token: TokenSource::StateDirDefault(PathBuf::from(OPERATOR_TOKEN_FILE)),
             tls: None,
             public_names: Vec::new(),
             allowed_origins: Vec::new(),
@@ -563,8 +588,33 @@ impl Settings {
             bail!("state_dir must not be empty: expected a directory path, e.g. /var/lib/clawnode");
         }
 
+        let gateway_enabled = flags.gateway || file.gateway.enabled.unwrap_or(false);
+        // The token this process presents (or, as the gateway, accepts from
+        // nodes). An operator command looks for the operator's credential
+        // instead: on the gateway host, `operator.token`.
+        let own_file = if flags.operator {
+            OPERATOR_TOKEN_FILE
+        } else {
+            GATEWAY_TOKEN_FILE
+        };
+        let local_candidates = || {
+            let mut candidates = vec![state_dir.join(own_file)];
+            let defaults = [
+                default_state_dir(env).ok(),
+                Some(PathBuf::from(SYSTEM_STATE_DIR)),
+            ];
+            for dir in defaults.into_iter().flatten() {
+                let path = dir.join(own_file);
+                if !candidates.contains(&path) {
+                    candidates.push(path);
+                }
+            }
+            candidates
+        };
         let token = if let Some(p) = &flags.token_file {
             TokenSource::File(p.clone())
+        } else if let Some(p) = env.get(OPERATOR_TOKEN_FILE_ENV).filter(|_| flags.operator) {
+            TokenSource::File(PathBuf::from(p))
         } else if let Some(p) = env.get("CLAWNODE_TOKEN_FILE") {
             TokenSource::File(PathBuf::from(p))
         } else if let Some((var, t)) = ["CLAWNODE_TOKEN", "OPENCLAW_GATEWAY_TOKEN"]
@@ -575,25 +625,19 @@ impl Settings {
                 var,
                 token: Secret::new(t.trim()),
             }
+        } else if flags.operator && gateway_enabled {
+            // On the gateway host the file's `token_file` is the join token:
+            // the operator's is the gateway's own operator credential.
+            match &file.gateway.operator_token_file {
+                Some(p) => TokenSource::File(p.clone()),
+                None => TokenSource::LocalGateway(local_candidates()),
+            }
         } else if let Some(p) = &file.token_file {
             TokenSource::File(p.clone())
-        } else if !(flags.gateway || file.gateway.enabled.unwrap_or(false))
-            && crate::loopback::is_loopback_url(&url)
-        {
-            let mut candidates = vec![state_dir.join(GATEWAY_TOKEN_FILE)];
-            let defaults = [
-                default_state_dir(env).ok(),
-                Some(PathBuf::from(SYSTEM_STATE_DIR)),
-            ];
-            for dir in defaults.into_iter().flatten() {
-                let path = dir.join(GATEWAY_TOKEN_FILE);
-                if !candidates.contains(&path) {
-                    candidates.push(path);
-                }
-            }
-            TokenSource::LocalGateway(candidates)
+        } else if !gateway_enabled && crate::loopback::is_loopback_url(&url) {
+            TokenSource::LocalGateway(local_candidates())
         } else {
-            TokenSource::StateDirDefault(state_dir.join(GATEWAY_TOKEN_FILE))
+            TokenSource::StateDirDefault(state_dir.join(own_file))
         };
 
         let display_name = flags
@@ -612,7 +656,7 @@ impl Settings {
             _ => {}
         }
 
-        let gateway = if flags.gateway || file.gateway.enabled.unwrap_or(false) {
+        let gateway = if gateway_enabled {
             // The flags that set table rows, over the file.
             let mut g = std::mem::take(&mut file.gateway);
             g.presence_ttl_secs = flags.presence_ttl_secs.or(g.presence_ttl_secs);
@@ -626,6 +670,11 @@ impl Settings {
                 anyhow!("invalid listen address {listen_text:?}: expected IP:PORT, e.g. 127.0.0.1:18789")
             })?;
             let auth = flags.auth.or(g.auth).unwrap_or(AuthMode::Token);
+            let operator_token = match (env.get(OPERATOR_TOKEN_FILE_ENV), &g.operator_token_file) {
+                (Some(p), _) => TokenSource::File(PathBuf::from(p)),
+                (None, Some(p)) => TokenSource::File(p.clone()),
+                (None, None) => TokenSource::StateDirDefault(state_dir.join(OPERATOR_TOKEN_FILE)),
+            };
             if auth == AuthMode::None && !listen.ip().is_loopback() {
                 bail!(
                     "refusing to listen on {listen} without authentication: use a loopback address or token auth"
@@ -667,6 +716,7 @@ impl Settings {
             Some(GatewaySettings {
                 listen,
                 auth,
+                operator_token,
                 tls,
                 public_names,
                 allowed_origins,
@@ -957,6 +1007,125 @@ mod tests {
             .contains("gw/gateway.token (the local gateway's)"));
     }
 
+    /// Operator commands (`presence`, `forget`) look for the operator
+    /// token where the agent looks for the join token; on the gateway host
+    /// the config's `token_file` is the join token and is passed over.
+    #[test]
+    fn operator_commands_find_the_operator_token_and_never_the_join_token() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = tmp.path().join("gw.toml");
+        std::fs::write(
+            &cfg,
+            "token_file = \"/etc/clawnode/join.token\"\nstate_dir = \"/srv/gw\"\n[gateway]\nenabled = true\n",
+        )
+        .unwrap();
+        let operator = |flags: Flags, env: &[(&str, &str)], root: bool| {
+            let flags = Flags {
+                operator: true,
+                ..flags
+            };
+            Settings::resolve(&flags, &Env::from_pairs(env, root)).unwrap()
+        };
+        // The gateway host, as root or as a user: its state dir's, then the
+        // defaults' operator.token.
+        let on_gw = Flags {
+            config: Some(cfg.clone()),
+            ..Flags::default()
+        };
+        assert_eq!(
+            operator(on_gw.clone(), &[("HOME", "/root")], true).token,
+            TokenSource::LocalGateway(vec![
+                "/srv/gw/operator.token".into(),
+                "/var/lib/clawnode/operator.token".into(),
+            ])
+        );
+        assert_eq!(
+            operator(on_gw.clone(), &[("HOME", "/h")], false).token,
+            TokenSource::LocalGateway(vec![
+                "/srv/gw/operator.token".into(),
+                "/h/.local/state/clawnode/operator.token".into(),
+                "/var/lib/clawnode/operator.token".into(),
+            ])
+        );
+        // The gateway process itself keeps the join token and has its own
+        // operator token in its state dir.
+        let gw = resolve(on_gw.clone(), &[("HOME", "/h")]).unwrap();
+        assert_eq!(
+            gw.token,
+            TokenSource::File("/etc/clawnode/join.token".into())
+        );
+        assert_eq!(
+            gw.gateway.unwrap().operator_token,
+            TokenSource::StateDirDefault("/srv/gw/operator.token".into())
+        );
+        // CLAWNODE_OPERATOR_TOKEN_FILE names it for both; a flag beats it.
+        let env = [("HOME", "/h"), (OPERATOR_TOKEN_FILE_ENV, "/run/op.token")];
+        assert_eq!(
+            operator(on_gw.clone(), &env, false).token,
+            TokenSource::File("/run/op.token".into())
+        );
+        let gw = resolve(on_gw.clone(), &env).unwrap();
+        assert_eq!(
+            gw.token,
+            TokenSource::File("/etc/clawnode/join.token".into())
+        );
+        assert_eq!(
+            gw.gateway.unwrap().operator_token,
+            TokenSource::File("/run/op.token".into())
+        );
+        let flag = Flags {
+            token_file: Some("/flag.token".into()),
+            ..on_gw.clone()
+        };
+        assert_eq!(
+            operator(flag, &env, false).token,
+            TokenSource::File("/flag.token".into())
+        );
+        // `[gateway] operator_token_file`.
+        std::fs::write(
+            &cfg,
+            "state_dir = \"/srv/gw\"\n[gateway]\nenabled = true\noperator_token_file = \"/etc/clawnode/operator.token\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            operator(on_gw.clone(), &[("HOME", "/h")], false).token,
+            TokenSource::File("/etc/clawnode/operator.token".into())
+        );
+        assert_eq!(
+            resolve(on_gw, &[("HOME", "/h")])
+                .unwrap()
+                .gateway
+                .unwrap()
+                .operator_token,
+            TokenSource::File("/etc/clawnode/operator.token".into())
+        );
+        // Not the gateway host, a loopback URL: the local operator.token;
+        // a remote URL: never a local file of another's.
+        assert_eq!(
+            operator(Flags::default(), &[("HOME", "/h")], false).token,
+            TokenSource::LocalGateway(vec![
+                "/h/.local/state/clawnode/operator.token".into(),
+                "/var/lib/clawnode/operator.token".into(),
+            ])
+        );
+        let remote = Flags {
+            url: Some("ws://10.0.0.5:18789".into()),
+            ..Flags::default()
+        };
+        assert_eq!(
+            operator(remote, &[("HOME", "/h")], false).token,
+            TokenSource::StateDirDefault("/h/.local/state/clawnode/operator.token".into())
+        );
+        // The agent is unchanged: the join token.
+        assert_eq!(
+            resolve(Flags::default(), &[("HOME", "/h")]).unwrap().token,
+            TokenSource::LocalGateway(vec![
+                "/h/.local/state/clawnode/gateway.token".into(),
+                "/var/lib/clawnode/gateway.token".into(),
+            ])
+        );
+    }
+
     #[test]
     fn a_missing_token_file_says_where_a_local_gateway_keeps_its_token() {
         let e = format!(
@@ -967,6 +1136,14 @@ mod tests {
             e.contains("cannot read token file /nonexistent/gateway.token")
                 && e.contains("/var/lib/clawnode/gateway.token")
                 && e.contains("~/.local/state/clawnode/gateway.token"),
+            "{e}"
+        );
+        let e = format!(
+            "{:#}",
+            read_token_file(Path::new("/nonexistent/operator.token")).unwrap_err()
+        );
+        assert!(
+            e.contains("/var/lib/clawnode/operator.token") && e.contains("clawnode presence"),
             "{e}"
         );
     }

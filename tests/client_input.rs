@@ -112,7 +112,7 @@ async fn only_the_gateway_s_row_is_the_gateway() {
             "gateway",
             Some("fake-gw"),
             &["operator.read"],
-            Some(&gw.token()),
+            Some(&gw.operator_token()),
         ))
         .await
     {

@@ -292,7 +292,7 @@ fn a_request_for_a_name_that_is_not_the_gateways_is_refused() {
         "--url",
         &format!("ws://localhost:{port}"),
         "--token-file",
-        gw.token_file().to_str().unwrap(),
+        gw.operator_token_file().to_str().unwrap(),
     ]);
     assert_eq!(code, 0, "presence by name: {out}{err}");
 }

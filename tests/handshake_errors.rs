@@ -226,7 +226,7 @@ async fn max_payload_bytes_reaches_the_policy_clients_are_sent() {
         "ui",
         Some("policy-1"),
         &["operator.read"],
-        Some(&gw.token()),
+        Some(&gw.operator_token()),
     );
     match c.connect(&params).await {
         Outcome::Hello(hello) => assert_eq!(hello.policy.max_payload, 131_072),
@@ -243,7 +243,7 @@ async fn requests_pipelined_behind_connect_are_answered_under_the_session_limit(
     use common::raw_ws::{RawFrame, RawWs, Received};
     let gw = TestGateway::start(&[]);
     let mut ws = RawWs::connect(gw.addr).await;
-    let params = operator_params("cli", None, &["operator.read"], Some(&gw.token()));
+    let params = operator_params("cli", None, &["operator.read"], Some(&gw.operator_token()));
     let mut bytes = RawFrame::new(1, Frame::request("c1", "connect", &params).to_text()).encode();
     let health = json!({ "type": "req", "id": "h1", "method": "health" });
     bytes.extend(RawFrame::new(1, health.to_string()).encode());

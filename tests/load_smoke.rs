@@ -26,6 +26,7 @@ async fn five_hundred_nodes_for_ten_seconds_all_listed_without_an_error() {
     let gw = TestGateway::start(&[]);
     let url = gw.url();
     let token = gw.token_file();
+    let operator = gw.operator_token_file();
     let load = Proc::spawn_cmd(
         LOAD,
         &[
@@ -33,6 +34,8 @@ async fn five_hundred_nodes_for_ten_seconds_all_listed_without_an_error() {
             &url,
             "--token-file",
             token.to_str().unwrap(),
+            "--operator-token-file",
+            operator.to_str().unwrap(),
             "--mode",
             "hold",
             "--nodes",
@@ -154,6 +157,7 @@ async fn a_reconnect_storm_through_a_gateway_restart_brings_every_node_back() {
     let mut gw = TestGateway::start_at(tmp.path(), &[]);
     let addr = gw.addr.to_string();
     let token = gw.token_file();
+    let operator = gw.operator_token_file();
     let load = Proc::spawn_cmd(
         LOAD,
         &[
@@ -161,6 +165,8 @@ async fn a_reconnect_storm_through_a_gateway_restart_brings_every_node_back() {
             &gw.url(),
             "--token-file",
             token.to_str().unwrap(),
+            "--operator-token-file",
+            operator.to_str().unwrap(),
             "--mode",
             "storm",
             "--nodes",

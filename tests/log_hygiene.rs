@@ -188,7 +188,7 @@ async fn client_values_reach_the_log_escaped(format: &str) {
     // After connect (the connect checks refuse controls and bidi overrides
     // in every client field): requests whose method is an OSC 52 clipboard
     // write, or holds a bidi override.
-    let params = operator_params("cli", None, &["operator.read"], Some(&gw.token()));
+    let params = operator_params("cli", None, &["operator.read"], Some(&gw.operator_token()));
     let mut ok = RawClient::open(&gw.url()).await;
     assert!(matches!(ok.connect(&params).await, Outcome::Hello(_)));
     for method in ["\u{1b}]52;c;aGVsbG8=\u{7}", "evil\u{202e}gpj.exe"] {

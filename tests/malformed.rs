@@ -370,7 +370,7 @@ async fn malformed_frames_battery() {
     assert_eq!(names.len(), file.cases.len(), "case names must be unique");
 
     let mut gw = TestGateway::start(&[]);
-    let token = gw.token();
+    let token = gw.operator_token();
     let mut healthy = open_operator(&gw, "ui", Some("healthy-1"), &["operator.read"]).await;
 
     let started = Instant::now();

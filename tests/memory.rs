@@ -321,7 +321,7 @@ async fn non_readers(gw: TestGateway) {
     // The non-readers: upgraded, `connect` sent (a token needs no reply to
     // the challenge), then nothing is ever read: the hello-ok with the list
     // and every presence event after it pile up at the gateway.
-    let params = operator_params("cli", None, &["operator.read"], Some(&gw.token()));
+    let params = operator_params("cli", None, &["operator.read"], Some(&gw.operator_token()));
     let connect = clawnode::protocol::Frame::request("c1", "connect", &params).to_text();
     let connect = Arc::new(RawFrame::new(1, connect).encode());
     let addr = gw.addr;

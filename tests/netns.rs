@@ -41,7 +41,7 @@ async fn a_remote_address_fills_ip_and_a_reported_ip_wins() {
         .parse()
         .unwrap();
     let url = format!("ws://{addr}");
-    let token = clawnode::config::read_token_file(&state.path().join("gateway.token")).unwrap();
+    let token = clawnode::config::read_token_file(&state.path().join("operator.token")).unwrap();
 
     let connect = |iid: &'static str| {
         let url = url.clone();

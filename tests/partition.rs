@@ -98,7 +98,8 @@ fn a_silent_partition_is_detected_by_both_sides_and_healed() {
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("no port in {line:?}"));
     let token_file = state.path().join("gateway.token");
-    let tf = token_file.to_str().unwrap();
+    let operator_file = state.path().join("operator.token");
+    let tf = operator_file.to_str().unwrap();
 
     let agent_state = tempfile::tempdir().unwrap();
     let url = format!("ws://{}:{port}", ns.ns_addr);

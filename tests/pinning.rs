@@ -91,7 +91,7 @@ async fn the_instances_page_row_cannot_be_squatted_by_a_node() {
             "ui",
             Some(page_id),
             &["operator.read"],
-            Some(&gw.token()),
+            Some(&gw.operator_token()),
         ))
         .await;
     assert!(

@@ -360,7 +360,7 @@ async fn the_config_file_sets_the_tick_interval_and_every_client_gets_ticks() {
             "ui",
             Some("ticker"),
             &["operator.read"],
-            Some(&gw.token()),
+            Some(&gw.operator_token()),
         ))
         .await
     {

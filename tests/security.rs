@@ -72,8 +72,10 @@ async fn tokens_never_appear_in_logs_argv_or_cli_output() {
     );
     good.wait_for_log("connected to", Duration::from_secs(20));
     bad.wait_for_log("AUTH_TOKEN_MISMATCH", Duration::from_secs(20));
-    // An operator over the same token, through the CLI.
-    let (code, out, err) = run_cli(&["presence", "--url", &url, "--token-file", tf_s]);
+    // An operator, with the operator token, through the CLI.
+    let of = gw.operator_token_file();
+    let of_s = of.to_str().unwrap();
+    let (code, out, err) = run_cli(&["presence", "--url", &url, "--token-file", of_s]);
     assert_eq!(code, 0, "{err}");
     let (_, cfg_out, cfg_err) = run_cli(&[
         "check-config",
@@ -104,7 +106,8 @@ async fn tokens_never_appear_in_logs_argv_or_cli_output() {
             log.lines().count() > 3 || *who != "gateway",
             "{who} logged little: {log}"
         );
-        for secret in [token, wrong] {
+        let operator = gw.operator_token();
+        for secret in [token, wrong, operator.expose()] {
             assert!(!log.contains(secret), "{who} output holds a token:\n{log}");
         }
     }
@@ -178,7 +181,7 @@ async fn an_instance_id_stays_with_its_first_key_until_forgotten() {
     // A is re-imaged: gone for good, and B (its new key) takes over once
     // an operator forgets the old pin.
     a.terminate();
-    let tf = gw.token_file();
+    let tf = gw.operator_token_file();
     let (code, out, err) = run_cli(&[
         "forget",
         &id,
@@ -247,7 +250,7 @@ async fn wrong_tokens_from_a_shared_address_do_not_lock_out_a_known_device() {
 
     // A client without a device keeps the per-address limit, even with
     // the right token ...
-    let right = gw.token();
+    let right = gw.operator_token();
     assert_eq!(
         token_attempt(gw.addr, "127.0.0.1", &right, 99).await,
         "AUTH_RATE_LIMITED"

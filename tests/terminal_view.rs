@@ -188,7 +188,8 @@ fn the_live_table_follows_nodes_and_survives_a_gateway_restart() {
     let (gateway, addr) = netns::gateway_in(&ns, state.path(), &gw_flags);
     let url = format!("ws://{addr}");
     let token_file = state.path().join("gateway.token");
-    let tf = token_file.to_str().unwrap();
+    let operator_file = state.path().join("operator.token");
+    let tf = operator_file.to_str().unwrap();
     let watch = Tmux::start(
         "watch",
         (150, 20),
@@ -386,7 +387,7 @@ fn the_live_table_follows_nodes_and_survives_a_gateway_restart() {
     // The table fits: long names and platforms, at 80, 100 and 120 columns,
     // one-shot and live, and no line wraps (a wrapped line shows as one
     // line longer than the pane in `capture-pane -J`).
-    let long_rows = write_long_rows(&url, &token_file);
+    let long_rows = write_long_rows(&url, &operator_file);
     for width in [80u16, 100, 120] {
         for live in [false, true] {
             let mut cmd = vec![BIN];

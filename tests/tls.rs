@@ -66,7 +66,7 @@ async fn pinned_agent_joins_a_tls_gateway_and_presence_works_over_wss() {
     );
     // Without a pin, the self-signed certificate is not trusted: one line.
     let url = gw.url();
-    let tf = gw.token_file();
+    let tf = gw.operator_token_file();
     let (code, _, err) = run_cli_env(
         &[
             "presence",

@@ -26,7 +26,8 @@ async fn the_instances_page_shows_the_fleet_live_in_chromium() {
     let (gateway, addr) = netns::gateway_in(&ns, state.path(), &[]);
     let url = format!("ws://{addr}");
     let token_file = state.path().join("gateway.token");
-    let token = clawnode::config::read_token_file(&token_file).unwrap();
+    // The page is an operator: it uses the operator token.
+    let token = clawnode::config::read_token_file(&state.path().join("operator.token")).unwrap();
 
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
     let mut agents: Vec<Proc> = ["web-1", "web-2"]

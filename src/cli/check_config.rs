@@ -9,7 +9,22 @@ use crate::config::{Env, Settings, TokenSource};
 
 pub fn run(args: RunArgs) -> Result<()> {
     let settings = Settings::resolve(&args.flags(), &Env::from_process())?;
-    let token_note = check_token(&settings)?;
+    let mut token_note = check_token(&settings)?;
+    if let Some(gw) = settings
+        .gateway
+        .as_ref()
+        .filter(|gw| gw.auth == crate::config::AuthMode::Token)
+    {
+        // As `run` reads it: a configured file must be readable.
+        let note = match (&gw.operator_token, gw.operator_token.read()?) {
+            (source, Some(_)) => format!("from {} (redacted)", source.describe()),
+            (source, None) => format!(
+                "none yet; the gateway generates {} on first start",
+                source.describe().trim_start_matches("file ")
+            ),
+        };
+        token_note.push_str(&format!("\n# operator token: {note}"));
+    }
     // Loads the gateway's certificate and key as `run` would.
     let tls = match settings.gateway.as_ref().and_then(|g| g.tls.as_ref()) {
         Some(files) => Some(crate::tls::ServerTls::load(files)?),
@@ -116,6 +131,22 @@ pub fn render(s: &Settings, token_note: &str) -> String {
                 crate::config::AuthMode::None => "none",
             })
         ));
+        match g.operator_token.file() {
+            Some(p) => {
+                line(
+                    "# The operator credential (any role; the token above grants role node only)"
+                        .into(),
+                );
+                line(format!(
+                    "operator_token_file = {}",
+                    quote(&p.to_string_lossy())
+                ));
+            }
+            None => line(format!(
+                "# operator_token_file: {}",
+                g.operator_token.describe()
+            )),
+        }
         let list = |items: Vec<String>| {
             let quoted: Vec<String> = items.iter().map(|i| quote(i)).collect();
             format!("[{}]", quoted.join(", "))

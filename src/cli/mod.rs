@@ -61,7 +61,10 @@ pub struct ClientTlsArgs {
 /// Settings and the gateway an operator command (`presence`, `forget`)
 /// talks to: on the gateway host (config `[gateway] enabled = true`) the
 /// local gateway, pinning its own certificate when it serves TLS, unless a
-/// URL was given; elsewhere the configured URL.
+/// URL was given; elsewhere the configured URL. `settings.token` is the
+/// operator's credential: `--token-file`, `CLAWNODE_OPERATOR_TOKEN_FILE`,
+/// else on the gateway host its `operator.token` (the join token in
+/// `gateway.token` grants role node only).
 pub fn operator_target(
     common: &CommonArgs,
     url: &Option<String>,
@@ -76,6 +79,7 @@ pub fn operator_target(
             token_file: token_file.clone(),
             tls_fingerprint: client_tls.tls_fingerprint.clone(),
             allow_insecure_ws: client_tls.allow_insecure_ws,
+            operator: true,
             ..Flags::default()
         },
         &crate::config::Env::from_process(),
@@ -156,7 +160,8 @@ pub struct PresenceArgs {
     pub url: Option<String>,
     #[command(flatten)]
     pub client_tls: ClientTlsArgs,
-    /// File holding the gateway token.
+    /// File holding the operator token [default on the gateway host: its
+    /// operator.token].
     #[arg(long, value_name = "PATH")]
     pub token_file: Option<PathBuf>,
     /// Print the raw system-presence payload as JSON (with --watch: one
@@ -199,7 +204,8 @@ pub struct ForgetArgs {
     /// Gateway URL [default: the local gateway].
     #[arg(long, value_name = "URL")]
     pub url: Option<String>,
-    /// File holding the gateway token.
+    /// File holding the operator token [default on the gateway host: its
+    /// operator.token].
     #[arg(long, value_name = "PATH")]
     pub token_file: Option<PathBuf>,
     #[command(flatten)]
@@ -224,6 +230,7 @@ impl RunArgs {
             state_dir: self.common.state_dir.clone(),
             display_name: self.display_name.clone(),
             gateway: self.gateway,
+            operator: false,
             log_format: self.log_format,
             listen: self.listen.clone(),
             auth: self.auth,

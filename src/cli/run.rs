@@ -27,10 +27,10 @@ pub async fn run(args: RunArgs) -> Result<()> {
         Some(gw) => {
             let tls = gw.tls.as_ref().map(ServerTls::load).transpose()?;
             let listener = gateway::bind(gw.listen).await?;
-            let (token, token_note) = gateway_token(&settings, gw)?;
+            let (tokens, token_note) = gateway_tokens(&settings, gw)?;
             Some(GatewayParts {
                 listener,
-                token,
+                tokens,
                 token_note,
                 tls,
             })
@@ -62,6 +62,13 @@ pub async fn run(args: RunArgs) -> Result<()> {
         info!(state_dir = %settings.state_dir.display(), instance_id = identity.instance_id(), "created a new identity");
     }
     if let Some(w) = settings.token.permission_warning() {
+        warn!("{w}");
+    }
+    if let Some(w) = settings
+        .gateway
+        .as_ref()
+        .and_then(|gw| gw.operator_token.permission_warning())
+    {
         warn!("{w}");
     }
     if let Some(mode) = report.shared_dir_mode {
@@ -96,7 +103,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
 /// where it came from, and the TLS identity.
 struct GatewayParts {
     listener: tokio::net::TcpListener,
-    token: Option<Secret>,
+    tokens: Tokens,
     token_note: String,
     tls: Option<ServerTls>,
 }
@@ -150,25 +157,77 @@ fn raise_open_file_limit() -> std::io::Result<u64> {
     Ok(current)
 }
 
-/// The gateway's token: the configured one, else `<state-dir>/gateway.token`,
-/// generated on first start. Returns it with a line for the log that names
-/// where it came from (a file's path, never the token).
-fn gateway_token(settings: &Settings, gw: &GatewaySettings) -> Result<(Option<Secret>, String)> {
+/// The gateway's tokens: the join token (role node) and the operator
+/// token (any role), each the configured one, else its file in the state
+/// directory (`gateway.token`, `operator.token`), generated on first start.
+/// Returns them with lines for the log that name where they came from (a
+/// file's path, never a token).
+fn gateway_tokens(settings: &Settings, gw: &GatewaySettings) -> Result<(Tokens, String)> {
     if gw.auth == AuthMode::None {
         return Ok((
-            None,
+            Tokens::default(),
             "gateway authentication is disabled (loopback only)".into(),
         ));
     }
-    let path = match (&settings.token, settings.token.read()?) {
-        (source, Some(token)) => {
-            return Ok((
-                Some(token),
-                format!("gateway token from {}", source.describe()),
-            ))
-        }
+    let (join, join_note) = load_or_generate(
+        settings,
+        &settings.token,
+        "gateway token",
+        "give this file to agents with --token-file (it grants role node only)",
+    )?;
+    let (operator, operator_note) = load_or_generate(
+        settings,
+        &gw.operator_token,
+        "operator token",
+        "operators use it (clawnode presence/forget on this host read it automatically)",
+    )?;
+    if crate::gateway::auth::tokens_match(join.expose(), operator.expose()) {
+        anyhow::bail!(
+            "the operator token ({}) is the gateway token ({}): the join token every host holds \
+             would be an operator key; give the operator token a value of its own",
+            gw.operator_token.describe(),
+            settings.token.describe()
+        );
+    }
+    let hint = match &gw.operator_token {
+        TokenSource::Env { var, .. } => format!("the operator token (${var})"),
+        source => source
+            .file()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "the operator token".into()),
+    };
+    Ok((
+        Tokens {
+            join: Some(join),
+            operator: Some(operator),
+            operator_hint: hint,
+        },
+        format!("{join_note}; {operator_note}"),
+    ))
+}
+
+/// The gateway's credentials (`None`: auth disabled).
+#[derive(Default)]
+struct Tokens {
+    join: Option<Secret>,
+    operator: Option<Secret>,
+    /// Where operators find theirs, for the join token's refusal.
+    operator_hint: String,
+}
+
+/// A token from `source`, or when it is a state-dir default that does not
+/// exist yet, generated there (0600, written atomically; whoever wins a
+/// creation race, the file then holds the token to use).
+fn load_or_generate(
+    settings: &Settings,
+    source: &TokenSource,
+    what: &str,
+    use_note: &str,
+) -> Result<(Secret, String)> {
+    let path = match (source, source.read()?) {
+        (source, Some(token)) => return Ok((token, format!("{what} from {}", source.describe()))),
         (TokenSource::StateDirDefault(path), None) => path,
-        (source, None) => anyhow::bail!("no gateway token in {}", source.describe()),
+        (source, None) => anyhow::bail!("no {what} in {}", source.describe()),
     };
     // The state directory may not exist yet on a first start.
     state_file::ensure_private_dir(&settings.state_dir).with_context(|| {
@@ -179,17 +238,13 @@ fn gateway_token(settings: &Settings, gw: &GatewaySettings) -> Result<(Option<Se
     })?;
     let token = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
     let created = state_file::create_atomic(path, format!("{token}\n").as_bytes())
-        .with_context(|| format!("cannot write gateway token {}", path.display()))?;
+        .with_context(|| format!("cannot write {what} {}", path.display()))?;
     let note = if created {
-        format!(
-            "generated a gateway token in {}; give this file to agents with --token-file",
-            path.display()
-        )
+        format!("generated the {what} in {}; {use_note}", path.display())
     } else {
-        format!("gateway token from file {}", path.display())
+        format!("{what} from file {}", path.display())
     };
-    // Whoever won a creation race, the file now holds the token to use.
-    Ok((Some(crate::config::read_token_file(path)?), note))
+    Ok((crate::config::read_token_file(path)?, note))
 }
 
 /// The gateway's own presence row (rule 1).
@@ -245,7 +300,7 @@ async fn run_gateway(
     }
     let GatewayParts {
         listener,
-        token,
+        tokens,
         tls,
         ..
     } = parts;
@@ -256,7 +311,13 @@ async fn run_gateway(
     let config = GatewayConfig {
         registry_dir: Some(settings.state_dir.clone()),
         tls,
-        ..GatewayConfig::from_settings(gw.clone(), token, self_entry(settings, identity, &facts))
+        operator_token: tokens.operator,
+        operator_token_hint: tokens.operator_hint,
+        ..GatewayConfig::from_settings(
+            gw.clone(),
+            tokens.join,
+            self_entry(settings, identity, &facts),
+        )
     };
     let gateway = Gateway::new(listener, config)?.with_notifier(notifier.clone());
     gateway.pin_self(identity).await?;
@@ -274,7 +335,7 @@ async fn run_gateway(
         instances_page = %page,
         metrics = %format!("{page}metrics"),
         health = %format!("{page}healthz"),
-        "open the Instances page in a browser (with the gateway token); Prometheus scrapes /metrics"
+        "open the Instances page in a browser (with the operator token); Prometheus scrapes /metrics"
     );
     notifier.ready(&format!("gateway listening on {}", gateway.local_addr()?));
     gateway.serve(async move { stop.wait().await }).await?;

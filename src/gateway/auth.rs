@@ -176,8 +176,15 @@ pub struct AuthInput<'a> {
     /// The challenge this connection was sent.
     pub nonce: &'a str,
     pub now_ms: u64,
-    /// The shared token (`None`: auth disabled, loopback only).
+    /// The fleet's join token, granting role `node` only (`None`: auth
+    /// disabled, loopback only).
     pub token: Option<&'a Secret>,
+    /// The operator credential (`<state-dir>/operator.token`): any role,
+    /// any scope. `None` with a join token: no operator connects by token.
+    pub operator_token: Option<&'a Secret>,
+    /// Where operators find their credential, for the refusal of the join
+    /// token asking for role operator (e.g. `/var/lib/clawnode/operator.token`).
+    pub operator_token_hint: &'a str,
     /// The peer's address is rate limited for this long (ms), after too
     /// many failed tokens.
     pub rate_limited_for_ms: Option<u64>,
@@ -186,14 +193,40 @@ pub struct AuthInput<'a> {
     pub known_device: &'a dyn Fn(&str) -> bool,
 }
 
+/// Which credential let a connection in: what it may be is decided from
+/// this. (Part 10's approved operator devices and device tokens are
+/// further variants, decided in [`authorize`] the same way.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credential {
+    /// Authentication is disabled (`auth = "none"`, loopback only): full
+    /// trust, as before.
+    Open,
+    /// The fleet's join token (`gateway.token`): role `node` only.
+    JoinToken,
+    /// The operator token (`operator.token`): any role, any scope.
+    OperatorToken,
+}
+
+impl Credential {
+    /// Whether this credential may connect with `role`.
+    pub fn allows(self, role: Role) -> bool {
+        match self {
+            Credential::Open | Credential::OperatorToken => true,
+            Credential::JoinToken => role == Role::Node,
+        }
+    }
+}
+
 /// A connection let in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Admitted {
     /// The protocol version both speak.
     pub protocol: u32,
     pub role: Role,
+    /// The credential that let it in.
+    pub credential: Credential,
     /// The scopes granted: none for nodes; what an operator asked for (the
-    /// shared token is full trust, as in OpenClaw).
+    /// operator token is full trust, as OpenClaw's gateway token is).
     pub scopes: Vec<String>,
     /// The device the connection proved it holds the key of.
     pub device_id: Option<String>,
@@ -242,6 +275,7 @@ pub fn authorize(req: &ConnectRequest, input: &AuthInput<'_>) -> Result<Admitted
         }
     };
     let mut proof = None;
+    let mut credential = Credential::Open;
     if let Some(expected) = input.token {
         if let Some(retry_after) = input.rate_limited_for_ms {
             let proven = prove();
@@ -261,15 +295,41 @@ pub fn authorize(req: &ConnectRequest, input: &AuthInput<'_>) -> Result<Admitted
                 ErrorDetailCode::AuthTokenMissing,
                 "unauthorized: gateway token missing (configure the client's token)",
             )),
-            Some(given) if !tokens_match(given, expected.expose()) => Some((
-                ErrorDetailCode::AuthTokenMismatch,
-                "unauthorized: gateway token mismatch",
-            )),
-            Some(_) => None,
+            // Both are compared, whichever matches, so timing says
+            // nothing about which one it was.
+            Some(given) => {
+                let operator = input
+                    .operator_token
+                    .is_some_and(|t| tokens_match(given, t.expose()));
+                let join = tokens_match(given, expected.expose());
+                if operator {
+                    credential = Credential::OperatorToken;
+                    None
+                } else if join {
+                    credential = Credential::JoinToken;
+                    None
+                } else {
+                    Some((
+                        ErrorDetailCode::AuthTokenMismatch,
+                        "unauthorized: gateway token mismatch",
+                    ))
+                }
+            }
         };
         if let Some((detail, message)) = failure {
             return Err(refuse(
                 ErrorShape::invalid_request(message).with_detail(detail),
+            ));
+        }
+        if !credential.allows(role) {
+            return Err(refuse(
+                ErrorShape::invalid_request(format!(
+                    "unauthorized: this token is the fleet's join token and grants role node \
+                     only; operators use {} (clawnode presence/forget on the gateway host read \
+                     it automatically)",
+                    input.operator_token_hint
+                ))
+                .with_detail(ErrorDetailCode::AuthScopeMismatch),
             ));
         }
     }
@@ -291,6 +351,7 @@ pub fn authorize(req: &ConnectRequest, input: &AuthInput<'_>) -> Result<Admitted
     Ok(Admitted {
         protocol,
         role,
+        credential,
         scopes,
         device_id,
     })
@@ -448,6 +509,8 @@ mod tests {
             nonce: NONCE,
             now_ms: NOW,
             token,
+            operator_token: None,
+            operator_token_hint: "/srv/gw/operator.token",
             rate_limited_for_ms: None,
             known_device: &|_| false,
         }
@@ -550,10 +613,11 @@ mod tests {
 
     #[test]
     fn a_rate_limited_address_is_told_when_to_retry_even_with_the_right_token() {
-        let token = Secret::new("right");
+        let (token, operator) = (Secret::new("join"), Secret::new("right"));
         let right = with_token(params(Role::Operator, 3, 4), "right");
         let limited = AuthInput {
             rate_limited_for_ms: Some(1234),
+            operator_token: Some(&operator),
             ..input(Some(&token))
         };
         let r = rejected(authorize(&request(right), &limited));
@@ -617,6 +681,64 @@ mod tests {
         assert_eq!(code(known, &open), "admitted");
     }
 
+    /// Part 10, roles by credential: the join token every host holds is
+    /// a node's and nothing more; role operator needs the operator token,
+    /// and the refusal names where it is. The operator token may connect as
+    /// anything (a node too), as OpenClaw's gateway token does.
+    #[test]
+    fn the_join_token_grants_role_node_only_and_the_operator_token_any_role() {
+        let (join, operator) = (Secret::new("join"), Secret::new("op"));
+        let both = AuthInput {
+            operator_token: Some(&operator),
+            ..input(Some(&join))
+        };
+        let mut asks = with_token(params(Role::Operator, 3, 4), "join");
+        asks.scopes = vec![scope::OPERATOR_READ.into()];
+        let r = rejected(authorize(&request(asks.clone()), &both));
+        assert_eq!(detail(&r), Some("AUTH_SCOPE_MISMATCH"));
+        assert_eq!(r.result, HandshakeResult::AuthFailed);
+        assert!(!r.counts_against_rate_limit(), "a right token is no guess");
+        let Some(Frame::Res(res)) = r.response.as_deref() else {
+            panic!("an answer to c1")
+        };
+        let e = res.error.as_ref().expect("an error");
+        assert_eq!(e.code.as_str(), "INVALID_REQUEST");
+        assert!(
+            e.message.contains("join token and grants role node only")
+                && e.message.contains("/srv/gw/operator.token"),
+            "{}",
+            e.message
+        );
+        // With no operator token configured, the same refusal.
+        let r = rejected(authorize(&request(asks.clone()), &input(Some(&join))));
+        assert_eq!(detail(&r), Some("AUTH_SCOPE_MISMATCH"));
+
+        // The join token, as a signed node: let in, as a node.
+        let identity = DeviceIdentity::ephemeral("inst-1");
+        let node = signed_node(&identity, "join", NONCE, NOW, &[]);
+        let a = authorize(&request(node), &both).expect("a node with the join token");
+        assert_eq!((a.role, a.credential), (Role::Node, Credential::JoinToken));
+
+        // The operator token: an operator with its scopes, or a node.
+        let mut op = with_token(params(Role::Operator, 3, 4), "op");
+        op.scopes = vec![scope::OPERATOR_ADMIN.into()];
+        let a = authorize(&request(op), &both).expect("an operator");
+        assert_eq!(a.credential, Credential::OperatorToken);
+        assert_eq!(a.scopes, vec![scope::OPERATOR_ADMIN.to_string()]);
+        let node = signed_node(&identity, "op", NONCE, NOW, &[]);
+        let a = authorize(&request(node), &both).expect("a node with the operator token");
+        assert_eq!(
+            (a.role, a.credential),
+            (Role::Node, Credential::OperatorToken)
+        );
+
+        // Neither: a mismatch, counted.
+        let wrong = with_token(params(Role::Operator, 3, 4), "neither");
+        let r = rejected(authorize(&request(wrong), &both));
+        assert_eq!(detail(&r), Some("AUTH_TOKEN_MISMATCH"));
+        assert!(r.counts_against_rate_limit());
+    }
+
     #[test]
     fn without_auth_no_token_is_needed_and_the_operator_gets_its_scopes() {
         let mut p = params(Role::Operator, 3, 4);
@@ -626,6 +748,7 @@ mod tests {
         assert_eq!(a.role, Role::Operator);
         assert_eq!(a.scopes, vec![scope::OPERATOR_READ.to_string()]);
         assert_eq!(a.device_id, None);
+        assert_eq!(a.credential, Credential::Open);
     }
 
     #[test]

@@ -296,6 +296,8 @@ async fn handshake(
             nonce,
             now_ms: now,
             token: config.token.as_ref(),
+            operator_token: config.operator_token.as_ref(),
+            operator_token_hint: &config.operator_token_hint,
             rate_limited_for_ms: shared.auth_retry_after(remote_ip, now),
             known_device: &|device_id| shared.is_known_device(device_id),
         };

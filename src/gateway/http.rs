@@ -375,7 +375,14 @@ pub fn respond(req: &PlainRequest, shared: &Shared, ready: Result<(), String>) -
             if shared.config.settings.tuning.metrics_require_token {
                 if let Some(expected) = &shared.config.token {
                     let given = req.bearer.as_deref().unwrap_or_default();
-                    if !super::auth::tokens_match(given, expected.expose()) {
+                    // The join token is enough (a scraper is no operator);
+                    // the operator token, which may do anything, too.
+                    let operator = shared
+                        .config
+                        .operator_token
+                        .as_ref()
+                        .is_some_and(|t| super::auth::tokens_match(given, t.expose()));
+                    if !operator && !super::auth::tokens_match(given, expected.expose()) {
                         let mut r = Response::text(
                             401,
                             "metrics need the gateway token: Authorization: Bearer <token>",

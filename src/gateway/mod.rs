@@ -48,8 +48,15 @@ pub const SERVER_VERSION: &str = env!("CARGO_PKG_VERSION");
 pub struct GatewayConfig {
     /// Listen address, auth and the `[gateway]` table's numbers.
     pub settings: GatewaySettings,
-    /// `None` when auth is disabled (loopback only; checked by config).
+    /// The fleet's join token, granting role `node` only; `None` when auth
+    /// is disabled (loopback only; checked by config).
     pub token: Option<Secret>,
+    /// The operator credential (`<state-dir>/operator.token`): any role.
+    /// `None` with a join token: no operator connects by token.
+    pub operator_token: Option<Secret>,
+    /// Where operators find it, named in the join token's refusal of role
+    /// operator.
+    pub operator_token_hint: String,
     /// Largest frame before `connect` succeeds.
     pub max_preauth_payload: usize,
     /// Largest frame afterwards (advertised as `policy.maxPayload`;
@@ -92,6 +99,8 @@ impl GatewayConfig {
             site,
             settings,
             token,
+            operator_token: None,
+            operator_token_hint: format!("<state-dir>/{}", crate::config::OPERATOR_TOKEN_FILE),
             max_preauth_payload: 64 * 1024,
             send_queue: 256,
             registry_dir: None,

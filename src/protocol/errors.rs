@@ -56,6 +56,9 @@ pub enum ErrorDetailCode {
     AuthTokenMissing,
     AuthTokenMismatch,
     AuthRateLimited,
+    /// A valid credential that does not cover the role asked for (the
+    /// join token asking for role operator).
+    AuthScopeMismatch,
     ProtocolMismatch,
     DeviceIdentityRequired,
     DeviceAuthSignatureInvalid,
@@ -81,6 +84,7 @@ impl ErrorDetailCode {
         ErrorDetailCode::AuthTokenMissing,
         ErrorDetailCode::AuthTokenMismatch,
         ErrorDetailCode::AuthRateLimited,
+        ErrorDetailCode::AuthScopeMismatch,
         ErrorDetailCode::ProtocolMismatch,
         ErrorDetailCode::DeviceIdentityRequired,
         ErrorDetailCode::DeviceAuthSignatureInvalid,
@@ -105,6 +109,7 @@ impl ErrorDetailCode {
             ErrorDetailCode::AuthTokenMissing
                 | ErrorDetailCode::AuthTokenMismatch
                 | ErrorDetailCode::AuthRateLimited
+                | ErrorDetailCode::AuthScopeMismatch
                 | ErrorDetailCode::DeviceIdentityRequired
                 | ErrorDetailCode::DeviceAuthSignatureInvalid
                 | ErrorDetailCode::DeviceAuthDeviceIdMismatch
@@ -120,6 +125,7 @@ impl ErrorDetailCode {
             ErrorDetailCode::AuthTokenMissing => "AUTH_TOKEN_MISSING",
             ErrorDetailCode::AuthTokenMismatch => "AUTH_TOKEN_MISMATCH",
             ErrorDetailCode::AuthRateLimited => "AUTH_RATE_LIMITED",
+            ErrorDetailCode::AuthScopeMismatch => "AUTH_SCOPE_MISMATCH",
             ErrorDetailCode::ProtocolMismatch => "PROTOCOL_MISMATCH",
             ErrorDetailCode::DeviceIdentityRequired => "DEVICE_IDENTITY_REQUIRED",
             ErrorDetailCode::DeviceAuthSignatureInvalid => "DEVICE_AUTH_SIGNATURE_INVALID",

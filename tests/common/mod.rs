@@ -423,8 +423,24 @@ impl TestGateway {
         self.state_dir.join("gateway.token")
     }
 
+    /// The fleet's join token (role node only): what agents hold.
     pub fn token(&self) -> Secret {
         Secret::new(std::fs::read_to_string(self.token_file()).unwrap().trim())
+    }
+
+    /// The operator credential the gateway generated (any role).
+    pub fn operator_token_file(&self) -> PathBuf {
+        self.state_dir.join("operator.token")
+    }
+
+    /// The operator token: what `presence`, `forget` and operator
+    /// connections use.
+    pub fn operator_token(&self) -> Secret {
+        Secret::new(
+            std::fs::read_to_string(self.operator_token_file())
+                .unwrap()
+                .trim(),
+        )
     }
 
     /// Starts an agent against this gateway with its own state dir.
@@ -443,7 +459,7 @@ impl TestGateway {
     /// `extra`.
     pub fn operator_cli(&self, command: &[&str], extra: &[&str]) -> (i32, String, String) {
         let url = self.url();
-        let tf = self.token_file();
+        let tf = self.operator_token_file();
         let mut args = command.to_vec();
         args.extend(["--url", &url, "--token-file", tf.to_str().unwrap()]);
         if let Some(cert) = &self.tls {
@@ -457,7 +473,7 @@ impl TestGateway {
         let v = clawnode::client::call(
             &self.url(),
             &self.client_tls(),
-            Some(&self.token()),
+            Some(&self.operator_token()),
             "system-presence",
             Value::Null,
         )
@@ -749,7 +765,7 @@ pub async fn open_operator(
             mode,
             instance_id,
             scopes,
-            Some(&gw.token()),
+            Some(&gw.operator_token()),
         ))
         .await
     {
@@ -763,6 +779,7 @@ fn scrub_env(cmd: &mut Command) {
     for var in [
         "CLAWNODE_TOKEN",
         "CLAWNODE_TOKEN_FILE",
+        "CLAWNODE_OPERATOR_TOKEN_FILE",
         "OPENCLAW_GATEWAY_TOKEN",
         "CLAWNODE_URL",
         "CLAWNODE_STATE_DIR",

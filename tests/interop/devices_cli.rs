@@ -13,7 +13,7 @@ use crate::common::*;
 #[test]
 fn openclaw_devices_lists_approves_and_removes_an_agent_on_our_gateway() {
     let gw = TestGateway::start_with_config("[gateway]\nadmission = \"manual\"\n");
-    let (url, token) = (gw.url(), gw.token());
+    let (url, token) = (gw.url(), gw.operator_token());
     let token = token.expose().to_string();
     let agent_dir = tempfile::tempdir().unwrap();
     let _agent = gw.agent(agent_dir.path(), &["--display-name", "cn-pending"]);

@@ -143,7 +143,9 @@ fn rows(list: &Value) -> &[Value] {
 #[test]
 fn openclaw_cli_reads_our_gateway() {
     let gw = TestGateway::start(&[]);
-    let (url, token) = (gw.url(), gw.token());
+    // The CLI is an operator: the operator token (the join token in
+    // gateway.token grants role node only).
+    let (url, token) = (gw.url(), gw.operator_token());
     let agent_dir = tempfile::tempdir().unwrap();
     let _agent = gw.agent(agent_dir.path(), &["--display-name", "cn-cli-node"]);
     block_on(gw.wait_presence("our agent", |l| {
@@ -225,7 +227,9 @@ fn openclaw_cli_reads_a_list_sent_in_fragments() {
     // A list far over one frame (16 KiB): the hello-ok and the
     // `system-presence` answer reach the CLI as fragmented text messages.
     let gw = TestGateway::start(&[]);
-    let (url, token) = (gw.url(), gw.token());
+    // The CLI is an operator: the operator token (the join token in
+    // gateway.token grants role node only).
+    let (url, token) = (gw.url(), gw.operator_token());
     block_on(async {
         let mut admin = open_operator(&gw, "ui", Some("admin-ui"), &["operator.admin"]).await;
         for n in 0..60 {
@@ -252,7 +256,10 @@ fn openclaw_cli_reads_a_list_sent_in_fragments() {
 /// or refused is logged).
 struct DebugGateway {
     inner: TestGateway,
+    /// The join token (role node): what `openclaw node run` holds.
     token: Secret,
+    /// The operator token: what `openclaw gateway call` holds.
+    operator: Secret,
     _dir: tempfile::TempDir,
 }
 
@@ -272,16 +279,17 @@ impl DebugGateway {
             &["--config", config.to_str().unwrap()],
             &[("RUST_LOG", "info,clawnode=debug")],
         );
-        let token = inner.token();
+        let (token, operator) = (inner.token(), inner.operator_token());
         DebugGateway {
             inner,
             token,
+            operator,
             _dir: dir,
         }
     }
 
     fn presence(&self) -> Vec<Value> {
-        rows(&ours(&self.url(), &self.token, "system-presence")).to_vec()
+        rows(&ours(&self.url(), &self.operator, "system-presence")).to_vec()
     }
 
     /// Log lines of connection `conn_id` that contain `needle`.
@@ -421,7 +429,7 @@ fn openclaw_node_host_stays_on_our_gateway() {
 
     // Its host stats reached node.list (read through the OpenClaw CLI).
     let home_cli = OpenClawHome::new();
-    let (code, list) = cli_call(&home_cli, &gw.url(), &gw.token, "node.list", None);
+    let (code, list) = cli_call(&home_cli, &gw.url(), &gw.operator, "node.list", None);
     assert_eq!(code, 0, "{list:#}");
     let listed = list["nodes"]
         .as_array()

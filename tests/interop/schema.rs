@@ -475,7 +475,10 @@ async fn connected_operator(
     let (mut conn, challenge) = RawConn::open(&gw.url()).await;
     check_challenge(c, &format!("connect.challenge to {instance}"), &challenge);
     let text = conn
-        .request("connect", operator(instance, scopes, Some(&gw.token())))
+        .request(
+            "connect",
+            operator(instance, scopes, Some(&gw.operator_token())),
+        )
         .await;
     let v = c.frame(&format!("hello-ok response to {instance}"), &text);
     assert_eq!(v["ok"], true, "connect of {instance} failed: {text}");
@@ -625,6 +628,11 @@ async fn gateway_handshake_and_responses_conform() {
             operator("refused", &[], Some(&wrong)),
         ),
         ("no token", "connect", operator("refused", &[], None)),
+        (
+            "the join token asking for role operator",
+            "connect",
+            operator("refused", &["operator.read"], Some(&token)),
+        ),
         ("invalid connect params", "connect", bad_params),
         ("protocol mismatch", "connect", mismatch),
         ("node without device identity", "connect", node),

@@ -78,9 +78,15 @@ struct Args {
     /// storm: give up waiting for all nodes after this many seconds.
     #[arg(long, default_value_t = 120.0)]
     storm_timeout: f64,
-    /// A file holding the gateway token (else $CLAWNODE_TOKEN).
+    /// A file holding the gateway token (else $CLAWNODE_TOKEN): the join
+    /// token the nodes present.
     #[arg(long)]
     token_file: Option<PathBuf>,
+    /// A file holding the operator token for the `system-presence` caller
+    /// (our gateway's `operator.token`: its join token admits nodes only);
+    /// default: the gateway token (one token, as an OpenClaw gateway has).
+    #[arg(long)]
+    operator_token_file: Option<PathBuf>,
     /// Exit 1 when any error was counted (or not every node connected).
     #[arg(long)]
     expect_zero_errors: bool,
@@ -89,15 +95,19 @@ struct Args {
     report_every: f64,
 }
 
+fn read_token(path: &std::path::Path) -> Result<Secret> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read token file {}", path.display()))?;
+    let t = text.trim();
+    if t.is_empty() {
+        bail!("token file {} is empty", path.display());
+    }
+    Ok(Secret::new(t))
+}
+
 fn token(args: &Args) -> Result<Option<Secret>> {
     if let Some(path) = &args.token_file {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read token file {}", path.display()))?;
-        let t = text.trim();
-        if t.is_empty() {
-            bail!("token file {} is empty", path.display());
-        }
-        return Ok(Some(Secret::new(t)));
+        return read_token(path).map(Some);
     }
     Ok(std::env::var("CLAWNODE_TOKEN")
         .ok()
@@ -152,10 +162,15 @@ async fn run(args: Args) -> Result<bool> {
         bail!("--nodes and --concurrency must be at least 1");
     }
     let token = token(&args)?;
+    let operator_token = match &args.operator_token_file {
+        Some(path) => Some(read_token(path)?),
+        None => token.clone(),
+    };
     let run_id = format!("{:08x}", rand::random::<u32>());
     let shared = Arc::new(Shared {
         url: args.url.clone(),
         token,
+        operator_token,
         facts: HostFacts::collect(),
         stats: Stats::default(),
         beacon_every: secs(args.beacon_interval),

@@ -29,6 +29,8 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Shared {
     pub url: String,
     pub token: Option<Secret>,
+    /// What the `system-presence` caller presents.
+    pub operator_token: Option<Secret>,
     pub facts: HostFacts,
     pub stats: Stats,
     pub beacon_every: Option<Duration>,
@@ -276,7 +278,7 @@ pub async fn presence_caller(shared: Arc<Shared>, rate: f64, mut stop: watch::Re
         None,
         "c",
         Instant::now() + HANDSHAKE_TIMEOUT,
-        |_| cli_operator_params(&[scope::OPERATOR_READ], shared.token.as_ref()),
+        |_| cli_operator_params(&[scope::OPERATOR_READ], shared.operator_token.as_ref()),
     )
     .await;
     let mut ws = match connected {
