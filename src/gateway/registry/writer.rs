@@ -9,7 +9,7 @@ use rusqlite::{params, Connection, Transaction, TransactionBehavior};
 use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
-use super::sqlite::{select_first_seen, select_pin};
+use super::queries::{select_first_seen, select_pin};
 use super::{decide, Claim, ClaimCheck, Decision, Device, Found, Pin};
 use crate::protocol::Role;
 
