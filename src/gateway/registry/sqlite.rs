@@ -23,10 +23,11 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context as _, Result};
 use futures_util::future::BoxFuture;
-use rusqlite::{params, Connection, OptionalExtension as _};
+use rusqlite::{params, Connection};
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
+use super::queries::{select_first_seen, select_pin};
 use super::writer::{self, Job};
 use super::{decide, pins_file, schema};
 use super::{
@@ -343,34 +344,6 @@ fn import_pins_file(conn: &mut Connection, state_dir: &Path) -> Result<()> {
         warn!(error = %e, file = %legacy_path.display(), "cannot rename the imported pins file");
     }
     Ok(())
-}
-
-pub(super) fn select_pin(conn: &Connection, key: &str) -> Result<Option<Pin>> {
-    let pin = conn
-        .prepare_cached(
-            "SELECT device_id, claimed_at_ms, display_name FROM instances WHERE instance_id = ?1",
-        )?
-        .query_row([key], |r| {
-            Ok(Pin {
-                device_id: r.get(0)?,
-                pinned_at_ms: r.get::<_, i64>(1)? as u64,
-                display_name: r.get(2)?,
-            })
-        })
-        .optional()?;
-    Ok(pin)
-}
-
-/// A device's first-seen time and host name, if it is known.
-pub(super) fn select_first_seen(
-    conn: &Connection,
-    device_id: &str,
-) -> Result<Option<(u64, Option<String>)>> {
-    let found = conn
-        .prepare_cached("SELECT first_seen_ms, display_name FROM devices WHERE device_id = ?1")?
-        .query_row([device_id], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))
-        .optional()?;
-    Ok(found)
 }
 
 enum Freshness {

@@ -9,7 +9,8 @@ use rusqlite::{params, Connection, Transaction, TransactionBehavior};
 use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
-use super::sqlite::{select_first_seen, select_pin, select_record};
+use super::queries::{select_first_seen, select_pin};
+use super::sqlite::select_record;
 use super::{
     decide, Change, Claim, ClaimCheck, Decision, Device, DeviceRecord, DeviceState, Found, Pin,
 };
