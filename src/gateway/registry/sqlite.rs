@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context as _, Result};
 use futures_util::future::BoxFuture;
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension as _};
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
