@@ -60,7 +60,8 @@ pub struct TargetArgs {
     /// Gateway URL [default: the local gateway].
     #[arg(long, value_name = "URL")]
     pub url: Option<String>,
-    /// File holding the gateway token.
+    /// File holding the operator token [default on the gateway host: its
+    /// operator.token].
     #[arg(long, value_name = "PATH")]
     pub token_file: Option<PathBuf>,
     #[command(flatten)]
