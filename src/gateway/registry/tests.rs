@@ -696,3 +696,40 @@ fn a_version_1_registry_is_migrated_keeping_its_devices() {
         .unwrap();
     assert_eq!(version, 2);
 }
+
+/// The last use of a join token has one taker, however many new devices
+/// enrol with it at once (decided in the writer's transaction).
+#[test]
+fn concurrent_enrolments_take_a_join_tokens_uses_once_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = std::sync::Arc::new(SqliteRegistry::open(dir.path()).unwrap());
+    registry
+        .create_join_token(new_join_token("cccccccccccc", "cnjoin_c", 1, 1_000_000, 3))
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    let checks = rt.block_on(async {
+        let claims: Vec<_> = (0..32)
+            .map(|i| {
+                let key = format!("i-{i}");
+                let claim = with_token(claim(&key, &format!("dev-{i}"), 2), "cccccccccccc");
+                registry.claim(claim)
+            })
+            .collect();
+        futures_util::future::join_all(claims).await
+    });
+    let new = checks
+        .iter()
+        .filter(|c| matches!(c, Ok(ClaimCheck::New)))
+        .count();
+    let refused = checks
+        .iter()
+        .filter(|c| matches!(c, Ok(ClaimCheck::JoinTokenRefused(_))))
+        .count();
+    assert_eq!((new, refused), (3, 29), "{checks:?}");
+    let t = registry.join_token(&digest("cnjoin_c")).unwrap().unwrap();
+    assert_eq!(t.used, 3);
+    assert_eq!(registry.counts().unwrap().devices, 3);
+}
