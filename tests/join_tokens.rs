@@ -107,12 +107,14 @@ fn write_token(dir: &Path, token: &Secret) -> std::path::PathBuf {
 
 /// An agent given a created join token enrols: it shows in presence, and
 /// `clawnode devices list` names the token it enrolled with; the token
-/// shows one use, a last-use time and never its secret (nor does the log).
+/// shows one use, a last-use time and never its secret (nor does any log,
+/// at trace level).
 /// A device it knows reconnecting takes no use; once used up, a new device
 /// is refused and the token says `used-up`.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_agent_enrolled_with_a_created_join_token_shows_in_presence_and_devices_list() {
-    let gw = TestGateway::start(&[]);
+    // Every level logged: the secret must be in none of it.
+    let gw = TestGateway::start_with_env(&[], &[("RUST_LOG", "trace")]);
     let (token, id) = create_token(&gw, &["--uses", "2", "--description", "rack 4"]);
     let t = token_with_id(&gw, &id);
     assert_eq!(
@@ -129,7 +131,7 @@ async fn an_agent_enrolled_with_a_created_join_token_shows_in_presence_and_devic
     let tmp = tempfile::tempdir().unwrap();
     let token_file = write_token(tmp.path(), &token);
     let agent_dir = tmp.path().join("agent");
-    let _agent = spawn_agent(
+    let agent = spawn_agent(
         &gw.url(),
         &token_file,
         &agent_dir,
@@ -194,6 +196,10 @@ async fn an_agent_enrolled_with_a_created_join_token_shows_in_presence_and_devic
     assert!(
         !gw.proc.log_text().contains(token.expose()),
         "the gateway logged the join token"
+    );
+    assert!(
+        !agent.log_text().contains(token.expose()),
+        "the agent logged the join token"
     );
 }
 

@@ -694,7 +694,7 @@ fn a_version_1_registry_is_migrated_keeping_its_devices() {
         .unwrap()
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 2);
+    assert_eq!(version, schema::SCHEMA_VERSION);
 }
 
 /// The last use of a join token has one taker, however many new devices
