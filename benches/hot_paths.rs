@@ -329,6 +329,7 @@ fn registry(c: &mut Criterion) {
         role: Some(Role::Node),
         address: Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 9))),
         display_name: Some("bench".into()),
+        join_token: None,
     };
     let claim = |key: &str, id: &str| Claim {
         key: key.to_string(),

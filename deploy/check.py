@@ -32,9 +32,10 @@ def report(ok, what, detail=""):
             print("       " + line)
 
 
-def check_config(what, toml_text, expect):
+def check_config(what, toml_text, expect, expect_prefix=()):
     """Runs `clawnode check-config` on a config, its token file pointed at a
-    temporary token, and checks the printed role/URL lines."""
+    temporary token, and checks the printed role/URL lines (`expect`: whole
+    lines; `expect_prefix`: lines starting so)."""
     with tempfile.TemporaryDirectory() as tmp:
         token = pathlib.Path(tmp, "token")
         token.write_text("a-test-token-of-some-length\n")
@@ -47,8 +48,10 @@ def check_config(what, toml_text, expect):
             [binary, "check-config", "--config", str(cfg)],
             capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "HOME": tmp},
         )
-        ok = run.returncode == 0 and all(line in run.stdout.splitlines() for line in expect)
-        report(ok, f"{what}: clawnode check-config accepts it ({', '.join(expect)})",
+        lines = run.stdout.splitlines()
+        ok = (run.returncode == 0 and all(line in lines for line in expect)
+              and all(any(l.startswith(p) for l in lines) for p in expect_prefix))
+        report(ok, f"{what}: clawnode check-config accepts it ({', '.join([*expect, *expect_prefix])})",
                run.stdout + run.stderr)
 
 
@@ -56,7 +59,9 @@ def check_config(what, toml_text, expect):
 check_config("ansible agent config", (render_dir / "agent.toml").read_text(),
              ["# role: agent", 'url = "ws://10.0.0.10:18789"'])
 check_config("ansible gateway config", (render_dir / "gateway.toml").read_text(),
-             ["# role: gateway", 'listen = "0.0.0.0:18789"', 'public_names = ["localhost"]'])
+             ["# role: gateway", 'listen = "0.0.0.0:18789"', 'public_names = ["localhost"]'],
+             # Its own join token file, generated; the agents get a created one.
+             ["# token: none yet; the gateway generates"])
 
 # --- cloud-init ----------------------------------------------------------------
 user_data_path = HERE / "cloud-init" / "user-data.yaml"
@@ -84,7 +89,8 @@ report(all(d["metadata"].get("namespace") == "clawnode" for _, d in docs if d["k
 for cm in ("clawnode-agent", "clawnode-gateway"):
     text = by_kind.get("ConfigMap", {}).get(cm, {}).get("data", {}).get("clawnode.toml", "")
     role = "gateway" if cm.endswith("gateway") else "agent"
-    check_config(f"kubernetes ConfigMap {cm}", text, [f"# role: {role}"])
+    check_config(f"kubernetes ConfigMap {cm}", text, [f"# role: {role}"],
+                 ["# token: none yet; the gateway generates"] if role == "gateway" else [])
 # The agents dial the gateway by a name it answers to (any other is 421).
 configs = {cm: tomllib.loads(by_kind["ConfigMap"][cm]["data"]["clawnode.toml"])
            for cm in ("clawnode-agent", "clawnode-gateway")}
@@ -112,6 +118,14 @@ for kind, name in (("DaemonSet", "clawnode-agent"), ("Deployment", "clawnode-gat
         for c in spec["containers"]
     )
     report(hardened, f"kubernetes {kind}: containers read-only, no privilege escalation, no capabilities")
+# The Secret holds the agents' created join token: the gateway does not
+# mount it (its own tokens are generated on its state volume).
+gw_secrets = [v["secret"]["secretName"] for v in pod_spec("Deployment", "clawnode-gateway")["volumes"]
+              if "secret" in v]
+ds_secrets = [v["secret"]["secretName"] for v in pod_spec("DaemonSet", "clawnode-agent")["volumes"]
+              if "secret" in v]
+report(gw_secrets == [] and ds_secrets == ["clawnode-token"],
+       "kubernetes: the join token Secret is mounted by the agents only", f"{gw_secrets} {ds_secrets}")
 ds = pod_spec("DaemonSet", "clawnode-agent")
 report(ds.get("hostNetwork") is True and ds.get("dnsPolicy") == "ClusterFirstWithHostNet",
        "kubernetes DaemonSet: host network, cluster DNS")

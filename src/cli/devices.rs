@@ -60,7 +60,8 @@ pub struct TargetArgs {
     /// Gateway URL [default: the local gateway].
     #[arg(long, value_name = "URL")]
     pub url: Option<String>,
-    /// File holding the gateway token.
+    /// File holding the operator token [default on the gateway host: its
+    /// operator.token].
     #[arg(long, value_name = "PATH")]
     pub token_file: Option<PathBuf>,
     #[command(flatten)]
@@ -163,7 +164,8 @@ fn trimmed(id: &str) -> Result<&str> {
     Ok(id)
 }
 
-async fn call(target: &TargetArgs, name: &str, params: Value) -> Result<Value> {
+/// Calls `name` on the gateway `target` names, as an operator.
+pub(super) async fn call(target: &TargetArgs, name: &str, params: Value) -> Result<Value> {
     let (settings, url, tls) = super::operator_target(
         &target.common,
         &target.url,
@@ -228,6 +230,7 @@ pub fn table(payload: &Value, now: u64) -> String {
         "ADDRESS".into(),
         "SEEN".into(),
         "INSTANCES".into(),
+        "JOIN TOKEN".into(),
     ]];
     for p in list("pending") {
         rows.push([
@@ -242,6 +245,7 @@ pub fn table(payload: &Value, now: u64) -> String {
             text(&p, "remoteIp").into(),
             age(now, p.get("ts").and_then(Value::as_u64)),
             "-".into(),
+            text(&p, "joinTokenId").into(),
         ]);
     }
     for d in list("paired").into_iter().chain(list("refused")) {
@@ -270,13 +274,14 @@ pub fn table(payload: &Value, now: u64) -> String {
             text(&d, "lastAddress").into(),
             age(now, d.get("lastSeenMs").and_then(Value::as_u64)),
             joined("instanceIds"),
+            text(&d, "joinTokenId").into(),
         ]);
     }
     let rows: Vec<Vec<String>> = rows
         .into_iter()
         .map(|r| r.iter().map(|c| escape(c).into_owned()).collect())
         .collect();
-    let widths: Vec<usize> = (0..7)
+    let widths: Vec<usize> = (0..8)
         .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
         .collect();
     let mut out = String::new();
@@ -307,7 +312,7 @@ mod tests {
     fn the_table_escapes_what_devices_sent() {
         let payload = json!({
             "pending": [{ "requestId": "r-1", "deviceId": "abcdef0123456789", "displayName": "evil\u{1b}[2J", "role": "node", "ts": 0 }],
-            "paired": [{ "deviceId": "d-2", "state": "approved", "displayName": "web\u{202e}1", "roles": ["node"], "lastSeenMs": 0, "instanceIds": ["i-2"] }],
+            "paired": [{ "deviceId": "d-2", "state": "approved", "displayName": "web\u{202e}1", "roles": ["node"], "lastSeenMs": 0, "instanceIds": ["i-2"], "joinTokenId": "0123456789ab" }],
             "refused": [{ "deviceId": "d-3", "state": "revoked", "roles": [], "lastSeenMs": 0, "instanceIds": [] }],
         });
         let out = table(&payload, 61_000);
@@ -320,5 +325,9 @@ mod tests {
         assert!(out.contains("r-1 (device abcdef012345)"), "{out}");
         assert!(out.contains("revoked"), "{out}");
         assert!(out.contains("1m"), "{out}");
+        assert!(
+            out.contains("JOIN TOKEN") && out.contains("0123456789ab"),
+            "{out}"
+        );
     }
 }

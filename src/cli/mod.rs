@@ -5,6 +5,7 @@ pub mod check_config;
 pub mod devices;
 pub mod forget;
 pub mod identity;
+pub mod join_token;
 pub mod presence;
 pub mod run;
 
@@ -44,6 +45,9 @@ pub enum Command {
     /// On the gateway host: list devices and pairing requests; approve,
     /// reject, revoke or remove a device.
     Devices(devices::DevicesArgs),
+    /// On the gateway host: create, list or revoke join tokens, which let
+    /// new hosts enrol (role node) for a while and a number of times.
+    JoinToken(join_token::JoinTokenArgs),
 }
 
 /// How a client reaches the gateway over TLS (agent and `presence`).
@@ -312,6 +316,7 @@ pub async fn main(cli: Cli) -> ExitCode {
         Command::CheckConfig(args) => check_config::run(args),
         Command::Forget(args) => forget::run(args).await,
         Command::Devices(args) => devices::run(args).await,
+        Command::JoinToken(args) => join_token::run(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -11,10 +11,11 @@ use sha2::{Digest, Sha256};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use super::metrics::HandshakeResult;
-use super::registry::Pin;
+use super::registry::{JoinToken, Pin};
 use crate::config::Secret;
 use crate::presence::PresenceKey;
 use crate::protocol::device_auth::{self, Expected};
+use crate::protocol::join_token::JoinTokenState;
 use crate::protocol::{
     method, scope, ConnectParams, ErrorCode, ErrorDetailCode, ErrorShape, Frame, Request, Role,
     MIN_NODE_PROTOCOL_VERSION, PROTOCOL_VERSION,
@@ -189,14 +190,28 @@ pub struct AuthInput<'a> {
     /// many failed tokens.
     pub rate_limited_for_ms: Option<u64>,
     /// Whether a device id is one the gateway has seen before; asked only
-    /// for a rate-limited address, after the device proved its key.
+    /// after the device proved its key, for a rate-limited address or a
+    /// join token with no use left.
     pub known_device: &'a dyn Fn(&str) -> bool,
+    /// The created join token whose secret has this SHA-256; asked only
+    /// for a token that is neither of the two above, with its digest (the
+    /// secret is hashed first, so the lookup's timing says nothing about it).
+    pub join_token: &'a dyn Fn(&[u8; 32]) -> JoinTokenLookup,
+}
+
+/// What the registry knows of a presented token's digest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JoinTokenLookup {
+    NotFound,
+    Found(JoinToken),
+    /// The registry cannot answer (a disk error).
+    Unavailable,
 }
 
 /// Which credential let a connection in: what it may be is decided from
 /// this. (Part 10's approved operator devices and device tokens are
 /// further variants, decided in [`authorize`] the same way.)
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Credential {
     /// Authentication is disabled (`auth = "none"`, loopback only): full
     /// trust, as before.
@@ -205,14 +220,26 @@ pub enum Credential {
     JoinToken,
     /// The operator token (`operator.token`): any role, any scope.
     OperatorToken,
+    /// A created join token (`clawnode join-token create`), live: role
+    /// `node` only, as the join token file. A new device enrolling with it
+    /// takes one of its uses (in the registry, when its record is stored).
+    EnrolmentToken { id: String },
 }
 
 impl Credential {
     /// Whether this credential may connect with `role`.
-    pub fn allows(self, role: Role) -> bool {
+    pub fn allows(&self, role: Role) -> bool {
         match self {
             Credential::Open | Credential::OperatorToken => true,
-            Credential::JoinToken => role == Role::Node,
+            Credential::JoinToken | Credential::EnrolmentToken { .. } => role == Role::Node,
+        }
+    }
+
+    /// The created join token's id, for a connection let in by one.
+    pub fn join_token_id(&self) -> Option<&str> {
+        match self {
+            Credential::EnrolmentToken { id } => Some(id),
+            _ => None,
         }
     }
 }
@@ -235,6 +262,15 @@ pub struct Admitted {
 /// The auth step: protocol version, shared token (and its rate limit), and
 /// the device proof (a node must have one). Pure: the same request and
 /// input always give the same answer.
+///
+/// The token is compared with the operator token and the join token file
+/// (both, in constant time); when it is neither, its SHA-256 is looked up
+/// among the created join tokens ([`AuthInput::join_token`]): a live one
+/// lets a node in as [`Credential::EnrolmentToken`]; an expired or revoked
+/// one is refused ([`join_token_refused`]), and so is a used-up one unless
+/// the device proved it is one the gateway knows (reconnecting takes no
+/// use). Its use is taken when a new device's record is stored (the
+/// registry's `claim`, where two cannot both take the last).
 ///
 /// The rate limit is the address's (after [`AUTH_FAILURE_LIMIT`] wrong
 /// tokens from it), and an address is often shared: a NAT, a proxy, every
@@ -309,10 +345,34 @@ pub fn authorize(req: &ConnectRequest, input: &AuthInput<'_>) -> Result<Admitted
                     credential = Credential::JoinToken;
                     None
                 } else {
-                    Some((
-                        ErrorDetailCode::AuthTokenMismatch,
-                        "unauthorized: gateway token mismatch",
-                    ))
+                    let digest: [u8; 32] = Sha256::digest(given.as_bytes()).into();
+                    match (input.join_token)(&digest) {
+                        JoinTokenLookup::NotFound => Some((
+                            ErrorDetailCode::AuthTokenMismatch,
+                            "unauthorized: gateway token mismatch",
+                        )),
+                        JoinTokenLookup::Unavailable => return Err(registry_unavailable(req)),
+                        JoinTokenLookup::Found(token) => {
+                            let live = match token.state(input.now_ms) {
+                                JoinTokenState::Active => true,
+                                // Enrols no new device; one already known
+                                // (its enrolment is not a new use) gets in.
+                                JoinTokenState::UsedUp => {
+                                    let proven = proof.take().unwrap_or_else(prove);
+                                    let known =
+                                        matches!(&proven, Ok(Some(id)) if (input.known_device)(id));
+                                    proof = Some(proven);
+                                    known
+                                }
+                                JoinTokenState::Expired | JoinTokenState::Revoked => false,
+                            };
+                            if !live {
+                                return Err(join_token_refused(&req.id, &token, input.now_ms));
+                            }
+                            credential = Credential::EnrolmentToken { id: token.id };
+                            None
+                        }
+                    }
                 }
             }
         };
@@ -322,11 +382,14 @@ pub fn authorize(req: &ConnectRequest, input: &AuthInput<'_>) -> Result<Admitted
             ));
         }
         if !credential.allows(role) {
+            let which = match credential.join_token_id() {
+                Some(id) => format!("join token {id}"),
+                None => "the fleet's join token".to_string(),
+            };
             return Err(refuse(
                 ErrorShape::invalid_request(format!(
-                    "unauthorized: this token is the fleet's join token and grants role node \
-                     only; operators use {} (clawnode presence/forget on the gateway host read \
-                     it automatically)",
+                    "unauthorized: this token is {which} and grants role node only; operators \
+                     use {} (clawnode presence/forget on the gateway host read it automatically)",
                     input.operator_token_hint
                 ))
                 .with_detail(ErrorDetailCode::AuthScopeMismatch),
@@ -397,6 +460,54 @@ pub fn registry_unavailable(req: &ConnectRequest) -> Rejection {
     )
 }
 
+/// The refusal of a created join token that admits nobody now (expired,
+/// revoked) or enrols no new device (used up): `AUTH_TOKEN_MISMATCH`, as
+/// for any token that does not let the client in — OpenClaw's clients (and
+/// ours) then try their device token — with `details.reason` saying why
+/// and `details.joinTokenId`.
+pub fn join_token_refused(request_id: &str, token: &JoinToken, now_ms: u64) -> Rejection {
+    let id = crate::safe_text::escape(&token.id);
+    let (reason, why) = match token.state(now_ms) {
+        JoinTokenState::Revoked => ("join-token-revoked", "was revoked by an operator".into()),
+        JoinTokenState::Expired => (
+            "join-token-expired",
+            format!(
+                "expired {} ago",
+                short_duration(now_ms.saturating_sub(token.expires_at_ms))
+            ),
+        ),
+        // Active: taken by another device a moment ago, in a race.
+        JoinTokenState::UsedUp | JoinTokenState::Active => (
+            "join-token-used-up",
+            format!(
+                "has enrolled as many new devices as it may ({} of {})",
+                token.used, token.uses
+            ),
+        ),
+    };
+    let mut error = ErrorShape::invalid_request(format!(
+        "unauthorized: join token {id} {why}; an operator creates a new one on the gateway \
+         host with `clawnode join-token create`"
+    ));
+    error.details = Some(serde_json::json!({
+        "code": ErrorDetailCode::AuthTokenMismatch.as_str(),
+        "reason": reason,
+        "joinTokenId": token.id,
+    }));
+    Rejection::reply(request_id, error, CloseCode::Policy)
+}
+
+/// "3s", "5m", "2h", "4d".
+pub fn short_duration(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m", s / 60),
+        3600..86_400 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86_400),
+    }
+}
+
 /// The close reason of a connection replaced by a newer one of the same
 /// device or row (at most 123 bytes).
 pub fn replaced_reason(bound: usize) -> String {
@@ -465,7 +576,7 @@ mod tests {
     use super::*;
     use crate::identity::DeviceIdentity;
     use crate::protocol::{ClientInfo, ConnectAuth, DeviceProof};
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     const NONCE: &str = "nonce-1";
     const NOW: u64 = 1_800_000_000_000;
@@ -513,6 +624,7 @@ mod tests {
             operator_token_hint: "/srv/gw/operator.token",
             rate_limited_for_ms: None,
             known_device: &|_| false,
+            join_token: &|_| JoinTokenLookup::NotFound,
         }
     }
 
@@ -737,6 +849,139 @@ mod tests {
         let r = rejected(authorize(&request(wrong), &both));
         assert_eq!(detail(&r), Some("AUTH_TOKEN_MISMATCH"));
         assert!(r.counts_against_rate_limit());
+    }
+
+    fn join_token(expires_at_ms: u64, uses: u64, used: u64, revoked: bool) -> JoinToken {
+        JoinToken {
+            id: "0123456789ab".into(),
+            description: None,
+            created_at_ms: 0,
+            created_by: None,
+            expires_at_ms,
+            uses,
+            used,
+            last_used_at_ms: None,
+            revoked_at_ms: revoked.then_some(1),
+        }
+    }
+
+    /// Part 6: a created join token is looked up by the SHA-256 of what
+    /// was sent (never asked for the two configured tokens); live, it lets
+    /// a node in as `EnrolmentToken`; expired or revoked it is refused with
+    /// `AUTH_TOKEN_MISMATCH` and a reason; used up it still lets a device
+    /// it knows in, and no new one.
+    #[test]
+    fn a_created_join_token_admits_nodes_while_live() {
+        let (join, operator) = (Secret::new("join"), Secret::new("op"));
+        let identity = DeviceIdentity::ephemeral("inst-1");
+        let known_id = identity.device_id().to_string();
+        let created = "cnjoin_abc";
+        let digest: [u8; 32] = Sha256::digest(created.as_bytes()).into();
+        let outcome = |token: JoinToken, sent: &str, role: Role, known: bool| {
+            let lookup = |d: &[u8; 32]| {
+                assert!(
+                    sent != "join" && sent != "op",
+                    "looked up a configured token"
+                );
+                if *d == digest {
+                    JoinTokenLookup::Found(token.clone())
+                } else {
+                    JoinTokenLookup::NotFound
+                }
+            };
+            let is_known = |id: &str| known && id == known_id;
+            let input = AuthInput {
+                operator_token: Some(&operator),
+                join_token: &lookup,
+                known_device: &is_known,
+                ..input(Some(&join))
+            };
+            let p = match role {
+                Role::Node => signed_node(&identity, sent, NONCE, NOW, &[]),
+                Role::Operator => with_token(params(Role::Operator, 3, 4), sent),
+            };
+            authorize(&request(p), &input)
+        };
+        let live = join_token(NOW + 1, 2, 1, false);
+        let a = outcome(live.clone(), created, Role::Node, false).expect("a live token");
+        assert_eq!(
+            a.credential,
+            Credential::EnrolmentToken {
+                id: "0123456789ab".into()
+            }
+        );
+        assert_eq!(a.credential.join_token_id(), Some("0123456789ab"));
+        // The configured tokens are compared first, never looked up.
+        let a = outcome(live.clone(), "join", Role::Node, false).expect("the join token");
+        assert_eq!(a.credential, Credential::JoinToken);
+        // Role node only.
+        let r = rejected(outcome(live.clone(), created, Role::Operator, false));
+        assert_eq!(detail(&r), Some("AUTH_SCOPE_MISMATCH"));
+        assert!(r.reason.contains("join token 0123456789ab"), "{}", r.reason);
+        // Another secret: a mismatch.
+        let r = rejected(outcome(live.clone(), "cnjoin_other", Role::Node, false));
+        assert_eq!(detail(&r), Some("AUTH_TOKEN_MISMATCH"));
+        assert!(r.reason.contains("gateway token mismatch"), "{}", r.reason);
+
+        let reason = |r: &Rejection| match r.response.as_deref() {
+            Some(Frame::Res(res)) => {
+                let d = res.error.as_ref().and_then(|e| e.details.clone());
+                d.map(|d| (d["reason"].clone(), d["joinTokenId"].clone()))
+            }
+            _ => None,
+        };
+        let cases = [
+            (
+                join_token(NOW - 90_000, 2, 0, false),
+                "join-token-expired",
+                "expired 1m ago",
+            ),
+            (
+                join_token(NOW + 1, 2, 0, true),
+                "join-token-revoked",
+                "was revoked",
+            ),
+            (
+                join_token(NOW + 1, 2, 2, false),
+                "join-token-used-up",
+                "(2 of 2)",
+            ),
+        ];
+        for (token, code, says) in cases {
+            let r = rejected(outcome(token, created, Role::Node, false));
+            assert_eq!(detail(&r), Some("AUTH_TOKEN_MISMATCH"), "{code}");
+            assert_eq!(r.result, HandshakeResult::AuthFailed);
+            assert_eq!(
+                reason(&r),
+                Some((Value::from(code), Value::from("0123456789ab")))
+            );
+            assert!(
+                r.reason.contains(says) && r.reason.contains("clawnode join-token create"),
+                "{}",
+                r.reason
+            );
+        }
+        // Used up, a device it knows gets in (no new use); expired, not.
+        let a = outcome(join_token(NOW + 1, 2, 2, false), created, Role::Node, true)
+            .expect("a known device with a used-up token");
+        assert!(matches!(a.credential, Credential::EnrolmentToken { .. }));
+        let r = rejected(outcome(
+            join_token(NOW, 2, 0, false),
+            created,
+            Role::Node,
+            true,
+        ));
+        assert_eq!(detail(&r), Some("AUTH_TOKEN_MISMATCH"));
+
+        // The registry cannot answer: unavailable, retry later.
+        let down = AuthInput {
+            join_token: &|_| JoinTokenLookup::Unavailable,
+            ..input(Some(&join))
+        };
+        let p = signed_node(&identity, created, NONCE, NOW, &[]);
+        let r = rejected(authorize(&request(p), &down));
+        assert_eq!(r.log_code(), "UNAVAILABLE");
+        assert!(!r.counts_against_rate_limit());
     }
 
     #[test]

@@ -23,7 +23,7 @@ use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, info, warn, Instrument as _};
 
 use super::admission::Ticket;
-use super::auth::{self, AuthInput, ConnectRequest, Rejection};
+use super::auth::{self, AuthInput, ConnectRequest, JoinTokenLookup, Rejection};
 use super::broadcast::{Outbound, PRESENCE_EVENT_MIN_GAP};
 use super::connection::{read_error_close, Connection, Gone};
 use super::http;
@@ -300,6 +300,14 @@ async fn handshake(
             operator_token_hint: &config.operator_token_hint,
             rate_limited_for_ms: shared.auth_retry_after(remote_ip, now),
             known_device: &|device_id| shared.is_known_device(device_id),
+            join_token: &|sha256| match shared.join_token(sha256) {
+                Ok(Some(token)) => JoinTokenLookup::Found(token),
+                Ok(None) => JoinTokenLookup::NotFound,
+                Err(e) => {
+                    warn!(error = %format!("{e:#}"), "device registry unavailable; refusing the connection");
+                    JoinTokenLookup::Unavailable
+                }
+            },
         };
         auth::authorize(&req, &input).inspect_err(|rejection| {
             if rejection.counts_against_rate_limit() {
@@ -340,6 +348,9 @@ async fn handshake(
                 super::registry::DeviceState::Revoked,
             ));
         }
+    }
+    if let Some(id) = admitted.credential.join_token_id() {
+        shared.join_token_used(id);
     }
     let hello = hello_ok(shared, conn_id, &admitted, registered.presence_version, now);
     let hello = hello_response(&hello, &req.id, registered.presence_json);
@@ -384,15 +395,27 @@ async fn claim(
         role: Some(admitted.role),
         address: Some(remote_ip),
         display_name: req.params.client.display_name.clone(),
+        join_token: admitted.credential.join_token_id().map(str::to_string),
     };
     admit(shared, req, &device)?;
+    let join_token = device.join_token.clone();
     match shared.claim(own_key, device).await {
         Ok(ClaimCheck::Conflict(pin)) => Err(auth::pinned_elsewhere(req, own_key, &pin)),
+        Ok(ClaimCheck::JoinTokenRefused(token)) => Err(match token {
+            Some(token) => auth::join_token_refused(&req.id, &token, now_ms()),
+            None => Rejection::reply(
+                &req.id,
+                ErrorShape::invalid_request("unauthorized: gateway token mismatch")
+                    .with_detail(crate::protocol::ErrorDetailCode::AuthTokenMismatch),
+                CloseCode::Policy,
+            ),
+        }),
         Ok(ClaimCheck::New) => {
             // Recorded as strings: escaped by every log format.
             info!(
                 instance_id = own_key.as_str(),
                 device_id = device_id.as_str(),
+                join_token_id = join_token.as_deref().unwrap_or("-"),
                 "instance id pinned to its device key"
             );
             Ok(())

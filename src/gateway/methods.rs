@@ -8,6 +8,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::auth::grants;
+use super::join_token_methods;
 use super::outgoing::Outgoing;
 use super::pairing_methods;
 use super::state::Shared;
@@ -35,6 +36,9 @@ pub const METHODS: &[&str] = &[
     method::DEVICE_PAIR_REMOVE,
     method::DEVICE_PAIR_RENAME,
     method::DEVICE_REVOKE,
+    method::JOIN_TOKEN_CREATE,
+    method::JOIN_TOKEN_LIST,
+    method::JOIN_TOKEN_REVOKE,
 ];
 
 /// Who is asking: fixed for the life of a connection.
@@ -221,6 +225,20 @@ fn handle_value(shared: &Shared, ctx: &ConnContext, req: &Request) -> Result<Val
         method::DEVICE_PAIR_REMOVE => pairing_methods::remove(shared, ctx, parse_params(req)?),
         method::DEVICE_REVOKE => pairing_methods::revoke(shared, ctx, parse_params(req)?),
         method::DEVICE_PAIR_RENAME => pairing_methods::rename(shared, ctx, parse_params(req)?),
+        method::JOIN_TOKEN_CREATE | method::JOIN_TOKEN_LIST | method::JOIN_TOKEN_REVOKE => {
+            // Who may approve devices may make what admits them.
+            ctx.require_operator_scope(scope::OPERATOR_PAIRING)?;
+            let by = pairing_methods::caller(ctx);
+            match req.method.as_str() {
+                method::JOIN_TOKEN_CREATE => {
+                    join_token_methods::create(shared, &by, parse_params(req)?)
+                }
+                method::JOIN_TOKEN_REVOKE => {
+                    join_token_methods::revoke(shared, &by, parse_params(req)?)
+                }
+                _ => join_token_methods::list(shared),
+            }
+        }
         method::CONNECT => Err(ErrorShape::invalid_request("already connected")),
         other => Err(ErrorShape::invalid_request(format!(
             "unknown method: {other}"
@@ -628,6 +646,64 @@ mod tests {
                 assert!(e.message.starts_with("unknown "), "{m}: {}", e.message);
             }
         }
+    }
+
+    /// Part 6: the join token methods need `operator.pairing` (or admin);
+    /// `create` answers the secret once, `list` never shows it, `revoke`
+    /// of an unknown id is an error.
+    #[test]
+    fn join_token_methods_need_operator_pairing() {
+        let shared = shared();
+        let call = |ctx: &ConnContext, method: &str, params: Value| {
+            let req = Request {
+                id: "1".into(),
+                method: method.into(),
+                params,
+            };
+            handle(&shared, ctx, &req).map(Answer::into_value)
+        };
+        let node = ctx(Role::Node, &[]);
+        let reader = ctx(
+            Role::Operator,
+            &[scope::OPERATOR_READ, scope::OPERATOR_WRITE],
+        );
+        let calls = [
+            (method::JOIN_TOKEN_CREATE, json!({})),
+            (method::JOIN_TOKEN_LIST, json!({})),
+            (method::JOIN_TOKEN_REVOKE, json!({ "id": "x" })),
+        ];
+        for (m, params) in &calls {
+            assert_eq!(METHODS.iter().filter(|x| *x == m).count(), 1, "{m}");
+            for who in [&node, &reader] {
+                let e = call(who, m, params.clone()).unwrap_err();
+                assert_eq!(e.code, ErrorCode::Forbidden, "{m} by {:?}", who.role);
+                assert_eq!(e.message, "missing scope: operator.pairing");
+            }
+        }
+        let op = ctx(Role::Operator, &[scope::OPERATOR_PAIRING]);
+        let created = call(&op, method::JOIN_TOKEN_CREATE, json!({ "uses": 2 })).unwrap();
+        let secret = created["token"].as_str().expect("the secret").to_string();
+        assert!(
+            secret.starts_with("cnjoin_") && secret.len() > 40,
+            "{secret}"
+        );
+        let id = created["joinToken"]["id"]
+            .as_str()
+            .expect("an id")
+            .to_string();
+        assert_eq!(id.len(), 12);
+        assert_eq!(created["joinToken"]["state"], "active");
+        assert_eq!(created["joinToken"]["uses"], 2);
+        let e = call(&op, method::JOIN_TOKEN_CREATE, json!({ "ttl": 5 })).unwrap_err();
+        assert!(e.message.contains("unknown field"), "{}", e.message);
+        let admin = ctx(Role::Operator, &[scope::OPERATOR_ADMIN]);
+        let list = call(&admin, method::JOIN_TOKEN_LIST, json!({})).unwrap();
+        assert_eq!(list["joinTokens"][0]["id"], id.as_str());
+        assert!(!list.to_string().contains(&secret), "{list}");
+        let revoked = call(&op, method::JOIN_TOKEN_REVOKE, json!({ "id": id })).unwrap();
+        assert_eq!(revoked["joinToken"]["state"], "revoked");
+        let e = call(&op, method::JOIN_TOKEN_REVOKE, json!({ "id": "nope" })).unwrap_err();
+        assert_eq!(e.message, "unknown join token id");
     }
 
     #[test]

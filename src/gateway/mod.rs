@@ -17,6 +17,7 @@ pub mod broadcast;
 pub mod connection;
 pub mod handler;
 pub mod http;
+pub mod join_token_methods;
 pub mod listener;
 pub mod log_summary;
 pub mod methods;
@@ -166,6 +167,7 @@ impl Gateway {
             role: None,
             address: None,
             display_name: None,
+            join_token: None,
         };
         if let registry::ClaimCheck::Conflict(pin) = self.state.claim(&key, device).await? {
             tracing::warn!(

@@ -49,6 +49,9 @@ pub struct PendingView {
     pub remote_ip: Option<String>,
     /// When it was requested (ms since the Unix epoch).
     pub ts: u64,
+    /// The created join token it asked with (clawnode's own).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub join_token_id: Option<String>,
 }
 
 impl Pending {
@@ -63,6 +66,7 @@ impl Pending {
             role,
             remote_ip: self.device.address.map(|a| a.to_string()),
             ts: self.created_ms,
+            join_token_id: self.device.join_token.clone(),
         }
     }
 }
@@ -219,6 +223,7 @@ mod tests {
             role: Some(Role::Node),
             address: None,
             display_name: None,
+            join_token: None,
         }
     }
 

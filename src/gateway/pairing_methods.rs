@@ -55,7 +55,7 @@ fn non_empty<'a>(what: &str, method: &str, id: &'a str) -> Result<&'a str, Error
 }
 
 /// Who made a change, for `approvedBy`: the caller's device, else its name.
-fn caller(ctx: &ConnContext) -> String {
+pub(super) fn caller(ctx: &ConnContext) -> String {
     ctx.device_id
         .clone()
         .or_else(|| ctx.client.display_name.clone())

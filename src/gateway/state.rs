@@ -29,7 +29,8 @@ use super::metrics::{Metrics, Snapshot as MetricsSnapshot};
 use super::outgoing::Outgoing;
 use super::pairing::{PendingRequests, PendingView, Requested};
 use super::registry::{
-    Change, Claim, ClaimCheck, Device, DeviceRecord, DeviceRegistry, DeviceState, Pin,
+    Change, Claim, ClaimCheck, Device, DeviceRecord, DeviceRegistry, DeviceState, JoinToken,
+    JoinTokenCreated, NewJoinToken, Pin,
 };
 use super::GatewayConfig;
 use crate::clock::now_ms;
@@ -476,6 +477,7 @@ impl Shared {
                 approved_by: None,
                 approved_at_ms: None,
                 instance_ids: Vec::new(),
+                join_token_id: p.device.join_token,
             })
         }))
     }
@@ -508,6 +510,35 @@ impl Shared {
             device_id: device_id.to_string(),
             label: label.to_string(),
         })
+    }
+
+    // --- join tokens ------------------------------------------------------------
+
+    /// The created join token whose secret has this SHA-256 (the handshake's
+    /// lookup: one indexed read).
+    pub fn join_token(&self, sha256: &[u8; 32]) -> anyhow::Result<Option<JoinToken>> {
+        self.registry.join_token(sha256)
+    }
+
+    /// Stores a new join token (see [`DeviceRegistry::create_join_token`]).
+    pub fn create_join_token(&self, new: NewJoinToken) -> anyhow::Result<JoinTokenCreated> {
+        self.registry.create_join_token(new)
+    }
+
+    /// Every join token kept, newest first.
+    pub fn join_tokens(&self) -> anyhow::Result<Vec<JoinToken>> {
+        self.registry.join_tokens()
+    }
+
+    /// Revokes a join token: from now on it admits nobody. Devices that
+    /// enrolled with it keep their records. `None`: no such token.
+    pub fn revoke_join_token(&self, id: &str) -> anyhow::Result<Option<JoinToken>> {
+        self.registry.revoke_join_token(id, now_ms())
+    }
+
+    /// Notes that join token `id` let a connection in (best effort).
+    pub fn join_token_used(&self, id: &str) {
+        self.registry.join_token_used(id, now_ms());
     }
 
     /// Tells every live connection of `device_id` to close; how many.

@@ -9,6 +9,7 @@ pub mod connect;
 pub mod device_auth;
 pub mod errors;
 pub mod frame;
+pub mod join_token;
 pub mod payloads;
 
 pub use connect::{ClientInfo, ConnectAuth, ConnectParams, DeviceProof, HelloOk, Role};
@@ -67,6 +68,10 @@ pub mod method {
     /// clawnode's own: mark an approved device revoked (`clawnode devices
     /// revoke`): its connections close, it is refused until approved again.
     pub const DEVICE_REVOKE: &str = "clawnode.device.revoke";
+    /// clawnode's own: join tokens for enrolment (`clawnode join-token`).
+    pub const JOIN_TOKEN_CREATE: &str = "clawnode.joinToken.create";
+    pub const JOIN_TOKEN_LIST: &str = "clawnode.joinToken.list";
+    pub const JOIN_TOKEN_REVOKE: &str = "clawnode.joinToken.revoke";
 }
 
 /// Event names.

@@ -8,5 +8,6 @@ mod common;
 
 mod agent_to_openclaw;
 mod devices_cli;
+mod join_tokens;
 mod openclaw_to_gateway;
 mod schema;

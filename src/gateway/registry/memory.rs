@@ -9,8 +9,9 @@ use futures_util::future::BoxFuture;
 
 use super::{
     decide, Change, Claim, ClaimCheck, Counts, Decision, Device, DeviceRecord, DeviceRegistry,
-    DeviceState, Found, Pin,
+    DeviceState, Found, JoinToken, JoinTokenCreated, NewJoinToken, Pin, JOIN_TOKEN_KEPT_MS,
 };
+use crate::protocol::join_token::{JoinTokenState, MAX_LIVE};
 
 /// Device records and pins, under one lock.
 #[derive(Debug, Default)]
@@ -22,6 +23,9 @@ pub struct MemoryRegistry {
 struct State {
     devices: HashMap<String, DeviceRecord>,
     pins: HashMap<String, Pin>,
+    /// Join tokens by id, and their ids by the SHA-256 of the secret.
+    join_tokens: HashMap<String, JoinToken>,
+    join_token_ids: HashMap<[u8; 32], String>,
 }
 
 impl State {
@@ -43,6 +47,7 @@ impl State {
                 approved_by: None,
                 approved_at_ms: None,
                 instance_ids: Vec::new(),
+                join_token_id: device.join_token.clone(),
             });
         record.public_key = Some(device.public_key.clone());
         if let Some(role) = device.role {
@@ -95,7 +100,21 @@ impl MemoryRegistry {
         };
         let device = &claim.device;
         let known = state.devices.contains_key(&device.id);
-        let check = match decide(claim, &found) {
+        let decision = decide(claim, &found);
+        if let Decision::Keep(check @ ClaimCheck::Conflict(_)) = decision {
+            return check;
+        }
+        // A new device enrolling with a join token takes one of its uses.
+        if let (false, Some(id)) = (known, &device.join_token) {
+            match state.join_tokens.get_mut(id) {
+                Some(t) if t.state(claim.now_ms) == JoinTokenState::Active => {
+                    t.used += 1;
+                    t.last_used_at_ms = t.last_used_at_ms.max(Some(claim.now_ms));
+                }
+                t => return ClaimCheck::JoinTokenRefused(t.cloned().map(Box::new)),
+            }
+        }
+        let check = match decision {
             Decision::Keep(check) => return check,
             Decision::OwnId if known => ClaimCheck::Known,
             Decision::OwnId => ClaimCheck::New,
@@ -167,7 +186,15 @@ impl DeviceRegistry for MemoryRegistry {
             } => {
                 if !state.devices.contains_key(&device_id) {
                     match &device {
-                        Some(device) if device.id == device_id => state.seen(device, now_ms),
+                        Some(device) if device.id == device_id => {
+                            state.seen(device, now_ms);
+                            // Approving a request made with a join token
+                            // counts as its use, uses left or not.
+                            let token = device.join_token.as_ref();
+                            if let Some(t) = token.and_then(|id| state.join_tokens.get_mut(id)) {
+                                t.used += 1;
+                            }
+                        }
                         _ => return Ok(None),
                     }
                 }
@@ -204,5 +231,57 @@ impl DeviceRegistry for MemoryRegistry {
             .collect();
         all.sort_by(|a, b| (a.first_seen_ms, &a.device_id).cmp(&(b.first_seen_ms, &b.device_id)));
         Ok(all)
+    }
+
+    fn join_token(&self, sha256: &[u8; 32]) -> Result<Option<JoinToken>> {
+        let state = self.lock();
+        let id = state.join_token_ids.get(sha256);
+        Ok(id.and_then(|id| state.join_tokens.get(id)).cloned())
+    }
+
+    fn create_join_token(&self, new: NewJoinToken) -> Result<JoinTokenCreated> {
+        let mut state = self.lock();
+        let now = new.token.created_at_ms;
+        let cutoff = now.saturating_sub(JOIN_TOKEN_KEPT_MS);
+        state
+            .join_tokens
+            .retain(|_, t| t.revoked_at_ms.unwrap_or(u64::MAX).min(t.expires_at_ms) > cutoff);
+        let State {
+            join_tokens,
+            join_token_ids,
+            ..
+        } = &mut *state;
+        join_token_ids.retain(|_, id| join_tokens.contains_key(id));
+        let live = join_tokens.values().filter(|t| t.is_live(now)).count();
+        if live >= MAX_LIVE {
+            return Ok(JoinTokenCreated::TooMany(live));
+        }
+        if join_tokens.contains_key(&new.token.id) || join_token_ids.contains_key(&new.sha256) {
+            anyhow::bail!("a join token with this id or secret exists already");
+        }
+        join_token_ids.insert(new.sha256, new.token.id.clone());
+        join_tokens.insert(new.token.id.clone(), new.token.clone());
+        Ok(JoinTokenCreated::Created(new.token))
+    }
+
+    fn join_tokens(&self) -> Result<Vec<JoinToken>> {
+        let mut all: Vec<JoinToken> = self.lock().join_tokens.values().cloned().collect();
+        all.sort_by(|a, b| (b.created_at_ms, &a.id).cmp(&(a.created_at_ms, &b.id)));
+        Ok(all)
+    }
+
+    fn revoke_join_token(&self, id: &str, now_ms: u64) -> Result<Option<JoinToken>> {
+        let mut state = self.lock();
+        let Some(t) = state.join_tokens.get_mut(id) else {
+            return Ok(None);
+        };
+        t.revoked_at_ms.get_or_insert(now_ms);
+        Ok(Some(t.clone()))
+    }
+
+    fn join_token_used(&self, id: &str, now_ms: u64) {
+        if let Some(t) = self.lock().join_tokens.get_mut(id) {
+            t.last_used_at_ms = t.last_used_at_ms.max(Some(now_ms));
+        }
     }
 }

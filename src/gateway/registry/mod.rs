@@ -20,6 +20,7 @@
 //! JetStream KV: create-if-absent for first-claim-wins) behind the same
 //! trait.
 
+mod join_token_queries;
 mod memory;
 mod pins_file;
 mod queries;
@@ -35,6 +36,7 @@ use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
 use crate::presence::PresenceKey;
+pub use crate::protocol::join_token::JoinToken;
 use crate::protocol::Role;
 
 pub use memory::MemoryRegistry;
@@ -67,6 +69,9 @@ pub struct Device {
     pub address: Option<IpAddr>,
     /// The host name it connected with.
     pub display_name: Option<String>,
+    /// The created join token it presented (its id): a new device's record
+    /// keeps it, and its enrolment takes one of the token's uses.
+    pub join_token: Option<String>,
 }
 
 /// A connection's claim of a presence key.
@@ -87,6 +92,10 @@ pub enum ClaimCheck {
     New,
     /// The key belongs to another device: refuse.
     Conflict(Pin),
+    /// A new device's join token had no use left (or expired, or was
+    /// revoked) when its enrolment was stored: refuse. The token as it is
+    /// (`None`: no longer kept).
+    JoinTokenRefused(Option<Box<JoinToken>>),
 }
 
 /// The registry as the gateway uses it. Keys are normalized by the caller
@@ -125,6 +134,52 @@ pub trait DeviceRegistry: Send + Sync {
 
     /// Every device's record, oldest first.
     fn devices(&self) -> Result<Vec<DeviceRecord>>;
+
+    /// The created join token whose secret has this SHA-256, if any. One
+    /// indexed read (the handshake path).
+    fn join_token(&self, sha256: &[u8; 32]) -> Result<Option<JoinToken>>;
+
+    /// Stores a new join token, unless [`MAX_LIVE`] are live at `now_ms`
+    /// already; tokens dead (expired or revoked) for [`JOIN_TOKEN_KEPT_MS`]
+    /// are deleted. Stored before it returns.
+    ///
+    /// [`MAX_LIVE`]: crate::protocol::join_token::MAX_LIVE
+    fn create_join_token(&self, new: NewJoinToken) -> Result<JoinTokenCreated>;
+
+    /// Every join token kept, newest first.
+    fn join_tokens(&self) -> Result<Vec<JoinToken>>;
+
+    /// Revokes a join token (kept, as revoked at `now_ms`; revoking it again
+    /// changes nothing). `None`: no such token. Stored before it returns.
+    fn revoke_join_token(&self, id: &str, now_ms: u64) -> Result<Option<JoinToken>>;
+
+    /// Notes that the join token `id` let a connection in at `now_ms`
+    /// (stored at most once a minute per token; best effort).
+    fn join_token_used(&self, id: &str, now_ms: u64);
+}
+
+/// Dead join tokens (expired or revoked) are kept this long, so the devices
+/// list can still name them, then deleted when the next one is created.
+pub const JOIN_TOKEN_KEPT_MS: u64 = 90 * 24 * 60 * 60 * 1000;
+
+/// A join token's `last used` time is stored at most this often.
+pub const JOIN_TOKEN_USED_EVERY_MS: u64 = 60_000;
+
+/// A join token to store: its record and the digest of its secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewJoinToken {
+    pub token: JoinToken,
+    pub sha256: [u8; 32],
+}
+
+/// What [`DeviceRegistry::create_join_token`] came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JoinTokenCreated {
+    Created(JoinToken),
+    /// This many are live already (at most [`MAX_LIVE`]): not stored.
+    ///
+    /// [`MAX_LIVE`]: crate::protocol::join_token::MAX_LIVE
+    TooMany(usize),
 }
 
 /// A device's admission state. `pending` requests live in the gateway's
@@ -186,6 +241,9 @@ pub struct DeviceRecord {
     /// The presence keys (instance ids) pinned to it.
     #[serde(default)]
     pub instance_ids: Vec<String>,
+    /// The created join token it enrolled with (its id), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join_token_id: Option<String>,
 }
 
 /// An operator's change to a device record.

@@ -8,6 +8,12 @@
 //! (presence key → the device that claimed it). Issue 15 writes every
 //! device as `approved` (admission by the shared token, today's policy) and
 //! leaves `label` and `approved_by` empty.
+//!
+//! Version 2 (issue 16, part 6) adds `join_tokens` (created join tokens:
+//! the SHA-256 of each secret, never the secret, unique and so indexed;
+//! lifetime, uses, who made it, revocation) and `devices.join_token_id`
+//! (the created join token a device enrolled with). Each version is one
+//! step applied in order ([`STEPS`]), in the one migration transaction.
 
 use anyhow::{bail, Context as _, Result};
 use rusqlite::{params, Connection, OptionalExtension as _, TransactionBehavior};
@@ -15,9 +21,9 @@ use rusqlite::{params, Connection, OptionalExtension as _, TransactionBehavior};
 use super::pins_file::Legacy;
 
 /// The schema this build reads and writes.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
-const SCHEMA_V1: &str = "
+pub(super) const SCHEMA_V1: &str = "
 CREATE TABLE devices (
     device_id      TEXT PRIMARY KEY NOT NULL,
     -- base64url Ed25519 key; NULL for a device migrated from pins.json
@@ -49,6 +55,26 @@ CREATE TABLE meta (
 ) WITHOUT ROWID;
 ";
 
+const SCHEMA_V2: &str = "
+CREATE TABLE join_tokens (
+    id             TEXT PRIMARY KEY NOT NULL,
+    -- SHA-256 of the secret (32 bytes); the secret itself is never stored
+    token_sha256   BLOB NOT NULL UNIQUE CHECK (length(token_sha256) = 32),
+    description    TEXT,
+    created_at_ms  INTEGER NOT NULL,
+    created_by     TEXT,
+    expires_at_ms  INTEGER NOT NULL,
+    uses           INTEGER NOT NULL CHECK (uses > 0),
+    used           INTEGER NOT NULL DEFAULT 0,
+    last_used_ms   INTEGER,
+    revoked_at_ms  INTEGER
+) WITHOUT ROWID;
+ALTER TABLE devices ADD COLUMN join_token_id TEXT;
+";
+
+/// Schema version `n + 1` is made from version `n` by `STEPS[n]`.
+const STEPS: [&str; SCHEMA_VERSION as usize] = [SCHEMA_V1, SCHEMA_V2];
+
 /// The `meta` key recording the digest of the pins file imported.
 const PINS_IMPORTED: &str = "pins_json_sha256";
 
@@ -58,9 +84,15 @@ pub fn migrate(conn: &mut Connection) -> Result<()> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     match version {
-        0 => {
-            tx.execute_batch(SCHEMA_V1)
-                .context("cannot create the registry tables")?;
+        0..SCHEMA_VERSION => {
+            for (from, step) in STEPS.iter().enumerate().skip(version as usize) {
+                tx.execute_batch(step).with_context(|| {
+                    format!(
+                        "cannot bring the registry from schema version {from} to {}",
+                        from + 1
+                    )
+                })?;
+            }
         }
         SCHEMA_VERSION => return Ok(()),
         newer if newer > SCHEMA_VERSION => bail!(

@@ -28,11 +28,12 @@ use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 use super::queries::{select_first_seen, select_pin};
+use super::join_token_queries::{join_token_of_row, SELECT_JOIN_TOKEN};
 use super::writer::{self, Job};
 use super::{decide, pins_file, schema};
 use super::{
     Change, Claim, ClaimCheck, Counts, Decision, DeviceRecord, DeviceRegistry, DeviceState, Found,
-    Pin,
+    JoinToken, JoinTokenCreated, NewJoinToken, Pin, JOIN_TOKEN_USED_EVERY_MS,
 };
 use crate::protocol::Role;
 
@@ -51,6 +52,9 @@ pub struct SqliteRegistry {
     reader: Mutex<Connection>,
     jobs: mpsc::Sender<Job>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// When each join token's last use was last sent to be stored (at
+    /// most one write a minute per token, however many connect).
+    join_token_used: Mutex<std::collections::HashMap<String, u64>>,
 }
 
 impl std::fmt::Debug for SqliteRegistry {
@@ -94,6 +98,7 @@ impl SqliteRegistry {
             reader: Mutex::new(reader),
             jobs,
             writer: Mutex::new(Some(writer)),
+            join_token_used: Mutex::default(),
         })
     }
 
@@ -246,13 +251,62 @@ impl DeviceRegistry for SqliteRegistry {
         rows.collect::<rusqlite::Result<Vec<_>>>()
             .map_err(Into::into)
     }
+
+    fn join_token(&self, sha256: &[u8; 32]) -> Result<Option<JoinToken>> {
+        let token = self
+            .read()
+            .prepare_cached(&format!("{SELECT_JOIN_TOKEN} WHERE token_sha256 = ?1"))?
+            .query_row([&sha256[..]], join_token_of_row)
+            .optional()?;
+        Ok(token)
+    }
+
+    fn create_join_token(&self, new: NewJoinToken) -> Result<JoinTokenCreated> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.send(Job::CreateJoinToken(new, tx))?;
+        rx.recv()
+            .map_err(|_| anyhow!("the device registry writer has stopped"))?
+    }
+
+    fn join_tokens(&self) -> Result<Vec<JoinToken>> {
+        let conn = self.read();
+        let mut statement = conn.prepare_cached(&format!(
+            "{SELECT_JOIN_TOKEN} ORDER BY created_at_ms DESC, id"
+        ))?;
+        let rows = statement.query_map([], join_token_of_row)?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(Into::into)
+    }
+
+    fn revoke_join_token(&self, id: &str, now_ms: u64) -> Result<Option<JoinToken>> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.send(Job::RevokeJoinToken(id.to_string(), now_ms, tx))?;
+        rx.recv()
+            .map_err(|_| anyhow!("the device registry writer has stopped"))?
+    }
+
+    fn join_token_used(&self, id: &str, now_ms: u64) {
+        {
+            let mut stored = self
+                .join_token_used
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            match stored.get(id) {
+                Some(&at) if now_ms.saturating_sub(at) < JOIN_TOKEN_USED_EVERY_MS => return,
+                _ => stored.insert(id.to_string(), now_ms),
+            };
+        }
+        // Best effort: a lost update is only a late `last used` time.
+        let _ = self.send(Job::JoinTokenUsed(id.to_string(), now_ms));
+    }
 }
 
 /// A device record with its pins; `record_of_row` reads it.
 const SELECT_RECORD: &str = "
     SELECT d.device_id, d.public_key, d.state, d.roles, d.display_name, d.label,
            d.first_seen_ms, d.last_seen_ms, d.last_address, d.approved_by, d.approved_at_ms,
-           (SELECT json_group_array(instance_id) FROM instances i WHERE i.device_id = d.device_id)
+           (SELECT json_group_array(instance_id) FROM instances i WHERE i.device_id = d.device_id),
+           d.join_token_id
     FROM devices d";
 
 fn record_of_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceRecord> {
@@ -275,6 +329,7 @@ fn record_of_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceRecord> {
         approved_by: r.get(9)?,
         approved_at_ms: r.get::<_, Option<i64>>(10)?.map(|v| v as u64),
         instance_ids: json_list(r.get(11)?),
+        join_token_id: r.get(12)?,
     })
 }
 

@@ -11,6 +11,7 @@ fn device(id: &str, role: Role) -> Device {
         role: Some(role),
         address: Some("192.0.2.7".parse().expect("address")),
         display_name: Some(format!("host-{id}")),
+        join_token: None,
     }
 }
 
@@ -479,4 +480,256 @@ fn sqlite_registry_keeps_device_states_across_a_restart() {
     );
     let b = reopened.devices().expect("list");
     assert_eq!(b[0].label.as_deref(), Some("rack 4"));
+}
+
+fn new_join_token(id: &str, secret: &str, now: u64, ttl: u64, uses: u64) -> NewJoinToken {
+    use sha2::{Digest, Sha256};
+    NewJoinToken {
+        token: JoinToken {
+            id: id.to_string(),
+            description: Some(format!("for {id}")),
+            created_at_ms: now,
+            created_by: Some("op".into()),
+            expires_at_ms: now + ttl,
+            uses,
+            used: 0,
+            last_used_at_ms: None,
+            revoked_at_ms: None,
+        },
+        sha256: Sha256::digest(secret.as_bytes()).into(),
+    }
+}
+
+fn digest(secret: &str) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(secret.as_bytes()).into()
+}
+
+fn with_token(mut claim: Claim, id: &str) -> Claim {
+    claim.device.join_token = Some(id.to_string());
+    claim
+}
+
+/// Join tokens (part 6), the same in every implementation: found by the
+/// digest of the secret; a new device enrolling with one takes a use, in
+/// the same step that stores its record (so the last use has one taker);
+/// a known device takes none; the record names the token; an operator's
+/// approval of a request made with one counts; at most `MAX_LIVE` live;
+/// dead ones deleted after `JOIN_TOKEN_KEPT_MS`.
+fn keeps_join_tokens(registry: &dyn DeviceRegistry) {
+    use crate::protocol::join_token::{JoinTokenState, MAX_LIVE};
+    let created = |new: NewJoinToken| match registry.create_join_token(new).expect("create") {
+        JoinTokenCreated::Created(t) => t,
+        JoinTokenCreated::TooMany(n) => panic!("too many: {n}"),
+    };
+    let t = created(new_join_token("aaaaaaaaaaaa", "cnjoin_a", 100, 1000, 1));
+    assert_eq!((t.used, t.uses, t.expires_at_ms), (0, 1, 1100));
+    let found = registry.join_token(&digest("cnjoin_a")).expect("lookup");
+    assert_eq!(found.as_ref().map(|t| t.id.as_str()), Some("aaaaaaaaaaaa"));
+    assert_eq!(
+        registry.join_token(&digest("cnjoin_b")).expect("lookup"),
+        None
+    );
+
+    // One use: the first new device takes it, the second is refused.
+    let first = block(registry.claim(with_token(claim("i-1", "a", 200), "aaaaaaaaaaaa")));
+    assert_eq!(first.expect("claim"), ClaimCheck::New);
+    let second = block(registry.claim(with_token(claim("i-2", "b", 201), "aaaaaaaaaaaa")));
+    let ClaimCheck::JoinTokenRefused(Some(spent)) = second.expect("claim") else {
+        panic!("a second new device took a used-up token");
+    };
+    assert_eq!(spent.state(201), JoinTokenState::UsedUp);
+    assert!(
+        !registry.is_known_device("b"),
+        "the refused device was stored"
+    );
+    // The device enrolled with it reconnects: known, no use taken.
+    let again = block(registry.claim(with_token(claim("i-1", "a", 300), "aaaaaaaaaaaa")));
+    assert_eq!(again.expect("claim"), ClaimCheck::Known);
+    let t = registry.join_token(&digest("cnjoin_a")).unwrap().unwrap();
+    assert_eq!((t.used, t.last_used_at_ms), (1, Some(200)));
+    let records = registry.devices().expect("devices");
+    assert_eq!(records[0].join_token_id.as_deref(), Some("aaaaaaaaaaaa"));
+    // Expired: refused to a new device even with uses left.
+    created(new_join_token("bbbbbbbbbbbb", "cnjoin_b", 100, 1000, 5));
+    let late = block(registry.claim(with_token(claim("i-3", "c", 1100), "bbbbbbbbbbbb")));
+    assert!(matches!(
+        late.expect("claim"),
+        ClaimCheck::JoinTokenRefused(Some(_))
+    ));
+
+    // An operator approving a pending request made with a token: the
+    // record names it and its use counts, left or not.
+    let mut pending = device("d", Role::Node);
+    pending.join_token = Some("aaaaaaaaaaaa".into());
+    let d = registry
+        .change(Change::SetState {
+            device_id: "d".into(),
+            state: DeviceState::Approved,
+            by: Some("op".into()),
+            device: Some(pending),
+            now_ms: 400,
+        })
+        .expect("approve")
+        .expect("record");
+    assert_eq!(d.join_token_id.as_deref(), Some("aaaaaaaaaaaa"));
+    let t = registry.join_token(&digest("cnjoin_a")).unwrap().unwrap();
+    assert_eq!(t.used, 2);
+
+    // Last use, at most as the caller tells (the caller throttles).
+    registry.join_token_used("aaaaaaaaaaaa", 500);
+    registry.flush().expect("flush");
+    let t = registry.join_token(&digest("cnjoin_a")).unwrap().unwrap();
+    assert_eq!(t.last_used_at_ms, Some(500));
+
+    // Revoked: kept, dead; revoking again keeps the first time.
+    let r = registry
+        .revoke_join_token("aaaaaaaaaaaa", 600)
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.revoked_at_ms, Some(600));
+    let r = registry
+        .revoke_join_token("aaaaaaaaaaaa", 700)
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (r.revoked_at_ms, r.state(700)),
+        (Some(600), JoinTokenState::Revoked)
+    );
+    assert_eq!(registry.revoke_join_token("nope", 700).unwrap(), None);
+
+    // Newest first.
+    let ids: Vec<String> = registry
+        .join_tokens()
+        .unwrap()
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(ids, ["aaaaaaaaaaaa", "bbbbbbbbbbbb"]);
+
+    // At most MAX_LIVE live at once (the two above are dead at 2000).
+    for n in 0..MAX_LIVE {
+        created(new_join_token(
+            &format!("live{n:08}"),
+            &format!("s{n}"),
+            2000,
+            1000,
+            1,
+        ));
+    }
+    let over = registry
+        .create_join_token(new_join_token("over", "s-over", 2000, 1000, 1))
+        .expect("create");
+    assert_eq!(over, JoinTokenCreated::TooMany(MAX_LIVE));
+    // Once they expire there is room; tokens dead for JOIN_TOKEN_KEPT_MS go.
+    let later = 2000 + 1000 + JOIN_TOKEN_KEPT_MS;
+    created(new_join_token("later", "s-later", later, 1000, 1));
+    let ids: Vec<String> = registry
+        .join_tokens()
+        .unwrap()
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(ids, ["later"], "dead tokens were not deleted");
+}
+
+#[test]
+fn memory_registry_keeps_join_tokens() {
+    keeps_join_tokens(&MemoryRegistry::new());
+}
+
+#[test]
+fn sqlite_registry_keeps_join_tokens_and_never_the_secret() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let registry = SqliteRegistry::open(dir.path()).expect("open");
+    keeps_join_tokens(&registry);
+    // Kept across a restart; the file holds the digest, never the secret.
+    registry
+        .create_join_token(new_join_token(
+            "kept",
+            "cnjoin_kept_secret",
+            10_000,
+            1000,
+            1,
+        ))
+        .expect("create");
+    drop(registry);
+    let reopened = SqliteRegistry::open(dir.path()).expect("reopen");
+    let t = reopened.join_token(&digest("cnjoin_kept_secret")).unwrap();
+    assert_eq!(t.map(|t| t.id), Some("kept".to_string()));
+    let bytes = std::fs::read(dir.path().join(REGISTRY_FILE)).expect("read");
+    let has = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+    assert!(!has(b"cnjoin_kept_secret"), "the secret is in the file");
+    assert!(has(&digest("cnjoin_kept_secret")), "the digest is not");
+}
+
+/// A registry made by the previous version (schema 1) is brought to
+/// schema 2 in place: its devices stay, the new column is empty, the join
+/// token table exists.
+#[test]
+fn a_version_1_registry_is_migrated_keeping_its_devices() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join(REGISTRY_FILE);
+    {
+        let conn = Connection::open(&path).expect("open");
+        conn.execute_batch(schema::SCHEMA_V1).expect("v1");
+        conn.execute(
+            "INSERT INTO devices (device_id, first_seen_ms, last_seen_ms) VALUES ('old', 1, 2)",
+            [],
+        )
+        .expect("device");
+        conn.pragma_update(None, "user_version", 1)
+            .expect("version");
+    }
+    let registry = SqliteRegistry::open(dir.path()).expect("migrate");
+    let all = registry.devices().expect("devices");
+    assert_eq!(all.len(), 1);
+    assert_eq!(
+        (all[0].device_id.as_str(), all[0].join_token_id.as_deref()),
+        ("old", None)
+    );
+    assert!(registry.join_tokens().expect("tokens").is_empty());
+    drop(registry);
+    let version: i64 = Connection::open(&path)
+        .unwrap()
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, schema::SCHEMA_VERSION);
+}
+
+/// The last use of a join token has one taker, however many new devices
+/// enrol with it at once (decided in the writer's transaction).
+#[test]
+fn concurrent_enrolments_take_a_join_tokens_uses_once_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = std::sync::Arc::new(SqliteRegistry::open(dir.path()).unwrap());
+    registry
+        .create_join_token(new_join_token("cccccccccccc", "cnjoin_c", 1, 1_000_000, 3))
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    let checks = rt.block_on(async {
+        let claims: Vec<_> = (0..32)
+            .map(|i| {
+                let key = format!("i-{i}");
+                let claim = with_token(claim(&key, &format!("dev-{i}"), 2), "cccccccccccc");
+                registry.claim(claim)
+            })
+            .collect();
+        futures_util::future::join_all(claims).await
+    });
+    let new = checks
+        .iter()
+        .filter(|c| matches!(c, Ok(ClaimCheck::New)))
+        .count();
+    let refused = checks
+        .iter()
+        .filter(|c| matches!(c, Ok(ClaimCheck::JoinTokenRefused(_))))
+        .count();
+    assert_eq!((new, refused), (3, 29), "{checks:?}");
+    let t = registry.join_token(&digest("cnjoin_c")).unwrap().unwrap();
+    assert_eq!(t.used, 3);
+    assert_eq!(registry.counts().unwrap().devices, 3);
 }

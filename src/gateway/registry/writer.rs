@@ -9,11 +9,14 @@ use rusqlite::{params, Connection, Transaction, TransactionBehavior};
 use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
+use super::join_token_queries::select_join_token;
 use super::queries::{select_first_seen, select_pin};
 use super::sqlite::select_record;
 use super::{
-    decide, Change, Claim, ClaimCheck, Decision, Device, DeviceRecord, DeviceState, Found, Pin,
+    decide, Change, Claim, ClaimCheck, Decision, Device, DeviceRecord, DeviceState, Found,
+    JoinToken, JoinTokenCreated, NewJoinToken, Pin, JOIN_TOKEN_KEPT_MS,
 };
+use crate::protocol::join_token::MAX_LIVE;
 use crate::protocol::Role;
 
 /// At most this many jobs in one transaction.
@@ -28,6 +31,12 @@ pub enum Job {
     Forget(String, mpsc::SyncSender<Result<Option<Pin>>>),
     /// An operator's change to a device record.
     Change(Change, mpsc::SyncSender<Result<Option<DeviceRecord>>>),
+    /// A new join token (unless too many are live).
+    CreateJoinToken(NewJoinToken, mpsc::SyncSender<Result<JoinTokenCreated>>),
+    /// A join token revoked at this time.
+    RevokeJoinToken(String, u64, mpsc::SyncSender<Result<Option<JoinToken>>>),
+    /// A join token let a connection in at this time.
+    JoinTokenUsed(String, u64),
     /// Answered once everything queued before it is stored.
     Flush(mpsc::SyncSender<Result<()>>),
     /// Stores what is queued before it, then ends the thread.
@@ -43,6 +52,14 @@ enum Reply {
         Result<Option<DeviceRecord>>,
     ),
     Flush(mpsc::SyncSender<Result<()>>, Result<()>),
+    Created(
+        mpsc::SyncSender<Result<JoinTokenCreated>>,
+        Result<JoinTokenCreated>,
+    ),
+    Revoked(
+        mpsc::SyncSender<Result<Option<JoinToken>>>,
+        Result<Option<JoinToken>>,
+    ),
 }
 
 impl Reply {
@@ -55,7 +72,9 @@ impl Reply {
             Job::Forget(_, tx) => Some(Reply::Forget(tx, Err(e()))),
             Job::Change(_, tx) => Some(Reply::Change(tx, Err(e()))),
             Job::Flush(tx) => Some(Reply::Flush(tx, Err(e()))),
-            Job::Seen(..) | Job::Stop => None,
+            Job::CreateJoinToken(_, tx) => Some(Reply::Created(tx, Err(e()))),
+            Job::RevokeJoinToken(_, _, tx) => Some(Reply::Revoked(tx, Err(e()))),
+            Job::Seen(..) | Job::JoinTokenUsed(..) | Job::Stop => None,
         }
     }
 
@@ -66,6 +85,8 @@ impl Reply {
             Reply::Forget(tx, result) => drop(tx.send(result)),
             Reply::Change(tx, result) => drop(tx.send(result)),
             Reply::Flush(tx, result) => drop(tx.send(result)),
+            Reply::Created(tx, result) => drop(tx.send(result)),
+            Reply::Revoked(tx, result) => drop(tx.send(result)),
         }
     }
 }
@@ -119,6 +140,8 @@ enum Outcome {
     Claim(ClaimCheck),
     Forget(Option<Pin>),
     Change(Option<DeviceRecord>),
+    Created(JoinTokenCreated),
+    Revoked(Option<JoinToken>),
     Done,
 }
 
@@ -128,6 +151,10 @@ impl Outcome {
             (Outcome::Claim(check), Job::Claim(_, tx)) => Some(Reply::Claim(tx, Ok(check))),
             (Outcome::Forget(pin), Job::Forget(_, tx)) => Some(Reply::Forget(tx, Ok(pin))),
             (Outcome::Change(record), Job::Change(_, tx)) => Some(Reply::Change(tx, Ok(record))),
+            (Outcome::Created(c), Job::CreateJoinToken(_, tx)) => Some(Reply::Created(tx, Ok(c))),
+            (Outcome::Revoked(t), Job::RevokeJoinToken(_, _, tx)) => {
+                Some(Reply::Revoked(tx, Ok(t)))
+            }
             (_, Job::Flush(tx)) => Some(Reply::Flush(tx, Ok(()))),
             _ => None,
         }
@@ -147,6 +174,18 @@ fn apply_all(conn: &mut Connection, batch: &[Job]) -> Result<Vec<Outcome>> {
             }
             Job::Forget(key, _) => Outcome::Forget(apply_forget(&tx, key)?),
             Job::Change(change, _) => Outcome::Change(apply_change(&tx, change)?),
+            Job::CreateJoinToken(new, _) => Outcome::Created(create_join_token(&tx, new)?),
+            Job::RevokeJoinToken(id, now_ms, _) => {
+                Outcome::Revoked(revoke_join_token(&tx, id, *now_ms)?)
+            }
+            Job::JoinTokenUsed(id, now_ms) => {
+                tx.prepare_cached(
+                    "UPDATE join_tokens SET last_used_ms = max(coalesce(last_used_ms, 0), ?2)
+                     WHERE id = ?1",
+                )?
+                .execute(params![id, *now_ms as i64])?;
+                Outcome::Done
+            }
             Job::Flush(_) | Job::Stop => Outcome::Done,
         });
     }
@@ -174,6 +213,14 @@ fn apply_claim(tx: &Transaction<'_>, claim: &Claim) -> Result<ClaimCheck> {
         Decision::OwnId if known => ClaimCheck::Known,
         Decision::OwnId | Decision::PinToClaimant => ClaimCheck::New,
     };
+    // A new device enrolling with a created join token takes one of its
+    // uses, decided here so that two at once cannot both take the last.
+    if let (false, Some(id)) = (known, &device.join_token) {
+        if !take_join_token_use(tx, id, claim.now_ms)? {
+            let token = select_join_token(tx, id)?;
+            return Ok(ClaimCheck::JoinTokenRefused(token.map(Box::new)));
+        }
+    }
     upsert_device(tx, device, claim.now_ms)?;
     if decision == Decision::PinToClaimant {
         tx.execute(
@@ -195,8 +242,9 @@ fn upsert_device(tx: &Transaction<'_>, device: &Device, now_ms: u64) -> Result<(
     let address = device.address.map(|a| a.to_string());
     tx.prepare_cached(
         "INSERT INTO devices (device_id, public_key, roles, display_name,
-                              first_seen_ms, last_seen_ms, last_address)
-         VALUES (?1, ?2, CASE WHEN ?3 IS NULL THEN '[]' ELSE json_array(?3) END, ?4, ?5, ?5, ?6)
+                              first_seen_ms, last_seen_ms, last_address, join_token_id)
+         VALUES (?1, ?2, CASE WHEN ?3 IS NULL THEN '[]' ELSE json_array(?3) END, ?4, ?5, ?5, ?6,
+                 ?7)
          ON CONFLICT (device_id) DO UPDATE SET
             public_key = excluded.public_key,
             roles = CASE
@@ -214,8 +262,65 @@ fn upsert_device(tx: &Transaction<'_>, device: &Device, now_ms: u64) -> Result<(
         device.display_name,
         now_ms as i64,
         address,
+        device.join_token,
     ])?;
     Ok(())
+}
+
+/// Takes one use of join token `id` for a new device at `now_ms`, if it is
+/// live and has one left; whether it did.
+fn take_join_token_use(tx: &Transaction<'_>, id: &str, now_ms: u64) -> Result<bool> {
+    let taken = tx
+        .prepare_cached(
+            "UPDATE join_tokens SET used = used + 1,
+                last_used_ms = max(coalesce(last_used_ms, 0), ?2)
+             WHERE id = ?1 AND revoked_at_ms IS NULL AND expires_at_ms > ?2 AND used < uses",
+        )?
+        .execute(params![id, now_ms as i64])?;
+    Ok(taken == 1)
+}
+
+/// Stores a new join token unless [`MAX_LIVE`] are live; deletes those
+/// dead for [`JOIN_TOKEN_KEPT_MS`].
+fn create_join_token(tx: &Transaction<'_>, new: &NewJoinToken) -> Result<JoinTokenCreated> {
+    let t = &new.token;
+    let now = t.created_at_ms;
+    tx.execute(
+        "DELETE FROM join_tokens
+         WHERE min(coalesce(revoked_at_ms, expires_at_ms), expires_at_ms) <= ?1",
+        [now.saturating_sub(JOIN_TOKEN_KEPT_MS) as i64],
+    )?;
+    let live: i64 = tx.query_row(
+        "SELECT count(*) FROM join_tokens WHERE revoked_at_ms IS NULL AND expires_at_ms > ?1",
+        [now as i64],
+        |r| r.get(0),
+    )?;
+    if live as usize >= MAX_LIVE {
+        return Ok(JoinTokenCreated::TooMany(live as usize));
+    }
+    tx.execute(
+        "INSERT INTO join_tokens (id, token_sha256, description, created_at_ms, created_by,
+                                  expires_at_ms, uses, used)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0)",
+        params![
+            t.id,
+            &new.sha256[..],
+            t.description,
+            now as i64,
+            t.created_by,
+            t.expires_at_ms as i64,
+            t.uses as i64,
+        ],
+    )?;
+    Ok(JoinTokenCreated::Created(t.clone()))
+}
+
+fn revoke_join_token(tx: &Transaction<'_>, id: &str, now_ms: u64) -> Result<Option<JoinToken>> {
+    tx.execute(
+        "UPDATE join_tokens SET revoked_at_ms = ?2 WHERE id = ?1 AND revoked_at_ms IS NULL",
+        params![id, now_ms as i64],
+    )?;
+    select_join_token(tx, id)
 }
 
 fn apply_forget(tx: &Transaction<'_>, key: &str) -> Result<Option<Pin>> {
@@ -238,7 +343,17 @@ fn apply_change(tx: &Transaction<'_>, change: &Change) -> Result<Option<DeviceRe
         } => {
             if select_first_seen(tx, device_id)?.is_none() {
                 match device {
-                    Some(device) if device.id == *device_id => upsert_device(tx, device, *now_ms)?,
+                    Some(device) if device.id == *device_id => {
+                        upsert_device(tx, device, *now_ms)?;
+                        // An operator's approval of a request made with a
+                        // join token counts as its use, uses left or not.
+                        if let Some(id) = &device.join_token {
+                            tx.execute(
+                                "UPDATE join_tokens SET used = used + 1 WHERE id = ?1",
+                                [id],
+                            )?;
+                        }
+                    }
                     _ => return Ok(None),
                 }
             }
