@@ -80,7 +80,7 @@ pub enum ErrorDetailCode {
 }
 
 impl ErrorDetailCode {
-    pub const ALL: [ErrorDetailCode; 17] = [
+    pub const ALL: [ErrorDetailCode; 18] = [
         ErrorDetailCode::AuthTokenMissing,
         ErrorDetailCode::AuthTokenMismatch,
         ErrorDetailCode::AuthRateLimited,
