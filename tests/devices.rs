@@ -319,3 +319,101 @@ async fn a_rejected_request_stays_refused_until_approved() {
     })
     .await;
 }
+
+/// The device's row, connected, with its operator label.
+fn label_of(list: &[PresenceEntry], device_id: &str) -> Option<Option<String>> {
+    list.iter()
+        .find(|e| {
+            e.device_id.as_deref() == Some(device_id) && e.reason.as_deref() != Some("disconnect")
+        })
+        .map(|e| e.operator_label.clone())
+}
+
+/// `clawnode devices rename ID LABEL` is shown by the presence views: the
+/// row's `operatorLabel` (system-presence, `presence --json`), a LABEL
+/// column in `presence` and `presence --watch`, `--filter label=`; kept
+/// over a gateway restart (loaded with the registry), gone with `remove`.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_operator_label_shows_in_the_presence_views_and_survives_a_restart() {
+    let state = tempfile::tempdir().unwrap();
+    let mut gw = TestGateway::start_at(state.path(), &[]);
+    let listen = gw.addr.to_string();
+    let agent_dir = tempfile::tempdir().unwrap();
+    let _agent = gw.agent(agent_dir.path(), &["--display-name", "web-1"]);
+    let device_id = wait_devices(&gw, "the agent approved", Duration::from_secs(20), |l| {
+        let d = l["paired"]
+            .as_array()?
+            .iter()
+            .find(|d| d["displayName"] == "web-1")?;
+        Some(d["deviceId"].as_str()?.to_string())
+    });
+    gw.wait_presence("the agent's row", |l| label_of(l, &device_id) == Some(None))
+        .await;
+    // A live view, started before the rename: it must redraw with it.
+    let watch = Proc::spawn(
+        &[
+            "presence",
+            "--watch",
+            "--url",
+            &gw.url(),
+            "--token-file",
+            gw.operator_token_file().to_str().unwrap(),
+        ],
+        &[],
+    );
+    watch.wait_for_log("web-1", Duration::from_secs(20));
+
+    let label = "rack 4 · shelf 2";
+    let (code, out, err) = gw.operator_cli(&["devices", "rename"], &[&device_id, label]);
+    assert_eq!(code, 0, "rename failed: {err}\n{out}");
+    // The row has it at once: rename changes the row and announces it.
+    let list = gw.presence().await;
+    assert_eq!(
+        label_of(&list, &device_id),
+        Some(Some(label.to_string())),
+        "{list:#?}"
+    );
+    assert_eq!(
+        list.iter().filter(|e| e.operator_label.is_some()).count(),
+        1,
+        "only the device's row is labelled: {list:#?}"
+    );
+    let (code, table, err) = gw.presence_cli(&[]);
+    assert_eq!(code, 0, "{err}");
+    let header = table.lines().next().unwrap_or_default();
+    assert!(
+        header.contains("HOST") && header.contains("LABEL"),
+        "{table}"
+    );
+    let row = table
+        .lines()
+        .find(|l| l.contains("web-1"))
+        .unwrap_or_else(|| panic!("no row for web-1: {table}"));
+    assert!(row.contains(label), "{table}");
+    let (_, json, _) = gw.presence_cli(&["--json", "--filter", "label=rack 4*"]);
+    let rows: Vec<Value> = serde_json::from_str(&json).unwrap();
+    assert_eq!(rows.len(), 1, "{json}");
+    assert_eq!(rows[0]["operatorLabel"], label, "{json}");
+    assert_eq!(rows[0]["deviceId"], device_id.as_str(), "{json}");
+    watch.wait_for_log(label, Duration::from_secs(10));
+    drop(watch);
+
+    // A restart: the label comes back with the registry, on the row the
+    // agent makes when it reconnects.
+    gw.proc.terminate();
+    let gw = TestGateway::start_at(state.path(), &["--listen", &listen]);
+    gw.wait_presence("the agent back, labelled", |l| {
+        label_of(l, &device_id) == Some(Some(label.to_string()))
+    })
+    .await;
+
+    // Removed: the record and its label go; under the token policy the
+    // agent joins again as new, unlabelled.
+    devices_cli(&gw, "remove", &device_id);
+    let list = gw
+        .wait_presence("the agent back, unlabelled", |l| {
+            label_of(l, &device_id) == Some(None)
+        })
+        .await;
+    assert!(list.iter().all(|e| e.operator_label.is_none()), "{list:#?}");
+}

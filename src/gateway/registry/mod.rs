@@ -124,6 +124,16 @@ pub trait DeviceRegistry: Send + Sync {
 
     /// Every device's record, oldest first.
     fn devices(&self) -> Result<Vec<DeviceRecord>>;
+
+    /// The operators' labels, by device id (only devices that have one):
+    /// what the gateway keeps in memory for its presence rows.
+    fn labels(&self) -> Result<std::collections::HashMap<String, String>> {
+        Ok(self
+            .devices()?
+            .into_iter()
+            .filter_map(|r| Some((r.device_id, r.label?)))
+            .collect())
+    }
 }
 
 /// A device's admission state. `pending` requests live in the gateway's
