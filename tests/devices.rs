@@ -417,3 +417,82 @@ async fn an_operator_label_shows_in_the_presence_views_and_survives_a_restart() 
         .await;
     assert!(list.iter().all(|e| e.operator_label.is_none()), "{list:#?}");
 }
+
+/// What the Instances page reads for its pending list, without a browser:
+/// connected as the page connects (operator token, `operator.read` and
+/// `operator.pairing`), `clawnode.device.pending` lists a pending agent with
+/// everything the page shows; a connection without `operator.pairing` is
+/// refused it; the page polls it and shows the approve command.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_pending_list_the_instances_page_polls_has_every_waiting_agent() {
+    let gw = TestGateway::start_with_config("[gateway]\nadmission = \"manual\"\n");
+    let mut page = open_operator(
+        &gw,
+        "ui",
+        Some("5b0c6d2e-6f7a-4e3b-9a51-0c2d3e4f5a6b"),
+        &["operator.read", "operator.pairing"],
+    )
+    .await;
+    let empty = page.call("clawnode.device.pending", Value::Null).await;
+    let empty = empty.expect("the page's scopes may read it");
+    assert_eq!(empty["pending"], Value::Array(vec![]), "{empty}");
+    assert_eq!(empty["max"], 1000, "{empty}");
+
+    let agent_dir = tempfile::tempdir().unwrap();
+    let _agent = gw.agent(agent_dir.path(), &["--display-name", "web-<i>7</i>"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (answer, p) = loop {
+        let answer = page
+            .call("clawnode.device.pending", Value::Null)
+            .await
+            .expect("pending");
+        if let Some(p) = answer["pending"]
+            .as_array()
+            .and_then(|p| p.first())
+            .cloned()
+        {
+            break (answer, p);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no pending agent within 20 s:\n{}",
+            gw.proc.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // The same request as `devices list` shows.
+    let list = devices_json(&gw);
+    assert_eq!(list["pending"][0]["requestId"], p["requestId"], "{list:#}");
+    assert_eq!(p["displayName"], "web-<i>7</i>", "{p}");
+    assert_eq!(p["remoteIp"], "127.0.0.1", "{p}");
+    assert_eq!(p["deviceId"].as_str().map(str::len), Some(64), "{p}");
+    let age = answer["ts"].as_u64().unwrap() - p["ts"].as_u64().unwrap();
+    assert!(age < 30_000, "{answer}");
+
+    let mut reader = open_operator(&gw, "ui", None, &["operator.read"]).await;
+    let refused = reader
+        .call("clawnode.device.pending", Value::Null)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code.as_str(), "FORBIDDEN", "{refused:?}");
+    assert!(refused.message.contains("operator.pairing"), "{refused:?}");
+
+    // The page asks for the scope, polls the method and shows the command.
+    let (status, _, html) = get(gw.addr, "/");
+    assert_eq!(status, 200);
+    for needle in [
+        "\"operator.read\", \"operator.pairing\"",
+        "call(\"clawnode.device.pending\"",
+        "`clawnode devices approve ${p.requestId}`",
+    ] {
+        assert!(html.contains(needle), "the page lacks {needle}");
+    }
+
+    // Approved: gone from the list.
+    devices_cli(&gw, "approve", p["requestId"].as_str().unwrap());
+    let after = page
+        .call("clawnode.device.pending", Value::Null)
+        .await
+        .expect("pending");
+    assert_eq!(after["pending"], Value::Array(vec![]), "{after}");
+}

@@ -10,6 +10,7 @@ use serde_json::{json, Map, Value};
 use tracing::info;
 
 use super::methods::ConnContext;
+use super::pairing::MAX_PENDING;
 use super::registry::{DeviceRecord, DeviceState};
 use super::state::Shared;
 use crate::protocol::{method, scope, ErrorCode, ErrorShape};
@@ -98,6 +99,19 @@ pub fn list(shared: &Shared, ctx: &ConnContext) -> Result<Value, ErrorShape> {
         "pending": pending,
         "paired": paired.iter().map(view).collect::<Vec<_>>(),
         "refused": refused.iter().map(view).collect::<Vec<_>>(),
+    }))
+}
+
+/// `clawnode.device.pending`: `{ pending, max, ts }` — the pending requests
+/// as `device.pair.list` shows them, oldest first, from the gateway's memory
+/// (at most `max`, [`MAX_PENDING`]), and the gateway's clock (`ts`, for
+/// their ages). No registry read: the Instances page polls it.
+pub fn pending(shared: &Shared, ctx: &ConnContext) -> Result<Value, ErrorShape> {
+    ctx.require_operator_scope(scope::OPERATOR_PAIRING)?;
+    Ok(json!({
+        "pending": shared.pending_requests(),
+        "max": MAX_PENDING,
+        "ts": crate::clock::now_ms(),
     }))
 }
 

@@ -421,6 +421,11 @@ impl Shared {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The pending requests, oldest first (`clawnode.device.pending`).
+    pub fn pending_requests(&self) -> Vec<PendingView> {
+        self.pending_lock().list(now_ms())
+    }
+
     /// The pending requests and every device record (`device.pair.list`).
     pub fn pairing_list(&self) -> anyhow::Result<(Vec<PendingView>, Vec<DeviceRecord>)> {
         let pending = self.pending_lock().list(now_ms());

@@ -67,6 +67,9 @@ pub mod method {
     /// clawnode's own: mark an approved device revoked (`clawnode devices
     /// revoke`): its connections close, it is refused until approved again.
     pub const DEVICE_REVOKE: &str = "clawnode.device.revoke";
+    /// clawnode's own: the pending pairing requests alone, from memory (what
+    /// the Instances page polls; `device.pair.list` also reads every record).
+    pub const DEVICE_PENDING: &str = "clawnode.device.pending";
 }
 
 /// Event names.
