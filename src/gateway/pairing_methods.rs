@@ -3,7 +3,11 @@
 //! `clawnode devices ...` speak them) and clawnode's `clawnode.device.revoke`.
 //! Every one needs `operator.pairing` (OpenClaw's scope; `operator.admin`
 //! implies it). Changes are stored before the answer; reject, revoke and
-//! remove close the device's live connections at once.
+//! remove close the device's live connections at once. Each change is
+//! logged at info with the device id, its last address and who made it:
+//! one line per change (an authenticated operator's stored action, not
+//! something a client can flood; what clients cause is summed up, see
+//! `log_summary`).
 
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -61,6 +65,11 @@ fn caller(ctx: &ConnContext) -> String {
         .clone()
         .or_else(|| ctx.client.display_name.clone())
         .unwrap_or_else(|| ctx.client.id.clone())
+}
+
+/// Where a device last connected from, for the log (`-`: never).
+fn address(record: &DeviceRecord) -> &str {
+    record.last_address.as_deref().unwrap_or("-")
 }
 
 /// A record as `paired` lists it: ours, plus OpenClaw's names for the
@@ -131,6 +140,8 @@ pub fn approve(
     shared.metrics.admission("approved");
     info!(
         device_id = record.device_id.as_str(),
+        address = address(&record),
+        request_id = request_id.as_str(),
         approved_by = by.as_str(),
         "device approved by an operator"
     );
@@ -146,7 +157,7 @@ pub fn reject(
 ) -> Result<Value, ErrorShape> {
     ctx.require_operator_scope(scope::OPERATOR_PAIRING)?;
     let id = non_empty("requestId", method::DEVICE_PAIR_REJECT, &params.request_id)?;
-    refuse(shared, id, DeviceState::Rejected).map(
+    refuse(shared, ctx, id, DeviceState::Rejected).map(
         |(request_id, record)| json!({ "requestId": request_id, "deviceId": record.device_id }),
     )
 }
@@ -159,13 +170,14 @@ pub fn revoke(
 ) -> Result<Value, ErrorShape> {
     ctx.require_operator_scope(scope::OPERATOR_PAIRING)?;
     let id = non_empty("deviceId", method::DEVICE_REVOKE, &params.device_id)?;
-    refuse(shared, id, DeviceState::Revoked).map(
+    refuse(shared, ctx, id, DeviceState::Revoked).map(
         |(_, record)| json!({ "deviceId": record.device_id, "device": paired_view(&record, false) }),
     )
 }
 
 fn refuse(
     shared: &Shared,
+    ctx: &ConnContext,
     id: &str,
     state: DeviceState,
 ) -> Result<(String, DeviceRecord), ErrorShape> {
@@ -178,8 +190,11 @@ fn refuse(
     shared.metrics.admission(state.as_str());
     info!(
         device_id = record.device_id.as_str(),
+        address = address(&record),
         state = state.as_str(),
-        "device refused by an operator; its connections are closed"
+        by = caller(ctx).as_str(),
+        "device {} by an operator; its connections are closed",
+        state.as_str()
     );
     Ok((request_id, record))
 }
@@ -199,6 +214,8 @@ pub fn remove(
     shared.metrics.admission("removed");
     info!(
         device_id = record.device_id.as_str(),
+        address = address(&record),
+        by = caller(ctx).as_str(),
         "device removed by an operator; its connections are closed"
     );
     Ok(json!({ "deviceId": record.device_id, "removedAtMs": crate::clock::now_ms() }))
@@ -227,7 +244,9 @@ pub fn rename(
     };
     info!(
         device_id = record.device_id.as_str(),
-        label, "device renamed by an operator"
+        label,
+        by = caller(ctx).as_str(),
+        "device renamed by an operator"
     );
     Ok(json!({ "deviceId": record.device_id, "label": label }))
 }

@@ -151,8 +151,12 @@ pub struct Shared {
 /// What admission decided about a device that proved its key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Admit {
-    /// Approved (before, or now by the token policy): go on.
+    /// Approved before: go on.
     Approved,
+    /// New, and approved now by the policy named (`token`: `admission =
+    /// "token"`; `admission_cidrs`; `operator`: not a node under
+    /// `manual`): go on.
+    FirstUse(&'static str),
     /// Waiting for an operator: refuse with this request id.
     Pending { request_id: String, new: bool },
     /// Too many requests wait: refuse, nothing stored.
@@ -399,8 +403,14 @@ impl Shared {
         let trusted = device
             .address
             .is_some_and(|ip| settings.admission_cidrs.iter().any(|c| c.contains(ip)));
-        if !manual || trusted || device.role != Some(Role::Node) {
-            return Ok(Admit::Approved);
+        if !manual {
+            return Ok(Admit::FirstUse("token"));
+        }
+        if trusted {
+            return Ok(Admit::FirstUse("admission_cidrs"));
+        }
+        if device.role != Some(Role::Node) {
+            return Ok(Admit::FirstUse("operator"));
         }
         let requested = self.pending_lock().request(device, now_ms());
         Ok(match requested {
