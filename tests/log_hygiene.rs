@@ -8,6 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::node::attempt_from;
 use common::*;
 use serde_json::json;
 
@@ -246,73 +247,6 @@ async fn client_values_reach_the_json_log_escaped() {
     client_values_reach_the_log_escaped("json").await;
 }
 
-/// One signed node `connect` of `identity` from `source` with the join
-/// `token` (the instance id is the device's own): `accepted`, or the
-/// detail code of the refusal (`PAIRING_REQUIRED`, `PAIRING_QUEUE_FULL`,
-/// `DEVICE_REVOKED`, ...). Every step waits at most [`RAW_WAIT`].
-async fn device_attempt(
-    addr: std::net::SocketAddr,
-    source: &str,
-    identity: &clawnode::identity::DeviceIdentity,
-    token: &clawnode::config::Secret,
-) -> String {
-    use clawnode::protocol::{ConnectChallenge, Frame};
-    use futures_util::{SinkExt as _, StreamExt as _};
-    use tokio_tungstenite::tungstenite::Message;
-    let url = format!("ws://{addr}");
-    let attempt = async {
-        let Ok(stream) = connect_from(source, addr).await else {
-            return "connect failed".to_string();
-        };
-        let (mut ws, _) = match tokio_tungstenite::client_async(url.as_str(), stream).await {
-            Ok(ok) => ok,
-            Err(e) => return format!("upgrade failed: {e}"),
-        };
-        let mut challenge = None;
-        while let Some(Ok(msg)) = ws.next().await {
-            let Message::Text(t) = msg else { continue };
-            match Frame::parse(&t) {
-                Ok(Frame::Event(e)) if e.event == "connect.challenge" => {
-                    challenge = serde_json::from_value::<ConnectChallenge>(e.payload).ok();
-                    break;
-                }
-                _ => continue,
-            }
-        }
-        let Some(challenge) = challenge else {
-            return "no challenge".into();
-        };
-        let credentials = clawnode::agent::session::Credentials {
-            shared: Some(token.clone()),
-            device_token: None,
-        };
-        let client = common::node::node_client("flood", None);
-        let params = clawnode::agent::session::signed_node_connect(
-            identity,
-            client,
-            &credentials,
-            &challenge,
-        );
-        let connect = Frame::request("c1", "connect", &params);
-        let _ = ws.send(Message::text(connect.to_text())).await;
-        while let Some(Ok(msg)) = ws.next().await {
-            let Message::Text(t) = msg else { continue };
-            let Ok(Frame::Res(res)) = Frame::parse(&t) else {
-                continue;
-            };
-            return match res.error {
-                None => "accepted".into(),
-                Some(e) => match e.details.as_ref().and_then(|d| d["code"].as_str()) {
-                    Some(code) => code.to_string(),
-                    None => e.code.as_str().to_string(),
-                },
-            };
-        }
-        "closed without an answer".into()
-    };
-    wait_within("the answer to a device's connect", RAW_WAIT, attempt).await
-}
-
 /// `attempts` connects, `parallel` at a time, the `i`th from
 /// `source(i)` with `identity(i)`: how many ended how.
 async fn device_flood(
@@ -331,7 +265,7 @@ async fn device_flood(
             *outcomes.entry(code).or_default() += 1;
         }
         let (addr, token, from, id) = (gw.addr, token.clone(), source(i), identity(i));
-        tasks.spawn(async move { device_attempt(addr, &from, &id, &token).await });
+        tasks.spawn(async move { attempt_from(addr, &from, &id, &token, None).await });
     }
     while let Some(code) = tasks.join_next().await {
         *outcomes.entry(code.expect("attempt")).or_default() += 1;
@@ -373,11 +307,11 @@ async fn admission_decisions_are_logged_with_device_and_address_and_summed_up_un
     let waiting = Arc::new(DeviceIdentity::ephemeral("unused"));
     let token = gw.token();
     assert_eq!(
-        device_attempt(gw.addr, "127.0.9.1", &trusted, &token).await,
+        attempt_from(gw.addr, "127.0.9.1", &trusted, &token, None).await,
         "accepted"
     );
     assert_eq!(
-        device_attempt(gw.addr, "127.0.0.2", &waiting, &token).await,
+        attempt_from(gw.addr, "127.0.0.2", &waiting, &token, None).await,
         "PAIRING_REQUIRED"
     );
     let (code, _, err) = gw.operator_cli(&["devices", "approve"], &[waiting.device_id()]);
