@@ -649,6 +649,10 @@ struct Fact {
     pins: Vec<String>,
 }
 
+/// A `clawnode devices` change as it ended: whether it succeeded, when,
+/// and its stderr.
+type Answered = (Op, bool, Instant, String);
+
 /// An operator's change, as `clawnode devices` makes it.
 #[derive(Debug, Clone)]
 enum Op {
@@ -855,7 +859,7 @@ async fn a_sigkill_during_registry_writes_never_corrupts_it_or_loses_an_acknowle
         }
         let url = gw.url();
         let token_file = gw.operator_token_file();
-        let answered: Arc<Mutex<Vec<(Op, bool, Instant, String)>>> = Arc::default();
+        let answered: Arc<Mutex<Vec<Answered>>> = Arc::default();
         // Three operators at once, each going through its share in order
         // (one change per device a round, so the order per device holds).
         let mut cli = Vec::new();

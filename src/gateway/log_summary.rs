@@ -328,10 +328,10 @@ impl TopSources<IpAddr> {
 
 impl<K: Ord + std::fmt::Display> TopSources<K> {
     /// Counts `source`, made into a key (`own`) only when it is new.
-    fn add_with<Q: ?Sized>(&mut self, source: &Q, own: impl FnOnce(&Q) -> K)
+    fn add_with<Q>(&mut self, source: &Q, own: impl FnOnce(&Q) -> K)
     where
         K: std::borrow::Borrow<Q>,
-        Q: PartialEq,
+        Q: PartialEq + ?Sized,
     {
         if let Some((_, n)) = self.counts.iter_mut().find(|(a, _)| a.borrow() == source) {
             *n += 1;
