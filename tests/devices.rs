@@ -319,3 +319,180 @@ async fn a_rejected_request_stays_refused_until_approved() {
     })
     .await;
 }
+
+/// The device's row, connected, with its operator label.
+fn label_of(list: &[PresenceEntry], device_id: &str) -> Option<Option<String>> {
+    list.iter()
+        .find(|e| {
+            e.device_id.as_deref() == Some(device_id) && e.reason.as_deref() != Some("disconnect")
+        })
+        .map(|e| e.operator_label.clone())
+}
+
+/// `clawnode devices rename ID LABEL` is shown by the presence views: the
+/// row's `operatorLabel` (system-presence, `presence --json`), a LABEL
+/// column in `presence` and `presence --watch`, `--filter label=`; kept
+/// over a gateway restart (loaded with the registry), gone with `remove`.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_operator_label_shows_in_the_presence_views_and_survives_a_restart() {
+    let state = tempfile::tempdir().unwrap();
+    let mut gw = TestGateway::start_at(state.path(), &[]);
+    let listen = gw.addr.to_string();
+    let agent_dir = tempfile::tempdir().unwrap();
+    let _agent = gw.agent(agent_dir.path(), &["--display-name", "web-1"]);
+    let device_id = wait_devices(&gw, "the agent approved", Duration::from_secs(20), |l| {
+        let d = l["paired"]
+            .as_array()?
+            .iter()
+            .find(|d| d["displayName"] == "web-1")?;
+        Some(d["deviceId"].as_str()?.to_string())
+    });
+    gw.wait_presence("the agent's row", |l| label_of(l, &device_id) == Some(None))
+        .await;
+    // A live view, started before the rename: it must redraw with it.
+    let watch = Proc::spawn(
+        &[
+            "presence",
+            "--watch",
+            "--url",
+            &gw.url(),
+            "--token-file",
+            gw.operator_token_file().to_str().unwrap(),
+        ],
+        &[],
+    );
+    watch.wait_for_log("web-1", Duration::from_secs(20));
+
+    let label = "rack 4 · shelf 2";
+    let (code, out, err) = gw.operator_cli(&["devices", "rename"], &[&device_id, label]);
+    assert_eq!(code, 0, "rename failed: {err}\n{out}");
+    // The row has it at once: rename changes the row and announces it.
+    let list = gw.presence().await;
+    assert_eq!(
+        label_of(&list, &device_id),
+        Some(Some(label.to_string())),
+        "{list:#?}"
+    );
+    assert_eq!(
+        list.iter().filter(|e| e.operator_label.is_some()).count(),
+        1,
+        "only the device's row is labelled: {list:#?}"
+    );
+    let (code, table, err) = gw.presence_cli(&[]);
+    assert_eq!(code, 0, "{err}");
+    let header = table.lines().next().unwrap_or_default();
+    assert!(
+        header.contains("HOST") && header.contains("LABEL"),
+        "{table}"
+    );
+    let row = table
+        .lines()
+        .find(|l| l.contains("web-1"))
+        .unwrap_or_else(|| panic!("no row for web-1: {table}"));
+    assert!(row.contains(label), "{table}");
+    let (_, json, _) = gw.presence_cli(&["--json", "--filter", "label=rack 4*"]);
+    let rows: Vec<Value> = serde_json::from_str(&json).unwrap();
+    assert_eq!(rows.len(), 1, "{json}");
+    assert_eq!(rows[0]["operatorLabel"], label, "{json}");
+    assert_eq!(rows[0]["deviceId"], device_id.as_str(), "{json}");
+    watch.wait_for_log(label, Duration::from_secs(10));
+    drop(watch);
+
+    // A restart: the label comes back with the registry, on the row the
+    // agent makes when it reconnects.
+    gw.proc.terminate();
+    let gw = TestGateway::start_at(state.path(), &["--listen", &listen]);
+    gw.wait_presence("the agent back, labelled", |l| {
+        label_of(l, &device_id) == Some(Some(label.to_string()))
+    })
+    .await;
+
+    // Removed: the record and its label go; under the token policy the
+    // agent joins again as new, unlabelled.
+    devices_cli(&gw, "remove", &device_id);
+    let list = gw
+        .wait_presence("the agent back, unlabelled", |l| {
+            label_of(l, &device_id) == Some(None)
+        })
+        .await;
+    assert!(list.iter().all(|e| e.operator_label.is_none()), "{list:#?}");
+}
+
+/// What the Instances page reads for its pending list, without a browser:
+/// connected as the page connects (operator token, `operator.read` and
+/// `operator.pairing`), `clawnode.device.pending` lists a pending agent with
+/// everything the page shows; a connection without `operator.pairing` is
+/// refused it; the page polls it and shows the approve command.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_pending_list_the_instances_page_polls_has_every_waiting_agent() {
+    let gw = TestGateway::start_with_config("[gateway]\nadmission = \"manual\"\n");
+    let mut page = open_operator(
+        &gw,
+        "ui",
+        Some("5b0c6d2e-6f7a-4e3b-9a51-0c2d3e4f5a6b"),
+        &["operator.read", "operator.pairing"],
+    )
+    .await;
+    let empty = page.call("clawnode.device.pending", Value::Null).await;
+    let empty = empty.expect("the page's scopes may read it");
+    assert_eq!(empty["pending"], Value::Array(vec![]), "{empty}");
+    assert_eq!(empty["max"], 1000, "{empty}");
+
+    let agent_dir = tempfile::tempdir().unwrap();
+    let _agent = gw.agent(agent_dir.path(), &["--display-name", "web-<i>7</i>"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (answer, p) = loop {
+        let answer = page
+            .call("clawnode.device.pending", Value::Null)
+            .await
+            .expect("pending");
+        if let Some(p) = answer["pending"]
+            .as_array()
+            .and_then(|p| p.first())
+            .cloned()
+        {
+            break (answer, p);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no pending agent within 20 s:\n{}",
+            gw.proc.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // The same request as `devices list` shows.
+    let list = devices_json(&gw);
+    assert_eq!(list["pending"][0]["requestId"], p["requestId"], "{list:#}");
+    assert_eq!(p["displayName"], "web-<i>7</i>", "{p}");
+    assert_eq!(p["remoteIp"], "127.0.0.1", "{p}");
+    assert_eq!(p["deviceId"].as_str().map(str::len), Some(64), "{p}");
+    let age = answer["ts"].as_u64().unwrap() - p["ts"].as_u64().unwrap();
+    assert!(age < 30_000, "{answer}");
+
+    let mut reader = open_operator(&gw, "ui", None, &["operator.read"]).await;
+    let refused = reader
+        .call("clawnode.device.pending", Value::Null)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code.as_str(), "FORBIDDEN", "{refused:?}");
+    assert!(refused.message.contains("operator.pairing"), "{refused:?}");
+
+    // The page asks for the scope, polls the method and shows the command.
+    let (status, _, html) = get(gw.addr, "/");
+    assert_eq!(status, 200);
+    for needle in [
+        "\"operator.read\", \"operator.pairing\"",
+        "call(\"clawnode.device.pending\"",
+        "`clawnode devices approve ${p.requestId}`",
+    ] {
+        assert!(html.contains(needle), "the page lacks {needle}");
+    }
+
+    // Approved: gone from the list.
+    devices_cli(&gw, "approve", p["requestId"].as_str().unwrap());
+    let after = page
+        .call("clawnode.device.pending", Value::Null)
+        .await
+        .expect("pending");
+    assert_eq!(after["pending"], Value::Array(vec![]), "{after}");
+}

@@ -209,3 +209,171 @@ async fn pins_survive_a_sigkill_right_after_the_handshakes() {
     }
     assert_eq!(kept, HOSTS, "pins kept across SIGKILL");
 }
+
+/// Every pin of a `pins.json` as the registry holds it, read-only:
+/// `key → (device id, pinned at, host name)`.
+fn registry_pins(
+    state: &std::path::Path,
+) -> std::collections::BTreeMap<String, (String, u64, Option<String>)> {
+    let db = rusqlite::Connection::open_with_flags(
+        state.join("registry.sqlite"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .expect("the registry opens read-only");
+    let ok: String = db
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(ok, "ok");
+    let mut statement = db
+        .prepare("SELECT instance_id, device_id, claimed_at_ms, display_name FROM instances")
+        .unwrap();
+    let rows = statement
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                (r.get(1)?, r.get::<_, i64>(2)? as u64, r.get(3)?),
+            ))
+        })
+        .unwrap();
+    rows.map(Result::unwrap).collect()
+}
+
+/// A `pins.json` as earlier versions wrote it, both kinds of keys: 2,000
+/// instance ids (mixed case) of made-up devices, 300 rows keyed by their
+/// own device id (clients that sent no `instanceId`), and two real
+/// devices: `owner` by instance id, `bare` by its device id.
+fn write_mixed_pins_json(
+    state: &std::path::Path,
+    owner: &DeviceIdentity,
+    bare: &DeviceIdentity,
+) -> std::collections::BTreeMap<String, (String, u64, Option<String>)> {
+    let mut pins = std::collections::BTreeMap::new();
+    let mut file = serde_json::Map::new();
+    let mut add = |key: String, device: String, at: u64, name: Option<String>| {
+        let mut pin = serde_json::json!({"deviceId": device, "pinnedAtMs": at});
+        if let Some(name) = &name {
+            pin["displayName"] = name.clone().into();
+        }
+        file.insert(key.clone(), pin);
+        pins.insert(key.to_lowercase(), (device, at, name));
+    };
+    for i in 0..2_000u64 {
+        let key = if i % 2 == 0 {
+            format!("Inst-{i}")
+        } else {
+            format!("inst-{i}")
+        };
+        add(
+            key,
+            format!("{i:064x}"),
+            1_700_000_000_000 + i,
+            Some(format!("host-{i}")),
+        );
+    }
+    for j in 0..300u64 {
+        let id = format!("{:064x}", 1_000_000 + j);
+        add(id.clone(), id, 1_700_000_100_000 + j, None);
+    }
+    add(
+        "Owner-Instance".into(),
+        owner.device_id().into(),
+        1_700_000_200_000,
+        Some("owner-host".into()),
+    );
+    add(
+        bare.device_id().into(),
+        bare.device_id().into(),
+        1_700_000_300_000,
+        Some("bare-host".into()),
+    );
+    let json = serde_json::json!({"version": 1, "pins": file});
+    std::fs::write(state.join("pins.json"), json.to_string()).unwrap();
+    pins
+}
+
+/// The migration from `pins.json` keeps every pin — instance-id and
+/// device-id keyed alike, with its device, time and host name — through
+/// the real binary; the pins bite (another key is refused, the owner gets
+/// in); and a later start never imports the file again, even when it is
+/// put back (a rename that failed, a restored backup): a pin forgotten
+/// since stays forgotten.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pins_json_with_both_kinds_of_keys_is_migrated_whole_and_only_once() {
+    let state = tempfile::tempdir().unwrap();
+    let owner = DeviceIdentity::ephemeral("unused");
+    let bare = DeviceIdentity::ephemeral("unused");
+    let intruder = DeviceIdentity::ephemeral("unused");
+    let expected = write_mixed_pins_json(state.path(), &owner, &bare);
+    let original = std::fs::read(state.path().join("pins.json")).unwrap();
+
+    let mut gw = TestGateway::start_at(state.path(), &[]);
+    let listen = gw.addr.to_string();
+    let line = gw
+        .proc
+        .wait_for_log("imported into the device registry", RAW_WAIT);
+    assert!(
+        line.contains("pins=2302") && line.contains("added=2302"),
+        "{line}"
+    );
+    // Through the gateway: both kinds of keys refuse another key ...
+    for key in [
+        "owner-instance",
+        "OWNER-INSTANCE",
+        bare.device_id(),
+        "inst-1999",
+    ] {
+        let (_, outcome) = connect_node(&gw, &intruder, "intruder", Some(key)).await;
+        refused_as_pinned(outcome, &format!("another key claiming migrated {key}"));
+    }
+    let made_up = format!("{:064x}", 1_000_299);
+    let (_, outcome) = connect_node(&gw, &intruder, "intruder", Some(&made_up)).await;
+    refused_as_pinned(outcome, "another key claiming a migrated device-id key");
+    // ... and let their devices in: by instance id, and by its own id.
+    let (_o, outcome) = connect_node(&gw, &owner, "owner-host", Some("Owner-Instance")).await;
+    assert!(matches!(outcome, Outcome::Hello(_)), "{outcome:?}");
+    let (_b, outcome) = connect_node(&gw, &bare, "bare-host", None).await;
+    assert!(matches!(outcome, Outcome::Hello(_)), "{outcome:?}");
+    drop((_o, _b));
+
+    // Forget one migrated pin, then stop: every other pin is stored as it
+    // was in the file (the gateway's own pin besides).
+    let (code, _, err) = gw.operator_cli(&["forget"], &["inst-5"]);
+    assert_eq!(code, 0, "{err}");
+    gw.proc.terminate();
+    let mut stored = registry_pins(state.path());
+    let gateway_pins: Vec<String> = stored
+        .keys()
+        .filter(|k| !expected.contains_key(*k))
+        .cloned()
+        .collect();
+    assert_eq!(
+        gateway_pins.len(),
+        1,
+        "only the gateway's own: {gateway_pins:?}"
+    );
+    stored.remove(&gateway_pins[0]);
+    let mut kept = expected.clone();
+    kept.remove("inst-5");
+    assert_eq!(stored.len(), kept.len());
+    for (key, pin) in &kept {
+        assert_eq!(stored.get(key), Some(pin), "pin {key}");
+    }
+
+    // The file put back as it was: the next start recognises it as
+    // imported, renames it again and imports nothing.
+    std::fs::write(state.path().join("pins.json"), &original).unwrap();
+    let gw = TestGateway::start_at(state.path(), &["--listen", &listen]);
+    assert_eq!(gw.proc.count_log("imported into the device registry"), 0);
+    assert!(!state.path().join("pins.json").exists());
+    assert_eq!(
+        std::fs::read(state.path().join("pins.json.migrated")).unwrap(),
+        original
+    );
+    let (_c, outcome) = connect_node(&gw, &intruder, "intruder", Some("inst-5")).await;
+    assert!(
+        matches!(outcome, Outcome::Hello(_)),
+        "the forgotten pin came back: {outcome:?}"
+    );
+    let (_, outcome) = connect_node(&gw, &intruder, "intruder", Some("inst-7")).await;
+    refused_as_pinned(outcome, "a migrated pin after the second start");
+}

@@ -5,7 +5,8 @@
 //!
 //! Needs root (namespaces), `chromium` and `npm ci --prefix tests/web`:
 //! ignored by a plain `cargo test`; `.ci/run` provides all three and runs
-//! it with `-- --ignored`, where a missing piece fails.
+//! it with `-- --ignored`, where a missing piece fails. The pending-devices
+//! test (tests/web/pending.mjs) needs no root: its gateway is on loopback.
 
 mod common;
 
@@ -147,4 +148,96 @@ async fn the_instances_page_shows_the_fleet_live_in_chromium() {
     eprintln!("screenshot: {}", screenshot.display());
     drop(agents);
     drop(gateway);
+}
+
+/// Under `admission = "manual"` the page (an operator with the operator
+/// token) lists a pending agent — host name, device id, address, age,
+/// request id — with the command that approves it, values as text; once
+/// approved and labelled, the request leaves the list and the agent's row
+/// shows its label.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs chromium and playwright-core (npm ci --prefix tests/web): see README"]
+async fn the_instances_page_lists_a_pending_device_with_its_approve_command_in_chromium() {
+    browser::require_chromium();
+    let gw = TestGateway::start_with_config("[gateway]\nadmission = \"manual\"\n");
+    let agent_dir = tempfile::tempdir().unwrap();
+    // A host name with markup: the page must show it, not make it.
+    let host = "web-<i>9</i>";
+    let _agent = gw.agent(agent_dir.path(), &["--display-name", host]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let (request_id, device_id) = loop {
+        let (code, out, err) = gw.operator_cli(&["devices", "list"], &["--json"]);
+        assert_eq!(code, 0, "{err}");
+        let list: serde_json::Value = serde_json::from_str(&out).unwrap();
+        if let Some(p) = list["pending"].as_array().and_then(|p| p.first()) {
+            break (
+                p["requestId"].as_str().unwrap().to_string(),
+                p["deviceId"].as_str().unwrap().to_string(),
+            );
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no pending request within 20 s:\n{}",
+            gw.proc.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+
+    let token = gw.operator_token();
+    let mut node = BrowserScript::start(
+        "pending.mjs",
+        &[
+            ("GATEWAY", &format!("http://{}", gw.addr)),
+            ("TOKEN", token.expose()),
+            ("REQUEST", &request_id),
+        ],
+    );
+    let log = || format!("gateway log:\n{}", gw.proc.log_text());
+    let listed = node.line(Duration::from_secs(60), &log);
+    assert_eq!(listed["step"], "pending", "{listed}");
+    let cells: Vec<&str> = listed["cells"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    assert_eq!(cells[0], host, "the host name, as text: {listed}");
+    assert_eq!(listed["elements"], 0, "markup made elements: {listed}");
+    assert_eq!(listed["device"], device_id.as_str(), "{listed}");
+    assert_eq!(listed["deviceTitle"], device_id.as_str(), "{listed}");
+    assert!(
+        device_id.starts_with(cells[1].trim_end_matches('…')),
+        "{listed}"
+    );
+    assert_eq!(cells[2], "127.0.0.1", "{listed}");
+    assert!(cells[3].ends_with("s ago"), "its age: {listed}");
+    assert_eq!(cells[4], request_id, "{listed}");
+    assert_eq!(
+        cells[5],
+        format!("clawnode devices approve {request_id}"),
+        "{listed}"
+    );
+    assert_eq!(listed["section"]["visible"], true, "{listed}");
+    assert_eq!(listed["section"]["count"], "1", "{listed}");
+
+    // The command the page shows is the one that works.
+    let approve: Vec<&str> = cells[5].split(' ').skip(1).collect();
+    let (code, _, err) = gw.operator_cli(&approve, &[]);
+    assert_eq!(code, 0, "{err}");
+    let label = "<b>rack</b> 4";
+    let (code, _, err) = gw.operator_cli(&["devices", "rename"], &[&device_id, label]);
+    assert_eq!(code, 0, "{err}");
+    node.send("approved");
+    let approved = node.line(Duration::from_secs(60), &log);
+    assert_eq!(approved["step"], "approved", "{approved}");
+    let row = &approved["row"];
+    assert_eq!(row["label"], label, "{approved}");
+    assert_eq!(row["elements"], 0, "{approved}");
+    assert_eq!(row["status"], "Active", "{approved}");
+    assert!(
+        node.finish(Duration::from_secs(30)),
+        "{}\n{}",
+        node.stderr(),
+        log()
+    );
 }

@@ -180,7 +180,8 @@ pub struct PresenceArgs {
     pub wide: bool,
     /// Only rows whose field matches, ignoring case; `*` matches any text.
     /// Fields: host, ip, mode, version, platform, family, model, instance,
-    /// reason, device. Repeat to require several.
+    /// reason, device, label (the operator's, `devices rename`). Repeat to
+    /// require several.
     #[arg(long, value_name = "FIELD=VALUE")]
     pub filter: Vec<String>,
     /// Only rows with these statuses (comma-separated or repeated).

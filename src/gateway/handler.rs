@@ -27,13 +27,13 @@ use super::auth::{self, AuthInput, ConnectRequest, JoinTokenLookup, Rejection};
 use super::broadcast::{Outbound, PRESENCE_EVENT_MIN_GAP};
 use super::connection::{read_error_close, Connection, Gone};
 use super::http;
-use super::log_summary::Kind;
+use super::log_summary::{Decision, Kind};
 use super::methods::{self, ConnContext};
 use super::metrics::HandshakeResult;
 use super::outgoing::Outgoing;
 use super::pairing;
 use super::preauth;
-use super::registry::{ClaimCheck, Device};
+use super::registry::{ClaimCheck, Device, DeviceState};
 use super::state::Admit;
 use super::state::{Registration, Shared};
 use super::SERVER_VERSION;
@@ -397,8 +397,10 @@ async fn claim(
         display_name: req.params.client.display_name.clone(),
         join_token: admitted.credential.join_token_id().map(str::to_string),
     };
-    admit(shared, req, &device)?;
+    let first_use = admit(shared, req, &device)?;
+    let role = admitted.role.as_str();
     let join_token = device.join_token.clone();
+    let join_token_id = join_token.as_deref().unwrap_or("-");
     match shared.claim(own_key, device).await {
         Ok(ClaimCheck::Conflict(pin)) => Err(auth::pinned_elsewhere(req, own_key, &pin)),
         Ok(ClaimCheck::JoinTokenRefused(token)) => Err(match token {
@@ -410,17 +412,35 @@ async fn claim(
                 CloseCode::Policy,
             ),
         }),
-        Ok(ClaimCheck::New) => {
-            // Recorded as strings: escaped by every log format.
-            info!(
-                instance_id = own_key.as_str(),
-                device_id = device_id.as_str(),
-                join_token_id = join_token.as_deref().unwrap_or("-"),
-                "instance id pinned to its device key"
-            );
+        Ok(check) => {
+            let pinned = (check == ClaimCheck::New).then(|| own_key.as_str());
+            let summary = &shared.log_summary;
+            // Values are recorded as strings: escaped by every log format.
+            if let Some(policy) = first_use {
+                if summary.decision(Decision::FirstUse, device_id, remote_ip) {
+                    info!(
+                        device_id = device_id.as_str(),
+                        address = %remote_ip,
+                        role,
+                        policy,
+                        instance_id = pinned.unwrap_or("-"),
+                        join_token_id,
+                        "device approved on first use"
+                    );
+                }
+            } else if let Some(instance_id) = pinned {
+                if summary.decision(Decision::Pinned, device_id, remote_ip) {
+                    info!(
+                        instance_id,
+                        device_id = device_id.as_str(),
+                        address = %remote_ip,
+                        join_token_id,
+                        "instance id pinned to its device key"
+                    );
+                }
+            }
             Ok(())
         }
-        Ok(ClaimCheck::Known) => Ok(()),
         Err(e) => {
             warn!(error = %format!("{e:#}"), "device registry unavailable; refusing the connection");
             Err(auth::registry_unavailable(req))
@@ -430,44 +450,65 @@ async fn claim(
 
 /// Admission (`[gateway] admission`, the device's stored state): a device
 /// an operator rejected or revoked is refused; a new node device waits for
-/// approval under `manual`. Decisions are logged with the device id and
-/// address (a waiting device's retries at debug).
-fn admit(shared: &Shared, req: &ConnectRequest, device: &Device) -> Result<(), Rejection> {
+/// approval under `manual`. `Some(policy)`: a new device, approved now by
+/// `policy` (logged once its claim is stored). Decisions are logged with the
+/// device id and address, one by one up to [`super::log_summary::DECISION_LINES`]
+/// an interval per decision, the rest summed up (a waiting device's
+/// retries at debug).
+fn admit(
+    shared: &Shared,
+    req: &ConnectRequest,
+    device: &Device,
+) -> Result<Option<&'static str>, Rejection> {
     let address = device.address.map(|a| a.to_string()).unwrap_or_default();
     let id = device.id.as_str();
+    let source = device
+        .address
+        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+    let decided = |decision: Decision| shared.log_summary.decision(decision, id, source);
     match shared.admit(device) {
-        Ok(Admit::Approved) => Ok(()),
+        Ok(Admit::Approved) => Ok(None),
+        Ok(Admit::FirstUse(policy)) => Ok(Some(policy)),
         Ok(Admit::Pending { request_id, new }) => {
             shared.metrics.admission("pending");
-            if new {
-                info!(
-                    device_id = id,
-                    address, request_id, "new device waiting for approval"
-                );
-            } else {
+            if !new {
                 debug!(
                     device_id = id,
                     address, request_id, "device still waiting for approval"
+                );
+            } else if decided(Decision::Pending) {
+                info!(
+                    device_id = id,
+                    address, request_id, "new device waiting for approval"
                 );
             }
             Err(pairing::pairing_required(req, id, &request_id))
         }
         Ok(Admit::QueueFull) => {
             shared.metrics.admission("queue_full");
-            debug!(
-                device_id = id,
-                address, "pairing queue full; device refused"
-            );
+            if decided(Decision::QueueFull) {
+                info!(
+                    device_id = id,
+                    address, "new device refused: the pairing queue is full"
+                );
+            }
             Err(pairing::queue_full(req))
         }
         Ok(Admit::Refused(state)) => {
             shared.metrics.admission(state.as_str());
-            debug!(
-                device_id = id,
-                address,
-                state = state.as_str(),
-                "device refused"
-            );
+            let decision = match state {
+                DeviceState::Rejected => Decision::Rejected,
+                _ => Decision::Revoked,
+            };
+            if decided(decision) {
+                info!(
+                    device_id = id,
+                    address,
+                    state = state.as_str(),
+                    "device refused: an operator {} it",
+                    state.as_str()
+                );
+            }
             Err(pairing::device_refused(req, id, state))
         }
         Err(e) => {

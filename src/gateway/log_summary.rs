@@ -8,10 +8,18 @@
 //! 10 s per reason, not one per connection; the metrics still count every
 //! event.
 //!
+//! Admission decisions about devices (approved on first use, pending,
+//! refused) are logged one by one by their caller — device id and address
+//! on the line — while [`LogSummary::decision`] allows it: at most
+//! [`DECISION_LINES`] per decision per interval. Past that they are counted,
+//! and one line per interval says how many, from which addresses and which
+//! devices most. A steady trickle of new devices is logged device by
+//! device; a flood of 10,000 is a few dozen lines.
+//!
 //! Memory is bounded whatever the attacker does: at most [`MAX_REASONS`]
 //! reasons (the rest are summed up as `other`), and per reason the
-//! [`TRACKED_SOURCES`] heaviest addresses (the Space-Saving algorithm:
-//! exact while no more addresses than that are seen in an interval, else
+//! [`TRACKED_SOURCES`] heaviest addresses and devices (the Space-Saving
+//! algorithm: exact while no more than that are seen in an interval, else
 //! the heavy hitters are still found and their counts are upper bounds).
 
 use std::borrow::Cow;
@@ -29,8 +37,11 @@ pub const INTERVAL: Duration = Duration::from_secs(10);
 pub const TRACKED_SOURCES: usize = 16;
 /// Distinct reasons summed up at once; more fall under `other`.
 pub const MAX_REASONS: usize = 64;
-/// Addresses named in a line.
+/// Addresses (and devices) named in a line.
 const SHOWN_SOURCES: usize = 3;
+/// Admission decisions of one kind logged one by one per interval; the
+/// rest are summed up.
+pub const DECISION_LINES: u32 = 10;
 
 /// What went wrong, which sets the line's message and level.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -46,6 +57,41 @@ pub enum Kind {
     Handshake,
     /// A connected client broke the protocol and was closed.
     Protocol,
+    /// Admission decisions about devices past [`DECISION_LINES`] an
+    /// interval (the reason is the decision: [`Decision::as_str`]).
+    Admission,
+}
+
+/// An admission decision about a device that proved its key, as its log
+/// line and summary name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Decision {
+    /// A new device approved by the admission policy.
+    FirstUse,
+    /// A new device waiting for an operator (a new pending request).
+    Pending,
+    /// A new device refused: too many requests wait.
+    QueueFull,
+    /// A device an operator rejected, refused.
+    Rejected,
+    /// A device an operator revoked, refused.
+    Revoked,
+    /// An approved device's new instance id pinned to it (not an admission
+    /// decision, but as many as a client makes: bounded the same way).
+    Pinned,
+}
+
+impl Decision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::FirstUse => "approved_on_first_use",
+            Decision::Pending => "pending",
+            Decision::QueueFull => "refused_queue_full",
+            Decision::Rejected => "refused_rejected",
+            Decision::Revoked => "refused_revoked",
+            Decision::Pinned => "instance_pinned",
+        }
+    }
 }
 
 impl Kind {
@@ -55,6 +101,7 @@ impl Kind {
             Kind::BadRequest => "bad HTTP requests",
             Kind::Handshake => "handshakes rejected",
             Kind::Protocol => "connections closed for breaking the protocol",
+            Kind::Admission => "admission decisions summed up",
         }
     }
 }
@@ -71,6 +118,8 @@ pub struct Summary {
     /// Events from addresses not named in `top`.
     pub others: u64,
     pub secs: u64,
+    /// For [`Kind::Admission`]: the devices most decided about, `id ×n`.
+    pub devices: String,
 }
 
 impl Summary {
@@ -96,6 +145,15 @@ impl Summary {
                     count, top, others, interval_secs, "{message}"
                 )
             }
+            // Device ids are the clients' (verified key fingerprints): the
+            // log escapes them as every value.
+            Kind::Admission => {
+                let devices = self.devices.as_str();
+                info!(
+                    decision = reason,
+                    count, top, devices, others, interval_secs, "{message}"
+                )
+            }
         }
     }
 }
@@ -110,9 +168,25 @@ pub struct LogSummary {
 #[derive(Debug)]
 struct Window {
     started: Instant,
-    /// Events since the line that started the interval.
+    /// Events since the line that started the interval (not logged one
+    /// by one).
     count: u64,
-    sources: TopSources,
+    sources: TopSources<IpAddr>,
+    /// Decisions logged one by one in this interval ([`Kind::Admission`]).
+    logged: u32,
+    devices: TopSources<String>,
+}
+
+impl Window {
+    fn new(started: Instant) -> Window {
+        Window {
+            started,
+            count: 0,
+            sources: TopSources::default(),
+            logged: 0,
+            devices: TopSources::default(),
+        }
+    }
 }
 
 impl LogSummary {
@@ -122,6 +196,29 @@ impl LogSummary {
         if let Some(first) = self.count(kind, reason.into(), source, Instant::now()) {
             first.log();
         }
+    }
+
+    /// An admission decision about `device_id` from `source`: `true` when
+    /// the caller logs it on a line of its own (device id, address) — fewer
+    /// than [`DECISION_LINES`] of this decision in the interval — else it
+    /// is counted for the interval's summary.
+    pub fn decision(&self, decision: Decision, device_id: &str, source: IpAddr) -> bool {
+        self.decide(decision, device_id, source, Instant::now())
+    }
+
+    fn decide(&self, decision: Decision, device_id: &str, source: IpAddr, now: Instant) -> bool {
+        let mut windows = self.lock();
+        let key = (Kind::Admission, Cow::Borrowed(decision.as_str()));
+        // A handful of decisions: they never crowd out other reasons.
+        let window = windows.entry(key).or_insert_with(|| Window::new(now));
+        if window.logged < DECISION_LINES {
+            window.logged += 1;
+            return true;
+        }
+        window.count += 1;
+        window.sources.add(source);
+        window.devices.add_with(device_id, str::to_string);
+        false
     }
 
     /// Logs the summaries of the intervals that ended (called every second
@@ -162,14 +259,7 @@ impl LogSummary {
             window.sources.add(source);
             return None;
         }
-        windows.insert(
-            key.clone(),
-            Window {
-                started: now,
-                count: 0,
-                sources: TopSources::default(),
-            },
-        );
+        windows.insert(key.clone(), Window::new(now));
         Some(Summary {
             kind,
             reason: key.1,
@@ -177,6 +267,7 @@ impl LogSummary {
             top: format!("{source} ×1"),
             others: 0,
             secs: 0,
+            devices: String::new(),
         })
     }
 
@@ -194,6 +285,7 @@ impl LogSummary {
                 return false;
             }
             let (top, named) = window.sources.describe(SHOWN_SOURCES);
+            let (devices, _) = window.devices.describe(SHOWN_SOURCES);
             due.push(Summary {
                 kind: *kind,
                 reason: reason.clone(),
@@ -201,12 +293,12 @@ impl LogSummary {
                 top,
                 others: window.count.saturating_sub(named),
                 secs: elapsed.as_secs(),
+                devices,
             });
-            *window = Window {
-                started: now,
-                count: 0,
-                sources: TopSources::default(),
-            };
+            // Still busy: the next interval's decisions are summed up from
+            // the start (one line each interval while a flood lasts).
+            *window = Window::new(now);
+            window.logged = DECISION_LINES;
             true
         });
         due.sort_by(|a, b| (a.kind as u8, &a.reason).cmp(&(b.kind as u8, &b.reason)));
@@ -214,22 +306,39 @@ impl LogSummary {
     }
 }
 
-/// The heaviest sources of an interval, in bounded memory (Space-Saving:
-/// a new address when the table is full takes the place of the lightest,
-/// inheriting its count).
-#[derive(Debug, Default)]
-struct TopSources {
-    counts: Vec<(IpAddr, u64)>,
+/// The heaviest sources (addresses, devices) of an interval, in bounded
+/// memory (Space-Saving: a new one when the table is full takes the place
+/// of the lightest, inheriting its count).
+#[derive(Debug)]
+struct TopSources<K> {
+    counts: Vec<(K, u64)>,
 }
 
-impl TopSources {
+impl<K> Default for TopSources<K> {
+    fn default() -> Self {
+        TopSources { counts: Vec::new() }
+    }
+}
+
+impl TopSources<IpAddr> {
     fn add(&mut self, source: IpAddr) {
-        if let Some((_, n)) = self.counts.iter_mut().find(|(a, _)| *a == source) {
+        self.add_with(&source, |s| *s);
+    }
+}
+
+impl<K: Ord + std::fmt::Display> TopSources<K> {
+    /// Counts `source`, made into a key (`own`) only when it is new.
+    fn add_with<Q>(&mut self, source: &Q, own: impl FnOnce(&Q) -> K)
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: PartialEq + ?Sized,
+    {
+        if let Some((_, n)) = self.counts.iter_mut().find(|(a, _)| a.borrow() == source) {
             *n += 1;
         } else if self.counts.len() < TRACKED_SOURCES {
-            self.counts.push((source, 1));
+            self.counts.push((own(source), 1));
         } else if let Some(lightest) = self.counts.iter_mut().min_by_key(|(_, n)| *n) {
-            *lightest = (source, lightest.1 + 1);
+            *lightest = (own(source), lightest.1 + 1);
         }
     }
 
@@ -359,5 +468,49 @@ mod tests {
         assert!(heavy.top.starts_with("10.9.9.9 ×"), "{heavy:?}");
         let other = all.iter().find(|s| s.reason == "other").expect("other");
         assert_eq!(other.count, 1_000 - MAX_REASONS as u64);
+    }
+
+    #[test]
+    fn decisions_are_logged_one_by_one_up_to_a_limit_then_summed_up() {
+        let log = LogSummary::default();
+        let t0 = Instant::now();
+        let device = |i: u32| format!("{i:064x}");
+        // A flood of 10,000 new devices from two addresses.
+        let mut one_by_one = 0;
+        for i in 0..10_000u32 {
+            let from = if i % 10 == 0 { "10.0.0.2" } else { "10.0.0.1" };
+            let at = t0 + Duration::from_micros(u64::from(i));
+            if log.decide(Decision::Pending, &device(i), ip(from), at) {
+                one_by_one += 1;
+            }
+        }
+        assert_eq!(one_by_one, DECISION_LINES);
+        // Other decisions have their own allowance.
+        assert!(log.decide(Decision::Revoked, &device(1), ip("10.0.0.3"), t0));
+        let due = log.due(t0 + INTERVAL, false);
+        assert_eq!(due.len(), 1, "{due:?}");
+        let s = &due[0];
+        assert_eq!((s.kind, s.reason.as_ref()), (Kind::Admission, "pending"));
+        assert_eq!(s.count, 10_000 - u64::from(DECISION_LINES));
+        assert!(s.top.starts_with("10.0.0.1 ×"), "{s:?}");
+        assert_eq!(s.devices.matches(" ×").count(), SHOWN_SOURCES, "{s:?}");
+        // The flood goes on: the next interval is summed up from the start.
+        assert!(!log.decide(Decision::Pending, &device(1), ip("10.0.0.1"), t0 + INTERVAL));
+        let due = log.due(t0 + 2 * INTERVAL, false);
+        assert_eq!(due.iter().map(|s| s.count).collect::<Vec<_>>(), [1]);
+        // A quiet interval: one by one again.
+        assert!(log.due(t0 + 3 * INTERVAL, false).is_empty());
+        assert!(log.decide(
+            Decision::Pending,
+            &device(2),
+            ip("10.0.0.1"),
+            t0 + 3 * INTERVAL
+        ));
+        // Bounded: a handful of windows, 16 addresses and devices each.
+        let windows = log.lock();
+        assert!(windows.len() <= 2, "{windows:?}");
+        assert!(windows
+            .values()
+            .all(|w| w.devices.counts.len() <= TRACKED_SOURCES));
     }
 }

@@ -39,6 +39,7 @@ pub const METHODS: &[&str] = &[
     method::JOIN_TOKEN_CREATE,
     method::JOIN_TOKEN_LIST,
     method::JOIN_TOKEN_REVOKE,
+    method::DEVICE_PENDING,
 ];
 
 /// Who is asking: fixed for the life of a connection.
@@ -224,6 +225,7 @@ fn handle_value(shared: &Shared, ctx: &ConnContext, req: &Request) -> Result<Val
         method::DEVICE_PAIR_REJECT => pairing_methods::reject(shared, ctx, parse_params(req)?),
         method::DEVICE_PAIR_REMOVE => pairing_methods::remove(shared, ctx, parse_params(req)?),
         method::DEVICE_REVOKE => pairing_methods::revoke(shared, ctx, parse_params(req)?),
+        method::DEVICE_PENDING => pairing_methods::pending(shared, ctx),
         method::DEVICE_PAIR_RENAME => pairing_methods::rename(shared, ctx, parse_params(req)?),
         method::JOIN_TOKEN_CREATE | method::JOIN_TOKEN_LIST | method::JOIN_TOKEN_REVOKE => {
             // Who may approve devices may make what admits them.
@@ -778,5 +780,62 @@ mod tests {
             }
             other => panic!("unexpected answer: {other:?}"),
         }
+    }
+
+    /// `clawnode.device.pending` (the Instances page's poll): the waiting
+    /// requests from memory, with what the page shows, for
+    /// `operator.pairing` only.
+    #[test]
+    fn pending_requests_are_listed_for_operators_with_the_pairing_scope() {
+        let listen = "127.0.0.1:0".parse().expect("address");
+        let mut config = GatewayConfig::new(listen, None, PresenceEntry::default());
+        config.settings.tuning.admission = crate::config::Admission::Manual;
+        let shared = Shared::new(
+            config,
+            std::sync::Arc::new(crate::gateway::registry::MemoryRegistry::new()),
+        );
+        let device = crate::gateway::registry::Device {
+            id: "ab".repeat(32),
+            public_key: "pk".into(),
+            role: Some(Role::Node),
+            address: Some("192.0.2.7".parse().expect("address")),
+            display_name: Some("web-<b>1</b>".into()),
+            join_token: None,
+        };
+        let admitted = shared.admit(&device).expect("admit");
+        let crate::gateway::state::Admit::Pending { request_id, .. } = admitted else {
+            panic!("a new node under manual admission waits: {admitted:?}");
+        };
+        let req = Request {
+            id: "1".into(),
+            method: method::DEVICE_PENDING.into(),
+            params: Value::Null,
+        };
+        let page = ctx(Role::Operator, &["operator.read", "operator.pairing"]);
+        let answer = handle(&shared, &page, &req)
+            .map(Answer::into_value)
+            .unwrap();
+        assert_eq!(answer["max"], 1000);
+        assert!(answer["ts"].as_u64().is_some(), "{answer}");
+        let pending = answer["pending"].as_array().expect("pending");
+        assert_eq!(pending.len(), 1, "{answer}");
+        let p = &pending[0];
+        assert_eq!(p["requestId"], request_id.as_str());
+        assert_eq!(p["deviceId"], device.id.as_str());
+        assert_eq!(
+            p["displayName"], "web-<b>1</b>",
+            "as sent: the page escapes"
+        );
+        assert_eq!(p["remoteIp"], "192.0.2.7");
+        assert!(p["ts"].as_u64().is_some(), "{p}");
+        for who in [
+            ctx(Role::Operator, &["operator.read"]),
+            ctx(Role::Node, &[]),
+        ] {
+            let refused = handle(&shared, &who, &req).map(Answer::into_value);
+            assert_eq!(refused.unwrap_err().code, ErrorCode::Forbidden);
+        }
+        let admin = ctx(Role::Operator, &["operator.admin"]);
+        assert!(handle(&shared, &admin, &req).is_ok());
     }
 }

@@ -3,13 +3,18 @@
 //! `clawnode devices ...` speak them) and clawnode's `clawnode.device.revoke`.
 //! Every one needs `operator.pairing` (OpenClaw's scope; `operator.admin`
 //! implies it). Changes are stored before the answer; reject, revoke and
-//! remove close the device's live connections at once.
+//! remove close the device's live connections at once. Each change is
+//! logged at info with the device id, its last address and who made it:
+//! one line per change (an authenticated operator's stored action, not
+//! something a client can flood; what clients cause is summed up, see
+//! `log_summary`).
 
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use tracing::info;
 
 use super::methods::ConnContext;
+use super::pairing::MAX_PENDING;
 use super::registry::{DeviceRecord, DeviceState};
 use super::state::Shared;
 use crate::protocol::{method, scope, ErrorCode, ErrorShape};
@@ -62,6 +67,11 @@ pub(super) fn caller(ctx: &ConnContext) -> String {
         .unwrap_or_else(|| ctx.client.id.clone())
 }
 
+/// Where a device last connected from, for the log (`-`: never).
+fn address(record: &DeviceRecord) -> &str {
+    record.last_address.as_deref().unwrap_or("-")
+}
+
 /// A record as `paired` lists it: ours, plus OpenClaw's names for the
 /// same facts (`createdAtMs`, `remoteIp`, `role`, `operatorLabel`).
 pub fn paired_view(record: &DeviceRecord, connected: bool) -> Value {
@@ -101,6 +111,19 @@ pub fn list(shared: &Shared, ctx: &ConnContext) -> Result<Value, ErrorShape> {
     }))
 }
 
+/// `clawnode.device.pending`: `{ pending, max, ts }` — the pending requests
+/// as `device.pair.list` shows them, oldest first, from the gateway's memory
+/// (at most `max`, [`MAX_PENDING`]), and the gateway's clock (`ts`, for
+/// their ages). No registry read: the Instances page polls it.
+pub fn pending(shared: &Shared, ctx: &ConnContext) -> Result<Value, ErrorShape> {
+    ctx.require_operator_scope(scope::OPERATOR_PAIRING)?;
+    Ok(json!({
+        "pending": shared.pending_requests(),
+        "max": MAX_PENDING,
+        "ts": crate::clock::now_ms(),
+    }))
+}
+
 /// `device.pair.approve { requestId }`: a pending request (its request id
 /// or device id), or a rejected or revoked device by its id.
 pub fn approve(
@@ -117,6 +140,8 @@ pub fn approve(
     shared.metrics.admission("approved");
     info!(
         device_id = record.device_id.as_str(),
+        address = address(&record),
+        request_id = request_id.as_str(),
         approved_by = by.as_str(),
         "device approved by an operator"
     );
@@ -132,7 +157,7 @@ pub fn reject(
 ) -> Result<Value, ErrorShape> {
     ctx.require_operator_scope(scope::OPERATOR_PAIRING)?;
     let id = non_empty("requestId", method::DEVICE_PAIR_REJECT, &params.request_id)?;
-    refuse(shared, id, DeviceState::Rejected).map(
+    refuse(shared, ctx, id, DeviceState::Rejected).map(
         |(request_id, record)| json!({ "requestId": request_id, "deviceId": record.device_id }),
     )
 }
@@ -145,13 +170,14 @@ pub fn revoke(
 ) -> Result<Value, ErrorShape> {
     ctx.require_operator_scope(scope::OPERATOR_PAIRING)?;
     let id = non_empty("deviceId", method::DEVICE_REVOKE, &params.device_id)?;
-    refuse(shared, id, DeviceState::Revoked).map(
+    refuse(shared, ctx, id, DeviceState::Revoked).map(
         |(_, record)| json!({ "deviceId": record.device_id, "device": paired_view(&record, false) }),
     )
 }
 
 fn refuse(
     shared: &Shared,
+    ctx: &ConnContext,
     id: &str,
     state: DeviceState,
 ) -> Result<(String, DeviceRecord), ErrorShape> {
@@ -164,8 +190,11 @@ fn refuse(
     shared.metrics.admission(state.as_str());
     info!(
         device_id = record.device_id.as_str(),
+        address = address(&record),
         state = state.as_str(),
-        "device refused by an operator; its connections are closed"
+        by = caller(ctx).as_str(),
+        "device {} by an operator; its connections are closed",
+        state.as_str()
     );
     Ok((request_id, record))
 }
@@ -185,6 +214,8 @@ pub fn remove(
     shared.metrics.admission("removed");
     info!(
         device_id = record.device_id.as_str(),
+        address = address(&record),
+        by = caller(ctx).as_str(),
         "device removed by an operator; its connections are closed"
     );
     Ok(json!({ "deviceId": record.device_id, "removedAtMs": crate::clock::now_ms() }))
@@ -213,7 +244,9 @@ pub fn rename(
     };
     info!(
         device_id = record.device_id.as_str(),
-        label, "device renamed by an operator"
+        label,
+        by = caller(ctx).as_str(),
+        "device renamed by an operator"
     );
     Ok(json!({ "deviceId": record.device_id, "label": label }))
 }

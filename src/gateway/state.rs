@@ -118,6 +118,12 @@ struct State {
     auth_failures: HashMap<IpAddr, (u64, u32)>,
     /// Whether live rows alone hold the list over its cap, as last logged.
     over_cap: bool,
+    /// The operators' labels of devices (`device id → label`), as the
+    /// registry holds them: loaded at start, changed with every rename and
+    /// removal, so a row gets its device's label without a registry read
+    /// (`operatorLabel` is in the row's cached JSON, not looked up per
+    /// broadcast).
+    labels: HashMap<String, String>,
 }
 
 /// The gateway's state, shared by the listener, every handler and the
@@ -146,8 +152,12 @@ pub struct Shared {
 /// What admission decided about a device that proved its key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Admit {
-    /// Approved (before, or now by the token policy): go on.
+    /// Approved before: go on.
     Approved,
+    /// New, and approved now by the policy named (`token`: `admission =
+    /// "token"`; `admission_cidrs`; `operator`: not a node under
+    /// `manual`): go on.
+    FirstUse(&'static str),
     /// Waiting for an operator: refuse with this request id.
     Pending { request_id: String, new: bool },
     /// Too many requests wait: refuse, nothing stored.
@@ -163,6 +173,12 @@ pub const AUTH_FAILURE_WINDOW_MS: u64 = 60_000;
 impl Shared {
     pub fn new(config: GatewayConfig, registry: Arc<dyn DeviceRegistry>) -> Shared {
         let presence = PresenceStore::new(config.self_entry.clone(), config.settings.limits());
+        // Display only: a registry that cannot list them costs the labels
+        // until the next rename, not the gateway.
+        let labels = registry.labels().unwrap_or_else(|e| {
+            warn!(error = %format!("{e:#}"), "cannot read the devices' operator labels");
+            HashMap::new()
+        });
         Shared {
             config,
             metrics: Metrics::default(),
@@ -182,6 +198,7 @@ impl Shared {
                 nodes: HashMap::new(),
                 auth_failures: HashMap::new(),
                 over_cap: false,
+                labels,
             }),
         }
     }
@@ -214,8 +231,15 @@ impl Shared {
         let kill = Arc::new(Notify::new());
         let replaced = Arc::new(Notify::new());
         let revoked = Arc::new(Notify::new());
-        let mut state = self.lock();
+        let mut guard = self.lock();
+        let state = &mut *guard;
         let presence_key = state.presence.connect(conn, now);
+        if let Some(key) = &presence_key {
+            let label = conn.device_id.and_then(|d| state.labels.get(d));
+            state
+                .presence
+                .set_operator_label(key, label.map(String::as_str));
+        }
         if conn.role == Role::Node {
             state
                 .nodes
@@ -246,7 +270,7 @@ impl Shared {
             ListJson::empty()
         };
         let presence_version = state.presence_version;
-        drop(state);
+        drop(guard);
         if replaced_count > 0 {
             self.metrics.replaced(replaced_count);
         }
@@ -380,8 +404,14 @@ impl Shared {
         let trusted = device
             .address
             .is_some_and(|ip| settings.admission_cidrs.iter().any(|c| c.contains(ip)));
-        if !manual || trusted || device.role != Some(Role::Node) {
-            return Ok(Admit::Approved);
+        if !manual {
+            return Ok(Admit::FirstUse("token"));
+        }
+        if trusted {
+            return Ok(Admit::FirstUse("admission_cidrs"));
+        }
+        if device.role != Some(Role::Node) {
+            return Ok(Admit::FirstUse("operator"));
         }
         let requested = self.pending_lock().request(device, now_ms());
         Ok(match requested {
@@ -400,6 +430,11 @@ impl Shared {
     fn pending_lock(&self) -> MutexGuard<'_, PendingRequests> {
         // Every change is one map operation: a poisoned lock is usable.
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The pending requests, oldest first (`clawnode.device.pending`).
+    pub fn pending_requests(&self) -> Vec<PendingView> {
+        self.pending_lock().list(now_ms())
     }
 
     /// The pending requests and every device record (`device.pair.list`).
@@ -461,6 +496,9 @@ impl Shared {
         let record = self.registry.change(Change::Remove {
             device_id: device_id.to_string(),
         })?;
+        if let Some(record) = &record {
+            self.relabel(&record.device_id, None);
+        }
         self.bump_revocations();
         self.close_device(device_id);
         Ok(record.or_else(|| {
@@ -506,10 +544,30 @@ impl Shared {
         device_id: &str,
         label: &str,
     ) -> anyhow::Result<Option<DeviceRecord>> {
-        self.registry.change(Change::Label {
+        let record = self.registry.change(Change::Label {
             device_id: device_id.to_string(),
             label: label.to_string(),
-        })
+        })?;
+        if let Some(record) = &record {
+            self.relabel(&record.device_id, record.label.as_deref());
+        }
+        Ok(record)
+    }
+
+    /// A device's label changed in the registry (`None`: its record is
+    /// gone): kept for its next rows, shown on its rows now.
+    fn relabel(&self, device_id: &str, label: Option<&str>) {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        match label {
+            Some(label) => state
+                .labels
+                .insert(device_id.to_string(), label.to_string()),
+            None => state.labels.remove(device_id),
+        };
+        if state.presence.label_device(device_id, label) {
+            state.presence_changed();
+        }
     }
 
     // --- join tokens ------------------------------------------------------------

@@ -399,6 +399,41 @@ impl PresenceStore {
         self.enforce_cap();
     }
 
+    /// The operator's label of the device whose row is at `key` (the
+    /// gateway's, from its device records; `None`: none), set after
+    /// [`PresenceStore::connect`]. Returns whether the row changed.
+    pub fn set_operator_label(&mut self, key: &PresenceKey, label: Option<&str>) -> bool {
+        let Some(row) = self.rows.get_mut(key) else {
+            return false;
+        };
+        if row.entry().operator_label.as_deref() == label {
+            return false;
+        }
+        row.entry_mut().operator_label = label.map(str::to_string);
+        self.rows_json.clear();
+        true
+    }
+
+    /// A device's operator label changed (`None`: dropped): every row of
+    /// that device shows it. One pass over the rows (an operator's rare
+    /// action). Returns whether any row changed.
+    pub fn label_device(&mut self, device_id: &str, label: Option<&str>) -> bool {
+        let mut changed = false;
+        for row in self.rows.values_mut() {
+            let entry = row.entry();
+            if entry.device_id.as_deref() == Some(device_id)
+                && entry.operator_label.as_deref() != label
+            {
+                row.entry_mut().operator_label = label.map(str::to_string);
+                changed = true;
+            }
+        }
+        if changed {
+            self.rows_json.clear();
+        }
+        changed
+    }
+
     /// Rule 6: a row whose connection is still open never expires. Sets `ts`
     /// to now on every row with an open connection; the gateway calls this on
     /// its tick. Returns whether any row changed.

@@ -199,6 +199,7 @@ fn rule2_connect_upserts_the_row_with_its_fields_and_reason_connect() {
             roles: Some(vec!["operator".into()]),
             scopes: Some(scopes.clone()),
             text: Some("Node: Mac Studio · mode ui".into()),
+            operator_label: None,
         }
     );
     assert_eq!(s.len(), 2);
@@ -881,4 +882,48 @@ fn list_json_matches_the_serialized_list_through_random_operations() {
         let live = s.open_connections.len();
         assert!(s.len() <= 12 || s.len() == live + 1, "step {step}");
     }
+}
+
+/// An operator's label belongs to the device: every row of the device
+/// shows it (in the cached JSON too), beacons and reconnects keep it,
+/// other devices' rows never get it, and dropping it drops it everywhere.
+#[test]
+fn a_device_label_shows_on_every_row_of_the_device_and_only_there() {
+    let mut s = store();
+    let a = connect_ui(&mut s, "desk-1", T0);
+    let c = client("ui", Some("other-1"));
+    let other = s
+        .connect(
+            &ConnectionInfo {
+                device_id: Some("dev-other"),
+                ..conn("c2", &c, &[])
+            },
+            T0,
+        )
+        .unwrap();
+    // The JSON of the list is cached before the label: it must be redone.
+    assert!(!s.list_json(T0).contains("operatorLabel"));
+    assert!(s.label_device("dev-ui", Some("rack 4")));
+    assert!(!s.label_device("dev-ui", Some("rack 4")), "no change twice");
+    assert_eq!(s.get(&a).unwrap().operator_label.as_deref(), Some("rack 4"));
+    assert_eq!(s.get(&other).unwrap().operator_label, None);
+    let json = s.list_json(T0 + 1);
+    assert_eq!(
+        json.matches("\"operatorLabel\":\"rack 4\"").count(),
+        1,
+        "{json}"
+    );
+    assert_eq!(json, serde_json::to_string(&s.list(T0 + 1)).unwrap());
+
+    s.beacon(&a, &text_beacon("still here"), None, T0 + 2);
+    connect_ui(&mut s, "desk-1", T0 + 3);
+    assert_eq!(s.get(&a).unwrap().operator_label.as_deref(), Some("rack 4"));
+
+    // Set per row (the gateway, after a connect), and dropped.
+    assert!(s.set_operator_label(&other, Some("spare")));
+    assert!(!s.set_operator_label(&other, Some("spare")));
+    assert!(s.label_device("dev-ui", None));
+    let json = s.list_json(T0 + 4);
+    assert!(!json.contains("rack 4") && json.contains("spare"), "{json}");
+    assert!(!s.set_operator_label(&key("absent"), Some("x")));
 }

@@ -72,6 +72,9 @@ pub mod method {
     pub const JOIN_TOKEN_CREATE: &str = "clawnode.joinToken.create";
     pub const JOIN_TOKEN_LIST: &str = "clawnode.joinToken.list";
     pub const JOIN_TOKEN_REVOKE: &str = "clawnode.joinToken.revoke";
+    /// clawnode's own: the pending pairing requests alone, from memory (what
+    /// the Instances page polls; `device.pair.list` also reads every record).
+    pub const DEVICE_PENDING: &str = "clawnode.device.pending";
 }
 
 /// Event names.

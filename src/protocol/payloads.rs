@@ -68,6 +68,14 @@ pub struct PresenceEntry {
     pub scopes: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
+    /// clawnode's addition: the operator's label of the row's device
+    /// (`clawnode devices rename`, OpenClaw's `device.pair.rename`), set by
+    /// the gateway, never by a client. OpenClaw's name for the same fact on
+    /// a device record; absent when the device has none. Not in the pinned
+    /// schema's closed `PresenceEntry` (docs/interop.md): OpenClaw's clients
+    /// ignore fields they do not know, as they do OpenClaw's own `clientId`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator_label: Option<String>,
 }
 
 /// `system-event` parameters: a presence beacon.

@@ -64,3 +64,72 @@ pub async fn connect_node(
     let outcome = c.connect(&params).await;
     (c, outcome)
 }
+
+/// One signed node `connect` of `identity` from `source` (a loopback
+/// address) with the join `token`, claiming `instance_id` (none: the row
+/// is keyed by the device id): `accepted`, or the
+/// detail code of the refusal (`PAIRING_REQUIRED`, `PAIRING_QUEUE_FULL`,
+/// `DEVICE_REVOKED`, ...). Every step waits at most [`super::RAW_WAIT`].
+pub async fn attempt_from(
+    addr: std::net::SocketAddr,
+    source: &str,
+    identity: &clawnode::identity::DeviceIdentity,
+    token: &clawnode::config::Secret,
+    instance_id: Option<&str>,
+) -> String {
+    use clawnode::protocol::{ConnectChallenge, Frame};
+    use futures_util::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::Message;
+    let url = format!("ws://{addr}");
+    let attempt = async {
+        let Ok(stream) = super::connect_from(source, addr).await else {
+            return "connect failed".to_string();
+        };
+        let (mut ws, _) = match tokio_tungstenite::client_async(url.as_str(), stream).await {
+            Ok(ok) => ok,
+            Err(e) => return format!("upgrade failed: {e}"),
+        };
+        let mut challenge = None;
+        while let Some(Ok(msg)) = ws.next().await {
+            let Message::Text(t) = msg else { continue };
+            match Frame::parse(&t) {
+                Ok(Frame::Event(e)) if e.event == "connect.challenge" => {
+                    challenge = serde_json::from_value::<ConnectChallenge>(e.payload).ok();
+                    break;
+                }
+                _ => continue,
+            }
+        }
+        let Some(challenge) = challenge else {
+            return "no challenge".into();
+        };
+        let credentials = clawnode::agent::session::Credentials {
+            shared: Some(token.clone()),
+            device_token: None,
+        };
+        let client = node_client("flood", instance_id);
+        let params = clawnode::agent::session::signed_node_connect(
+            identity,
+            client,
+            &credentials,
+            &challenge,
+        );
+        let connect = Frame::request("c1", "connect", &params);
+        let _ = ws.send(Message::text(connect.to_text())).await;
+        while let Some(Ok(msg)) = ws.next().await {
+            let Message::Text(t) = msg else { continue };
+            let Ok(Frame::Res(res)) = Frame::parse(&t) else {
+                continue;
+            };
+            return match res.error {
+                None => "accepted".into(),
+                Some(e) => match e.details.as_ref().and_then(|d| d["code"].as_str()) {
+                    Some(code) => code.to_string(),
+                    None => e.code.as_str().to_string(),
+                },
+            };
+        }
+        "closed without an answer".into()
+    };
+    super::wait_within("the answer to a device's connect", super::RAW_WAIT, attempt).await
+}

@@ -1,7 +1,8 @@
 //! `openclaw devices …` (the real OpenClaw CLI) against our gateway under
 //! `admission = "manual"` (issue 16, part 7): it lists our agent's pending
-//! request, its approval lets the agent in, and its removal closes the
-//! agent's connection (pending again).
+//! request, its approval lets the agent in, its rename labels the agent's
+//! presence row (read back by `openclaw gateway call system-presence`), and
+//! its removal closes the agent's connection (pending again).
 
 use std::time::{Duration, Instant};
 
@@ -69,6 +70,19 @@ fn openclaw_devices_lists_approves_and_removes_an_agent_on_our_gateway() {
         paired.iter().any(|d| d["deviceId"] == device_id.as_str()),
         "{list:#}"
     );
+
+    // `openclaw devices rename` sets the operator label our presence rows
+    // carry as `operatorLabel`; OpenClaw's own client reads such a row.
+    home.run(&[
+        "devices", "rename", "--device", &device_id, "--name", "rack 4", "--url", &url, "--token",
+        &token,
+    ]);
+    let presence = home.call(&url, &token, "system-presence", None);
+    let row = presence
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["deviceId"] == device_id.as_str()))
+        .unwrap_or_else(|| panic!("no row for {device_id}: {presence:#}"));
+    assert_eq!(row["operatorLabel"], "rack 4", "{row:#}");
 
     // `openclaw devices remove` closes its connection; under manual
     // admission it is pending again.

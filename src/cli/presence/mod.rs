@@ -150,9 +150,10 @@ enum Field {
     Instance,
     Reason,
     Device,
+    Label,
 }
 
-const FIELDS: [(&str, Field); 10] = [
+const FIELDS: [(&str, Field); 11] = [
     ("host", Field::Host),
     ("ip", Field::Ip),
     ("mode", Field::Mode),
@@ -163,6 +164,7 @@ const FIELDS: [(&str, Field); 10] = [
     ("instance", Field::Instance),
     ("reason", Field::Reason),
     ("device", Field::Device),
+    ("label", Field::Label),
 ];
 
 impl Filter {
@@ -212,6 +214,7 @@ impl Filter {
                 Field::Instance => &e.instance_id,
                 Field::Reason => &e.reason,
                 Field::Device => &e.device_id,
+                Field::Label => &e.operator_label,
             };
             glob(
                 pattern,

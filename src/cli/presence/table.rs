@@ -29,9 +29,12 @@ impl Style {
     };
 }
 
-const HEADER: [&str; 10] = [
+/// How many columns the table has (LABEL is shown only when a row has one).
+const COLUMNS: usize = 11;
+const HEADER: [&str; COLUMNS] = [
     "STATUS",
     "HOST",
+    "LABEL",
     "IP",
     "MODE",
     "VERSION",
@@ -43,15 +46,17 @@ const HEADER: [&str; 10] = [
 ];
 const STATUS: usize = 0;
 const HOST: usize = 1;
-const UPDATED: usize = 8;
+/// The operator's label of the row's device (`operatorLabel`).
+const LABEL: usize = 2;
+const UPDATED: usize = 9;
 /// Columns that may be narrowed (with `…`) when the table is too wide, in
 /// this order, and the narrowest each may become (PLATFORM, MODEL, HOST,
-/// VERSION).
-const SHRINK: [(usize, usize); 4] = [(5, 8), (6, 8), (1, 10), (4, 7)];
+/// LABEL, VERSION).
+const SHRINK: [(usize, usize); 5] = [(6, 8), (7, 8), (1, 10), (2, 10), (5, 7)];
 /// Columns hidden, in this order, while even their narrowest widths do not
-/// fit: MODEL, LAST INPUT, VERSION, PLATFORM, INSTANCE, MODE, IP. STATUS,
-/// HOST and UPDATED always stay.
-const DROP: [usize; 7] = [6, 7, 4, 5, 9, 3, 2];
+/// fit: MODEL, LAST INPUT, VERSION, PLATFORM, INSTANCE, MODE, IP, LABEL.
+/// STATUS, HOST and UPDATED always stay.
+const DROP: [usize; 8] = [7, 8, 5, 6, 10, 4, 3, 2];
 /// The short instance id's length.
 const SHORT_ID: usize = 8;
 
@@ -95,7 +100,7 @@ pub fn human_secs(secs: u64) -> String {
 
 /// One row's cells, before fitting: the status cell's text is the bare word
 /// (the dot and colour are added when drawn).
-fn cells(e: &PresenceEntry, now_ms: u64, wide: bool) -> [String; 10] {
+fn cells(e: &PresenceEntry, now_ms: u64, wide: bool) -> [String; COLUMNS] {
     let dash = || "-".to_string();
     // Every cell is the gateway's data: shown, never obeyed (an OSC 52 or
     // clear-screen sequence in a row is printed as `\u{1b}]52;…`).
@@ -108,6 +113,7 @@ fn cells(e: &PresenceEntry, now_ms: u64, wide: bool) -> [String; 10] {
     [
         PresenceStatus::of_entry(e, now_ms).as_str().to_string(),
         text(&e.host),
+        text(&e.operator_label),
         text(&e.ip),
         text(&e.mode),
         text(&e.version),
@@ -143,7 +149,7 @@ fn fit(s: &str, width: usize) -> String {
 
 /// Renders the table (header first; entries in the order given).
 pub fn render(entries: &[PresenceEntry], now_ms: u64, style: Style) -> String {
-    let rows: Vec<([String; 10], &PresenceEntry)> = entries
+    let rows: Vec<([String; COLUMNS], &PresenceEntry)> = entries
         .iter()
         .map(|e| (cells(e, now_ms, style.wide), e))
         .collect();
@@ -155,7 +161,9 @@ pub fn render(entries: &[PresenceEntry], now_ms: u64, style: Style) -> String {
             widths[i] = widths[i].max(w);
         }
     }
-    let mut shown = [true; 10];
+    let mut shown = [true; COLUMNS];
+    // No label anywhere: no LABEL column (the table as before labels).
+    shown[LABEL] = entries.iter().any(|e| e.operator_label.is_some());
     if let (Some(limit), false) = (style.width, style.wide) {
         fit_columns(&mut widths, &mut shown, limit);
     }
@@ -230,10 +238,14 @@ pub fn render(entries: &[PresenceEntry], now_ms: u64, style: Style) -> String {
 /// while even their narrowest widths are too wide, then narrows the
 /// [`SHRINK`] columns. On a terminal too narrow even for STATUS, HOST and
 /// UPDATED, HOST and UPDATED go down to 4 characters.
-fn fit_columns(widths: &mut [usize; 10], shown: &mut [bool; 10], limit: usize) {
-    let total = |w: &[usize; 10], shown: &[bool; 10]| {
+fn fit_columns(widths: &mut [usize; COLUMNS], shown: &mut [bool; COLUMNS], limit: usize) {
+    let total = |w: &[usize; COLUMNS], shown: &[bool; COLUMNS]| {
         let cols = shown.iter().filter(|s| **s).count();
-        (0..10).filter(|i| shown[*i]).map(|i| w[i]).sum::<usize>() + 2 * cols.saturating_sub(1)
+        (0..COLUMNS)
+            .filter(|i| shown[*i])
+            .map(|i| w[i])
+            .sum::<usize>()
+            + 2 * cols.saturating_sub(1)
     };
     let mut floors = *widths;
     for (col, min) in SHRINK {
@@ -414,6 +426,38 @@ mod tests {
         assert!(wide.contains("db-1-0123456789abcdef"), "full ids: {wide}");
     }
 
+    /// The operator's label has its column only when a row has one, and
+    /// is shown escaped (it is the gateway's data).
+    #[test]
+    fn a_labelled_row_shows_its_label_in_its_own_column() {
+        let mut list = fleet();
+        list[1].operator_label = Some("rack 4 \u{1b}[2J".into());
+        let t = render(&list, NOW, Style::PLAIN);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(
+            lines[0].starts_with("STATUS  HOST   LABEL"),
+            "LABEL follows HOST: {t}"
+        );
+        assert!(lines[2].contains("rack 4 \\u{1b}[2J"), "{t}");
+        assert!(!t.contains('\x1b'), "{t}");
+        assert!(lines[1].starts_with("Active  gw     -"), "{t}");
+        // Narrow terminals keep the label longer than IP and MODE.
+        let narrow = render(
+            &list,
+            NOW,
+            Style {
+                width: Some(50),
+                ..Style::PLAIN
+            },
+        );
+        let header = narrow.lines().next().unwrap_or_default();
+        assert!(
+            header.contains("LABEL") && !header.contains("MODEL"),
+            "{narrow}"
+        );
+        assert!(!render(&fleet(), NOW, Style::PLAIN).contains("LABEL"));
+    }
+
     #[test]
     fn counts_per_status_a_left_row_is_not_active() {
         assert_eq!(counts(&fleet(), NOW), [2, 1, 1, 1]);
@@ -435,6 +479,7 @@ mod tests {
             e.platform = Some("linux 6.18.44-some-very-long-kernel-release-name".into());
             e.model_identifier = Some("PowerEdge R760xd2 with a long name".into());
             e.last_input_seconds = Some(86_400 * 3);
+            e.operator_label = Some("kitchen rack 4, shelf 2".into());
         }
         let mut columns_before = 0;
         for width in [24, 40, 60, 80, 100, 120, 160, 250] {

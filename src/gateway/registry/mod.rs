@@ -156,6 +156,16 @@ pub trait DeviceRegistry: Send + Sync {
     /// Notes that the join token `id` let a connection in at `now_ms`
     /// (stored at most once a minute per token; best effort).
     fn join_token_used(&self, id: &str, now_ms: u64);
+
+    /// The operators' labels, by device id (only devices that have one):
+    /// what the gateway keeps in memory for its presence rows.
+    fn labels(&self) -> Result<std::collections::HashMap<String, String>> {
+        Ok(self
+            .devices()?
+            .into_iter()
+            .filter_map(|r| Some((r.device_id, r.label?)))
+            .collect())
+    }
 }
 
 /// Dead join tokens (expired or revoked) are kept this long, so the devices

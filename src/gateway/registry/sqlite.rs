@@ -242,6 +242,14 @@ impl DeviceRegistry for SqliteRegistry {
             .map_err(|_| anyhow!("the device registry writer has stopped"))?
     }
 
+    fn labels(&self) -> Result<std::collections::HashMap<String, String>> {
+        let conn = self.read();
+        let mut statement =
+            conn.prepare("SELECT device_id, label FROM devices WHERE label IS NOT NULL")?;
+        let rows = statement.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        rows.collect::<rusqlite::Result<_>>().map_err(Into::into)
+    }
+
     fn devices(&self) -> Result<Vec<DeviceRecord>> {
         let conn = self.read();
         let mut statement = conn.prepare_cached(&format!(
