@@ -235,6 +235,7 @@ async fn serve_connection(
         kill,
         replaced,
         revoked,
+        token_changed,
     } = accepted;
     info!(
         role = ctx.role.as_str(),
@@ -256,6 +257,7 @@ async fn serve_connection(
             kill: &kill,
             replaced: &replaced,
             revoked: &revoked,
+            token_changed: &token_changed,
         };
         handler.run(&mut stop).await;
     }
@@ -276,6 +278,7 @@ struct Accepted {
     kill: Arc<Notify>,
     replaced: Arc<Notify>,
     revoked: Arc<Notify>,
+    token_changed: Arc<Notify>,
 }
 
 /// Decides on the first message ([`auth::parse_connect`],
@@ -300,6 +303,7 @@ async fn handshake(
             operator_token_hint: &config.operator_token_hint,
             rate_limited_for_ms: shared.auth_retry_after(remote_ip, now),
             known_device: &|device_id| shared.is_known_device(device_id),
+            device_token: &|device_id, role| shared.device_token(device_id, role),
         };
         auth::authorize(&req, &input).inspect_err(|rejection| {
             if rejection.counts_against_rate_limit() {
@@ -315,6 +319,7 @@ async fn handshake(
     );
     let revocations = shared.revocations();
     claim(shared, &req, &admitted, &own_key, remote_ip).await?;
+    let device_token = device_token(shared, &req, &admitted).await;
 
     let registered = shared.register(Registration {
         conn: ConnectionInfo {
@@ -341,7 +346,14 @@ async fn handshake(
             ));
         }
     }
-    let hello = hello_ok(shared, conn_id, &admitted, registered.presence_version, now);
+    let hello = hello_ok(
+        shared,
+        conn_id,
+        &admitted,
+        device_token,
+        registered.presence_version,
+        now,
+    );
     let hello = hello_response(&hello, &req.id, registered.presence_json);
     let ConnectRequest { params, .. } = req;
     Ok(Accepted {
@@ -351,6 +363,7 @@ async fn handshake(
             scopes: admitted.scopes,
             client: params.client,
             device_id: admitted.device_id,
+            credential: admitted.credential,
             own_key,
             presence_key: registered.presence_key,
             remote_ip: (!crate::presence::is_loopback(remote_ip)).then_some(remote_ip),
@@ -362,7 +375,49 @@ async fn handshake(
         kill: registered.kill,
         replaced: registered.replaced,
         revoked: registered.revoked,
+        token_changed: registered.token_changed,
     })
+}
+
+/// The device token `hello-ok` carries: the one the device presented when
+/// it is still valid (kept), else — let in by the join or the operator
+/// token — a new one for its role, stored (as a SHA-256) before the answer,
+/// which replaces any earlier one. A client without a device, or without
+/// auth, gets none. A registry that cannot store it costs the client its
+/// token, not its connection (logged).
+async fn device_token(
+    shared: &Shared,
+    req: &ConnectRequest,
+    admitted: &auth::Admitted,
+) -> Option<(String, u64)> {
+    let device_id = admitted.device_id.as_deref()?;
+    if let (Some(issued), Some(presented)) = (
+        admitted.device_token_issued_at_ms,
+        req.params.device_token(),
+    ) {
+        return Some((presented.to_string(), issued));
+    }
+    if !admitted.credential.issues_device_token() {
+        return None;
+    }
+    match shared
+        .issue_device_token(device_id, admitted.role, &admitted.scopes)
+        .await
+    {
+        Ok(Some((token, record))) => {
+            debug!(
+                device_id,
+                role = admitted.role.as_str(),
+                "device token issued"
+            );
+            Some((token, record.issued_at_ms))
+        }
+        Ok(None) => None,
+        Err(e) => {
+            warn!(error = %format!("{e:#}"), device_id, "cannot store a device token; none issued");
+            None
+        }
+    }
 }
 
 /// The connection's presence key is pinned to the first device that
@@ -474,9 +529,11 @@ fn hello_ok(
     shared: &Shared,
     conn_id: &str,
     admitted: &auth::Admitted,
+    device_token: Option<(String, u64)>,
     presence_version: u64,
     now: u64,
 ) -> HelloOk {
+    let (device_token, issued_at_ms) = device_token.unzip();
     let config = &shared.config;
     HelloOk {
         protocol: admitted.protocol,
@@ -508,7 +565,8 @@ fn hello_ok(
         auth: HelloAuth {
             role: admitted.role,
             scopes: admitted.scopes.clone(),
-            device_token: None,
+            device_token,
+            issued_at_ms,
         },
         policy: Policy {
             max_payload: config.max_payload as u64,
@@ -537,6 +595,8 @@ struct Handler<'a> {
     replaced: &'a Notify,
     /// Notified when its device was revoked, rejected or removed.
     revoked: &'a Notify,
+    /// Notified when its device token was rotated or revoked.
+    token_changed: &'a Notify,
 }
 
 impl Handler<'_> {
@@ -599,6 +659,13 @@ impl Handler<'_> {
                 _ = self.revoked.notified() => {
                     debug!("closing: device revoked");
                     self.conn.close(CloseCode::Policy, "device revoked by an operator").await;
+                    return Err(Gone);
+                }
+                _ = self.token_changed.notified() => {
+                    debug!("closing: device token rotated or revoked");
+                    let reason = "device token rotated or revoked by an operator; reconnect with \
+                                  the gateway token to be issued a new one";
+                    self.conn.close(CloseCode::Policy, reason).await;
                     return Err(Gone);
                 }
                 _ = stop.changed() => {

@@ -67,6 +67,10 @@ pub mod method {
     /// clawnode's own: mark an approved device revoked (`clawnode devices
     /// revoke`): its connections close, it is refused until approved again.
     pub const DEVICE_REVOKE: &str = "clawnode.device.revoke";
+    /// Device tokens, with OpenClaw's shapes (`openclaw devices
+    /// rotate|revoke`, `clawnode devices rotate`).
+    pub const DEVICE_TOKEN_ROTATE: &str = "device.token.rotate";
+    pub const DEVICE_TOKEN_REVOKE: &str = "device.token.revoke";
 }
 
 /// Event names.

@@ -9,8 +9,9 @@ use futures_util::future::BoxFuture;
 
 use super::{
     decide, Change, Claim, ClaimCheck, Counts, Decision, Device, DeviceRecord, DeviceRegistry,
-    DeviceState, Found, Pin,
+    DeviceState, Found, Pin, TokenChange, TokenRecord,
 };
+use crate::protocol::Role;
 
 /// Device records and pins, under one lock.
 #[derive(Debug, Default)]
@@ -22,6 +23,8 @@ pub struct MemoryRegistry {
 struct State {
     devices: HashMap<String, DeviceRecord>,
     pins: HashMap<String, Pin>,
+    /// Keyed by device id and role; gone with their device.
+    tokens: HashMap<(String, Role), TokenRecord>,
 }
 
 impl State {
@@ -190,6 +193,7 @@ impl DeviceRegistry for MemoryRegistry {
                 let record = state.record(&device_id);
                 state.devices.remove(&device_id);
                 state.pins.retain(|_, pin| pin.device_id != device_id);
+                state.tokens.retain(|(id, _), _| *id != device_id);
                 Ok(record)
             }
         }
@@ -204,5 +208,77 @@ impl DeviceRegistry for MemoryRegistry {
             .collect();
         all.sort_by(|a, b| (a.first_seen_ms, &a.device_id).cmp(&(b.first_seen_ms, &b.device_id)));
         Ok(all)
+    }
+
+    fn device_token(&self, device_id: &str, role: Role) -> Result<Option<TokenRecord>> {
+        let key = (device_id.to_string(), role);
+        Ok(self.lock().tokens.get(&key).cloned())
+    }
+
+    fn change_token(&self, change: TokenChange) -> BoxFuture<'static, Result<Option<TokenRecord>>> {
+        let changed = self.change_token_now(change);
+        Box::pin(async move { Ok(changed) })
+    }
+}
+
+impl MemoryRegistry {
+    /// Applies a token change at once (see [`TokenChange`]).
+    pub fn change_token_now(&self, change: TokenChange) -> Option<TokenRecord> {
+        let mut state = self.lock();
+        match change {
+            TokenChange::Issue {
+                device_id,
+                role,
+                sha256,
+                scopes,
+                now_ms,
+            } => {
+                if !state.devices.contains_key(&device_id) {
+                    return None;
+                }
+                let key = (device_id.clone(), role);
+                let rotated_at_ms = state.tokens.get(&key).and_then(|t| t.rotated_at_ms);
+                let record = TokenRecord {
+                    device_id,
+                    role,
+                    sha256: Some(sha256),
+                    scopes,
+                    issued_at_ms: now_ms,
+                    rotated_at_ms,
+                    revoked_at_ms: None,
+                };
+                state.tokens.insert(key, record.clone());
+                Some(record)
+            }
+            TokenChange::Rotate {
+                device_id,
+                role,
+                sha256,
+                scopes,
+                now_ms,
+            } => {
+                let token = state.tokens.get_mut(&(device_id, role))?;
+                token.sha256 = sha256;
+                if sha256.is_some() {
+                    token.issued_at_ms = now_ms;
+                    token.revoked_at_ms = None;
+                }
+                if let Some(scopes) = scopes {
+                    token.scopes = scopes;
+                }
+                token.rotated_at_ms = Some(now_ms);
+                Some(token.clone())
+            }
+            TokenChange::Revoke {
+                device_id,
+                role,
+                now_ms,
+            } => {
+                let token = state.tokens.get_mut(&(device_id, role))?;
+                token.sha256 = None;
+                token.revoked_at_ms = Some(now_ms);
+                Some(token.clone())
+            }
+        }
     }
 }

@@ -15,7 +15,7 @@ use rusqlite::{params, Connection, OptionalExtension as _, TransactionBehavior};
 use super::pins_file::Legacy;
 
 /// The schema this build reads and writes.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA_V1: &str = "
 CREATE TABLE devices (
@@ -49,6 +49,26 @@ CREATE TABLE meta (
 ) WITHOUT ROWID;
 ";
 
+/// Version 2 (issue 16, part 5): device tokens, one per device and role,
+/// stored as their SHA-256 (the token itself is only ever in the
+/// `hello-ok` that issued it). `token_sha256` is NULL once the token was
+/// revoked, or rotated without an in-band replacement: the device gets a
+/// new one on its next connect with another credential.
+const SCHEMA_V2: &str = "
+CREATE TABLE device_tokens (
+    device_id      TEXT NOT NULL REFERENCES devices (device_id) ON DELETE CASCADE,
+    role           TEXT NOT NULL CHECK (role IN ('node', 'operator')),
+    -- lower-case hex SHA-256 of the token; NULL: none valid now
+    token_sha256   TEXT,
+    -- JSON array: the scopes the token grants (operator tokens)
+    scopes         TEXT NOT NULL DEFAULT '[]',
+    issued_at_ms   INTEGER NOT NULL,
+    rotated_at_ms  INTEGER,
+    revoked_at_ms  INTEGER,
+    PRIMARY KEY (device_id, role)
+) WITHOUT ROWID;
+";
+
 /// The `meta` key recording the digest of the pins file imported.
 const PINS_IMPORTED: &str = "pins_json_sha256";
 
@@ -57,10 +77,17 @@ const PINS_IMPORTED: &str = "pins_json_sha256";
 pub fn migrate(conn: &mut Connection) -> Result<()> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    // Each step brings version N to N + 1, in order, in this transaction.
     match version {
         0 => {
             tx.execute_batch(SCHEMA_V1)
                 .context("cannot create the registry tables")?;
+            tx.execute_batch(SCHEMA_V2)
+                .context("cannot create the device token table")?;
+        }
+        1 => {
+            tx.execute_batch(SCHEMA_V2)
+                .context("cannot add the device token table (schema 1 to 2)")?;
         }
         SCHEMA_VERSION => return Ok(()),
         newer if newer > SCHEMA_VERSION => bail!(

@@ -31,7 +31,7 @@ use super::writer::{self, Job};
 use super::{decide, pins_file, schema};
 use super::{
     Change, Claim, ClaimCheck, Counts, Decision, DeviceRecord, DeviceRegistry, DeviceState, Found,
-    Pin,
+    Pin, TokenChange, TokenRecord,
 };
 use crate::protocol::Role;
 
@@ -245,6 +245,72 @@ impl DeviceRegistry for SqliteRegistry {
         rows.collect::<rusqlite::Result<Vec<_>>>()
             .map_err(Into::into)
     }
+
+    fn device_token(&self, device_id: &str, role: Role) -> Result<Option<TokenRecord>> {
+        select_token(&self.read(), device_id, role)
+    }
+
+    fn change_token(&self, change: TokenChange) -> BoxFuture<'static, Result<Option<TokenRecord>>> {
+        let (tx, rx) = oneshot::channel();
+        let queued = self.send(Job::Token(change, tx));
+        Box::pin(async move {
+            queued?;
+            rx.await
+                .map_err(|_| anyhow!("the device registry writer has stopped"))?
+        })
+    }
+}
+
+/// One device token's record (a primary-key read).
+pub(super) fn select_token(
+    conn: &Connection,
+    device_id: &str,
+    role: Role,
+) -> Result<Option<TokenRecord>> {
+    let row = conn
+        .prepare_cached(
+            "SELECT token_sha256, scopes, issued_at_ms, rotated_at_ms, revoked_at_ms
+             FROM device_tokens WHERE device_id = ?1 AND role = ?2",
+        )?
+        .query_row(params![device_id, role.as_str()], |r| {
+            Ok((
+                r.get::<_, Option<String>>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, Option<i64>>(3)?,
+                r.get::<_, Option<i64>>(4)?,
+            ))
+        })
+        .optional()?;
+    let Some((sha256, scopes, issued, rotated, revoked)) = row else {
+        return Ok(None);
+    };
+    Ok(Some(TokenRecord {
+        device_id: device_id.to_string(),
+        role,
+        // A value that is not 64 hex digits matches no token.
+        sha256: sha256.and_then(|h| from_hex(&h)),
+        scopes: serde_json::from_str(&scopes).unwrap_or_default(),
+        issued_at_ms: issued as u64,
+        rotated_at_ms: rotated.map(|v| v as u64),
+        revoked_at_ms: revoked.map(|v| v as u64),
+    }))
+}
+
+/// A digest as stored: lower-case hex.
+pub(super) fn to_hex(digest: &[u8; 32]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn from_hex(hex: &str) -> Option<[u8; 32]> {
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
 }
 
 /// A device record with its pins; `record_of_row` reads it.

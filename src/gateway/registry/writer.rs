@@ -9,9 +9,10 @@ use rusqlite::{params, Connection, Transaction, TransactionBehavior};
 use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
-use super::sqlite::{select_first_seen, select_pin, select_record};
+use super::sqlite::{select_first_seen, select_pin, select_record, select_token, to_hex};
 use super::{
     decide, Change, Claim, ClaimCheck, Decision, Device, DeviceRecord, DeviceState, Found, Pin,
+    TokenChange, TokenRecord,
 };
 use crate::protocol::Role;
 
@@ -27,6 +28,8 @@ pub enum Job {
     Forget(String, mpsc::SyncSender<Result<Option<Pin>>>),
     /// An operator's change to a device record.
     Change(Change, mpsc::SyncSender<Result<Option<DeviceRecord>>>),
+    /// A device token issued, rotated or revoked.
+    Token(TokenChange, oneshot::Sender<Result<Option<TokenRecord>>>),
     /// Answered once everything queued before it is stored.
     Flush(mpsc::SyncSender<Result<()>>),
     /// Stores what is queued before it, then ends the thread.
@@ -42,6 +45,10 @@ enum Reply {
         Result<Option<DeviceRecord>>,
     ),
     Flush(mpsc::SyncSender<Result<()>>, Result<()>),
+    Token(
+        oneshot::Sender<Result<Option<TokenRecord>>>,
+        Result<Option<TokenRecord>>,
+    ),
 }
 
 impl Reply {
@@ -54,6 +61,7 @@ impl Reply {
             Job::Forget(_, tx) => Some(Reply::Forget(tx, Err(e()))),
             Job::Change(_, tx) => Some(Reply::Change(tx, Err(e()))),
             Job::Flush(tx) => Some(Reply::Flush(tx, Err(e()))),
+            Job::Token(_, tx) => Some(Reply::Token(tx, Err(e()))),
             Job::Seen(..) | Job::Stop => None,
         }
     }
@@ -65,6 +73,7 @@ impl Reply {
             Reply::Forget(tx, result) => drop(tx.send(result)),
             Reply::Change(tx, result) => drop(tx.send(result)),
             Reply::Flush(tx, result) => drop(tx.send(result)),
+            Reply::Token(tx, result) => drop(tx.send(result)),
         }
     }
 }
@@ -118,6 +127,7 @@ enum Outcome {
     Claim(ClaimCheck),
     Forget(Option<Pin>),
     Change(Option<DeviceRecord>),
+    Token(Option<TokenRecord>),
     Done,
 }
 
@@ -127,6 +137,7 @@ impl Outcome {
             (Outcome::Claim(check), Job::Claim(_, tx)) => Some(Reply::Claim(tx, Ok(check))),
             (Outcome::Forget(pin), Job::Forget(_, tx)) => Some(Reply::Forget(tx, Ok(pin))),
             (Outcome::Change(record), Job::Change(_, tx)) => Some(Reply::Change(tx, Ok(record))),
+            (Outcome::Token(record), Job::Token(_, tx)) => Some(Reply::Token(tx, Ok(record))),
             (_, Job::Flush(tx)) => Some(Reply::Flush(tx, Ok(()))),
             _ => None,
         }
@@ -146,6 +157,7 @@ fn apply_all(conn: &mut Connection, batch: &[Job]) -> Result<Vec<Outcome>> {
             }
             Job::Forget(key, _) => Outcome::Forget(apply_forget(&tx, key)?),
             Job::Change(change, _) => Outcome::Change(apply_change(&tx, change)?),
+            Job::Token(change, _) => Outcome::Token(apply_token(&tx, change)?),
             Job::Flush(_) | Job::Stop => Outcome::Done,
         });
     }
@@ -266,4 +278,83 @@ fn apply_change(tx: &Transaction<'_>, change: &Change) -> Result<Option<DeviceRe
             Ok(record)
         }
     }
+}
+
+/// Applies a device token change (see [`TokenChange`]).
+fn apply_token(tx: &Transaction<'_>, change: &TokenChange) -> Result<Option<TokenRecord>> {
+    let (device_id, role) = match change {
+        TokenChange::Issue {
+            device_id,
+            role,
+            sha256,
+            scopes,
+            now_ms,
+        } => {
+            if select_first_seen(tx, device_id)?.is_none() {
+                return Ok(None);
+            }
+            tx.prepare_cached(
+                "INSERT INTO device_tokens (device_id, role, token_sha256, scopes, issued_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (device_id, role) DO UPDATE SET
+                    token_sha256 = excluded.token_sha256,
+                    scopes = excluded.scopes,
+                    issued_at_ms = excluded.issued_at_ms,
+                    revoked_at_ms = NULL",
+            )?
+            .execute(params![
+                device_id,
+                role.as_str(),
+                to_hex(sha256),
+                serde_json::to_string(scopes)?,
+                *now_ms as i64,
+            ])?;
+            (device_id, *role)
+        }
+        TokenChange::Rotate {
+            device_id,
+            role,
+            sha256,
+            scopes,
+            now_ms,
+        } => {
+            let scopes = scopes.as_ref().map(serde_json::to_string).transpose()?;
+            let changed = tx.execute(
+                "UPDATE device_tokens SET
+                    token_sha256 = ?3,
+                    scopes = coalesce(?4, scopes),
+                    rotated_at_ms = ?5,
+                    issued_at_ms = CASE WHEN ?3 IS NULL THEN issued_at_ms ELSE ?5 END,
+                    revoked_at_ms = CASE WHEN ?3 IS NULL THEN revoked_at_ms ELSE NULL END
+                 WHERE device_id = ?1 AND role = ?2",
+                params![
+                    device_id,
+                    role.as_str(),
+                    sha256.as_ref().map(to_hex),
+                    scopes,
+                    *now_ms as i64,
+                ],
+            )?;
+            if changed == 0 {
+                return Ok(None);
+            }
+            (device_id, *role)
+        }
+        TokenChange::Revoke {
+            device_id,
+            role,
+            now_ms,
+        } => {
+            let changed = tx.execute(
+                "UPDATE device_tokens SET token_sha256 = NULL, revoked_at_ms = ?3
+                 WHERE device_id = ?1 AND role = ?2",
+                params![device_id, role.as_str(), *now_ms as i64],
+            )?;
+            if changed == 0 {
+                return Ok(None);
+            }
+            (device_id, *role)
+        }
+    };
+    select_token(tx, device_id, role)
 }
