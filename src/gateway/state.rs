@@ -536,6 +536,7 @@ impl Shared {
                 approved_by: None,
                 approved_at_ms: None,
                 instance_ids: Vec::new(),
+                tokens: Vec::new(),
             })
         }))
     }

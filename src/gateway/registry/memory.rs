@@ -9,7 +9,7 @@ use futures_util::future::BoxFuture;
 
 use super::{
     decide, Change, Claim, ClaimCheck, Counts, Decision, Device, DeviceRecord, DeviceRegistry,
-    DeviceState, Found, Pin, TokenChange, TokenRecord,
+    DeviceState, Found, Pin, TokenChange, TokenRecord, TokenSummary,
 };
 use crate::protocol::Role;
 
@@ -46,6 +46,7 @@ impl State {
                 approved_by: None,
                 approved_at_ms: None,
                 instance_ids: Vec::new(),
+                tokens: Vec::new(),
             });
         record.public_key = Some(device.public_key.clone());
         if let Some(role) = device.role {
@@ -71,6 +72,11 @@ impl State {
             .map(|(key, _)| key.clone())
             .collect();
         record.instance_ids.sort();
+        record.tokens = [Role::Node, Role::Operator]
+            .iter()
+            .filter_map(|r| self.tokens.get(&(device_id.to_string(), *r)))
+            .map(TokenSummary::from)
+            .collect();
         Some(record)
     }
 }

@@ -289,6 +289,42 @@ pub struct DeviceRecord {
     /// The presence keys (instance ids) pinned to it.
     #[serde(default)]
     pub instance_ids: Vec<String>,
+    /// Its device tokens, one per role (never the token itself), as
+    /// OpenClaw's `device.pair.list` summarizes them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tokens: Vec<TokenSummary>,
+}
+
+/// A device token in a device's record: what it grants and its history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenSummary {
+    pub role: String,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// When the current (or last) token was issued.
+    pub created_at_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotated_at_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at_ms: Option<u64>,
+    /// clawnode's: whether a token is valid now (`false` after a
+    /// revocation, or a rotation whose replacement was not handed out: the
+    /// device is issued one on its next connect with the join token).
+    pub active: bool,
+}
+
+impl From<&TokenRecord> for TokenSummary {
+    fn from(t: &TokenRecord) -> Self {
+        TokenSummary {
+            role: t.role.as_str().to_string(),
+            scopes: t.scopes.clone(),
+            created_at_ms: t.issued_at_ms,
+            rotated_at_ms: t.rotated_at_ms,
+            revoked_at_ms: t.revoked_at_ms,
+            active: t.sha256.is_some(),
+        }
+    }
 }
 
 /// An operator's change to a device record.

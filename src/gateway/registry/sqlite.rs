@@ -317,7 +317,12 @@ fn from_hex(hex: &str) -> Option<[u8; 32]> {
 const SELECT_RECORD: &str = "
     SELECT d.device_id, d.public_key, d.state, d.roles, d.display_name, d.label,
            d.first_seen_ms, d.last_seen_ms, d.last_address, d.approved_by, d.approved_at_ms,
-           (SELECT json_group_array(instance_id) FROM instances i WHERE i.device_id = d.device_id)
+           (SELECT json_group_array(instance_id) FROM instances i WHERE i.device_id = d.device_id),
+           (SELECT json_group_array(json_object(
+                'role', role, 'scopes', json(scopes), 'createdAtMs', issued_at_ms,
+                'rotatedAtMs', rotated_at_ms, 'revokedAtMs', revoked_at_ms,
+                'active', json(CASE WHEN token_sha256 IS NULL THEN 'false' ELSE 'true' END)))
+              FROM (SELECT * FROM device_tokens t WHERE t.device_id = d.device_id ORDER BY role))
     FROM devices d";
 
 fn record_of_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceRecord> {
@@ -340,6 +345,10 @@ fn record_of_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceRecord> {
         approved_by: r.get(9)?,
         approved_at_ms: r.get::<_, Option<i64>>(10)?.map(|v| v as u64),
         instance_ids: json_list(r.get(11)?),
+        tokens: r
+            .get::<_, Option<String>>(12)?
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .unwrap_or_default(),
     })
 }
 

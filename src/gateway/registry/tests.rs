@@ -583,6 +583,27 @@ fn keeps_device_tokens(registry: &dyn DeviceRegistry) {
         .expect("read")
         .expect("b")
         .matches("t-b"));
+    // The record lists the tokens by role, never the token.
+    let all = registry.devices().expect("list");
+    let b = all.iter().find(|r| r.device_id == "b").expect("b");
+    let summary: Vec<_> = b
+        .tokens
+        .iter()
+        .map(|t| (t.role.as_str(), t.active, t.revoked_at_ms, t.rotated_at_ms))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("node", false, Some(60), None),
+            ("operator", true, None, Some(50))
+        ]
+    );
+    assert_eq!(b.tokens[1].created_at_ms, 50);
+    let json = serde_json::to_string(b).expect("json");
+    assert!(
+        !json.contains("\"t-b") && !json.contains("t-b-op2"),
+        "{json}"
+    );
     // Issued again (the device's next connect): valid, revocation cleared.
     let again = issue("b", Role::Node, "t-b3", &[], 70).expect("issued");
     assert!(again.matches("t-b3"));
