@@ -5,7 +5,6 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 
 use crate::common::openclaw::OpenClawHome;
 use crate::common::*;
@@ -70,7 +69,7 @@ fn openclaw_devices_lists_approves_and_removes_an_agent_on_our_gateway() {
     assert!(
         paired
             .iter()
-            .any(|d| d["deviceId"] == Value::from(device_id.as_str())),
+            .any(|d| d["deviceId"] == device_id.as_str()),
         "{list:#}"
     );
 
@@ -94,7 +93,7 @@ fn openclaw_devices_lists_approves_and_removes_an_agent_on_our_gateway() {
         let list = home.run_json(&list_args);
         let again = list["pending"].as_array().is_some_and(|p| {
             p.iter()
-                .any(|r| r["deviceId"] == Value::from(device_id.as_str()))
+                .any(|r| r["deviceId"] == device_id.as_str())
         });
         if again {
             break;
