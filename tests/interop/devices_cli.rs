@@ -5,7 +5,6 @@
 
 use std::time::{Duration, Instant};
 
-
 use crate::common::openclaw::OpenClawHome;
 use crate::common::*;
 
@@ -67,9 +66,7 @@ fn openclaw_devices_lists_approves_and_removes_an_agent_on_our_gateway() {
     let list = home.run_json(&list_args);
     let paired = list["paired"].as_array().cloned().unwrap_or_default();
     assert!(
-        paired
-            .iter()
-            .any(|d| d["deviceId"] == device_id.as_str()),
+        paired.iter().any(|d| d["deviceId"] == device_id.as_str()),
         "{list:#}"
     );
 
@@ -91,10 +88,9 @@ fn openclaw_devices_lists_approves_and_removes_an_agent_on_our_gateway() {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let list = home.run_json(&list_args);
-        let again = list["pending"].as_array().is_some_and(|p| {
-            p.iter()
-                .any(|r| r["deviceId"] == device_id.as_str())
-        });
+        let again = list["pending"]
+            .as_array()
+            .is_some_and(|p| p.iter().any(|r| r["deviceId"] == device_id.as_str()));
         if again {
             break;
         }
