@@ -195,6 +195,10 @@ async fn an_agent_keeps_connecting_with_its_device_token_after_the_join_token_is
         connected(l, &device_id)
     })
     .await;
+    let line = gw
+        .proc
+        .wait_for_log("credential=\"device-token\"", Duration::from_secs(5));
+    assert!(line.contains("role=\"node\""), "{line}");
     agent.terminate();
 
     // Without a stored token, the missing file is the error it was.

@@ -232,6 +232,16 @@ impl Credential {
         }
     }
 
+    /// Its name in logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Credential::Open => "none",
+            Credential::JoinToken => "join-token",
+            Credential::OperatorToken => "operator-token",
+            Credential::DeviceToken => "device-token",
+        }
+    }
+
     /// Whether the gateway issues a device token to a device let in with
     /// this credential: yes for the join and operator tokens (a device
     /// token already presented and valid is kept instead); a device token

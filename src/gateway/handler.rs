@@ -243,6 +243,7 @@ async fn serve_connection(
         client = %ctx.client.id,
         protocol,
         instance_id = ctx.client.instance_id.as_deref().unwrap_or("-"),
+        credential = ctx.credential.as_str(),
         "connected"
     );
     if conn.send_message(&hello).await.is_ok() {
