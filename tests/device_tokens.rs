@@ -281,6 +281,7 @@ async fn after_rotate_the_old_token_is_refused_and_the_agent_reconnects_with_a_n
         .await;
 
     let (code, out, err) = gw.operator_cli(&["devices", "rotate"], &[&device_id]);
+    let rotated_at = Instant::now();
     assert_eq!(code, 0, "devices rotate: {err}");
     assert!(
         out.contains("rotated the node token") && out.contains("next connect with the join token"),
@@ -290,6 +291,10 @@ async fn after_rotate_the_old_token_is_refused_and_the_agent_reconnects_with_a_n
     // Closed and back with a new token, issued over the join token.
     agent.wait_for_log("device token rotated", Duration::from_secs(10));
     let new = wait_stored_token(&agent, &agent_dir, "a new device token", |t| t != old);
+    eprintln!(
+        "the agent held a new token {:?} after the rotation's answer",
+        rotated_at.elapsed()
+    );
     gw.wait_presence("the agent back", |l| connected(l, &device_id))
         .await;
     agent.terminate();
