@@ -445,7 +445,7 @@ pub fn authorize(req: &ConnectRequest, input: &AuthInput<'_>) -> Result<Admitted
 /// The device token a connect presents: `auth.deviceToken` (`true`: sent
 /// as a device token), else `auth.token` (it may be one: OpenClaw's
 /// gateway tries it as such too).
-fn device_token_candidate(params: &ConnectParams) -> Option<(&str, bool)> {
+pub(crate) fn device_token_candidate(params: &ConnectParams) -> Option<(&str, bool)> {
     match (params.device_token(), params.token()) {
         (Some(t), _) if !t.is_empty() => Some((t, true)),
         (_, Some(t)) if !t.is_empty() => Some((t, false)),
@@ -528,6 +528,20 @@ pub fn registry_unavailable(req: &ConnectRequest) -> Rejection {
         )
         .with_retry_after(5_000),
         CloseCode::Again,
+    )
+}
+
+/// The refusal of a connection let in by a device token that was rotated
+/// or revoked before it was registered.
+pub fn device_token_retired(req: &ConnectRequest) -> Rejection {
+    Rejection::reply(
+        &req.id,
+        ErrorShape::invalid_request(
+            "unauthorized: device token mismatch (rotated or revoked by an operator while \
+             connecting); connect once with the gateway token to be issued a new one",
+        )
+        .with_detail(ErrorDetailCode::AuthDeviceTokenMismatch),
+        CloseCode::Policy,
     )
 }
 

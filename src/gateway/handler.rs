@@ -335,16 +335,25 @@ async fn handshake(
         caps: &params.caps,
         commands: &params.commands,
     });
-    // Revoked between its admission and its registration: the sweep that
-    // closed the device's connections may have missed this one.
+    // Revoked (or its token rotated or revoked) between its admission and
+    // its registration: the sweep that closed the device's connections may
+    // have missed this one.
     if let Some(device_id) = &admitted.device_id {
-        if shared.revocations() != revocations && shared.is_refused(device_id) {
-            shared.unregister(conn_id, registered.presence_key.as_ref());
-            return Err(pairing::device_refused(
-                &req,
-                device_id,
-                super::registry::DeviceState::Revoked,
-            ));
+        if shared.revocations() != revocations {
+            if shared.is_refused(device_id) {
+                shared.unregister(conn_id, registered.presence_key.as_ref());
+                return Err(pairing::device_refused(
+                    &req,
+                    device_id,
+                    super::registry::DeviceState::Revoked,
+                ));
+            }
+            if admitted.credential == auth::Credential::DeviceToken
+                && !device_token_still_valid(shared, &req, device_id, admitted.role)
+            {
+                shared.unregister(conn_id, registered.presence_key.as_ref());
+                return Err(auth::device_token_retired(&req));
+            }
         }
     }
     let hello = hello_ok(
@@ -378,6 +387,21 @@ async fn handshake(
         revoked: registered.revoked,
         token_changed: registered.token_changed,
     })
+}
+
+/// Whether the device token `req` was let in with is still the device's
+/// valid one (read again).
+fn device_token_still_valid(
+    shared: &Shared,
+    req: &ConnectRequest,
+    device_id: &str,
+    role: crate::protocol::Role,
+) -> bool {
+    let presented = auth::device_token_candidate(&req.params).map(|(token, _)| token);
+    matches!(
+        (shared.device_token(device_id, role), presented),
+        (Ok(Some(record)), Some(token)) if record.matches(token)
+    )
 }
 
 /// The device token `hello-ok` carries: the one the device presented when
