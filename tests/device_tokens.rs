@@ -250,6 +250,12 @@ async fn a_device_token_with_another_devices_key_or_role_is_refused() {
     assert_eq!(hello.auth.device_token.as_deref(), Some(token.as_str()));
     assert_eq!(hello.auth.role, Role::Node);
     assert!(hello.auth.scopes.is_empty());
+    // In `auth.token` (OpenClaw's gateway reads it there too): the same.
+    let (_c, ok) = node_connect(&gw, &owner, Some(&token), None).await;
+    let Outcome::Hello(hello) = ok else {
+        panic!("the owner's token in auth.token: {ok:?}")
+    };
+    assert_eq!(hello.auth.device_token.as_deref(), Some(token.as_str()));
     // The owner asking for role operator with its node token.
     let mut c = RawClient::open(&gw.url()).await;
     let p = signed_operator(&c.challenge, &owner, &["operator.read"], None, Some(&token));

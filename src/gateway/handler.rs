@@ -416,11 +416,18 @@ async fn device_token(
     admitted: &auth::Admitted,
 ) -> Option<(String, u64)> {
     let device_id = admitted.device_id.as_deref()?;
-    if let (Some(issued), Some(presented)) = (
-        admitted.device_token_issued_at_ms,
-        req.params.device_token(),
-    ) {
-        return Some((presented.to_string(), issued));
+    if let Some(issued) = admitted.device_token_issued_at_ms {
+        // Let in by it (from `auth.deviceToken`, else `auth.token`), or
+        // by a shared token with it in `auth.deviceToken`.
+        let presented = match admitted.credential {
+            auth::Credential::DeviceToken => {
+                auth::device_token_candidate(&req.params).map(|(t, _)| t)
+            }
+            _ => req.params.device_token(),
+        };
+        if let Some(presented) = presented {
+            return Some((presented.to_string(), issued));
+        }
     }
     if !admitted.credential.issues_device_token() {
         return None;
