@@ -22,6 +22,7 @@
 
 mod memory;
 mod pins_file;
+mod queries;
 mod schema;
 mod sqlite;
 mod writer;
