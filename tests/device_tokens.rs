@@ -201,8 +201,30 @@ async fn an_agent_keeps_connecting_with_its_device_token_after_the_join_token_is
     assert!(line.contains("role=\"node\""), "{line}");
     agent.terminate();
 
+    // check-config agrees with run.
+    let check = |dir: &Path| {
+        run_cli(&[
+            "check-config",
+            "--url",
+            &gw.url(),
+            "--token-file",
+            join.to_str().unwrap(),
+            "--state-dir",
+            dir.to_str().unwrap(),
+        ])
+    };
+    let (code, out, err) = check(&agent_dir);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("connects with the device token stored for"),
+        "{out}"
+    );
+
     // Without a stored token, the missing file is the error it was.
     std::fs::remove_file(agent_dir.join("device-token.json")).unwrap();
+    let (code, _, err) = check(&agent_dir);
+    assert_ne!(code, 0);
+    assert!(err.contains("cannot read token file"), "{err}");
     let (code, _, err) = run_cli(&[
         "run",
         "--url",
