@@ -15,7 +15,6 @@ pub mod admission;
 pub mod auth;
 pub mod broadcast;
 pub mod connection;
-pub mod context;
 pub mod handler;
 pub mod http;
 pub mod listener;

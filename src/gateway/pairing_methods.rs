@@ -11,7 +11,7 @@ use serde_json::{json, Map, Value};
 use tracing::info;
 
 use super::auth::{grants, Credential};
-use super::context::ConnContext;
+use super::methods::ConnContext;
 use super::registry::{token_digest, DeviceRecord, DeviceState, TokenChange};
 use super::state::Shared;
 use crate::protocol::{method, scope, ErrorCode, ErrorShape, Role};

@@ -22,7 +22,6 @@
 
 mod memory;
 mod pins_file;
-mod queries;
 mod schema;
 mod sqlite;
 mod writer;

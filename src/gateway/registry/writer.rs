@@ -9,7 +9,7 @@ use rusqlite::{params, Connection, Transaction, TransactionBehavior};
 use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
-use super::queries::{select_first_seen, select_pin, select_record, select_token, to_hex};
+use super::sqlite::{select_first_seen, select_pin, select_record, select_token, to_hex};
 use super::{
     decide, Change, Claim, ClaimCheck, Decision, Device, DeviceRecord, DeviceState, Found, Pin,
     TokenChange, TokenRecord,
