@@ -277,7 +277,6 @@ async fn a_copy_of_an_expired_or_revoked_join_token_is_refused() {
 /// device tokens the expired join token in its token file is all it has,
 /// and it is refused.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "needs device tokens (part 5, branch i16-dtokens)"]
 async fn an_agent_enrolled_with_a_join_token_keeps_connecting_after_it_expired() {
     let gw = TestGateway::start(&[]);
     let (token, id) = create_token(&gw, &["--ttl", "3s"]);

@@ -46,6 +46,7 @@ fn context(role: Role) -> ConnContext {
             mode: mode.into(),
             instance_id: Some(instance.clone()),
         },
+        credential: clawnode::gateway::auth::Credential::OperatorToken,
         own_key: PresenceKey::for_connection(Some(&instance), device.as_deref(), "conn"),
         presence_key: PresenceKey::normalize(&instance),
         device_id: device,

@@ -1,9 +1,9 @@
-//! The device token an OpenClaw gateway issues after pairing
-//! (`hello-ok.auth.deviceToken`), kept in `<state-dir>/device-token.json`
-//! (0600, written atomically) for the gateway URL, device and role it was
-//! issued to. Like OpenClaw's own clients, the agent presents it when no
-//! shared token is configured, and once after `AUTH_TOKEN_MISMATCH` on a
-//! loopback gateway.
+//! The device token a gateway (clawnode's or OpenClaw's) issues after
+//! pairing (`hello-ok.auth.deviceToken`), kept in
+//! `<state-dir>/device-token.json` (0600, written atomically) for the
+//! gateway URL, device and role it was issued to. The agent presents it on
+//! every connect (`connect.params.auth.deviceToken`), with the join token
+//! when it has one and alone when it has not (see `super::run`).
 
 use std::path::{Path, PathBuf};
 
@@ -62,6 +62,31 @@ impl DeviceTokenStore {
         self.read()
             .filter(|r| r.url == url && r.device_id == device_id && r.role == role)
             .map(|r| Secret::new(r.token))
+    }
+
+    /// Whether a token is stored for `url` (any device and role): the agent
+    /// may start without a join token.
+    pub fn has_token_for(&self, url: &str) -> bool {
+        self.read()
+            .is_some_and(|r| r.url == url && !r.token.is_empty())
+    }
+
+    /// Drops the token stored for this gateway, device and role (the
+    /// gateway refused it: rotated or revoked). Best effort, logged.
+    pub fn forget(&self, url: &str, device_id: &str, role: &str) {
+        let stored = self.read();
+        if !stored.is_some_and(|r| r.url == url && r.device_id == device_id && r.role == role) {
+            return;
+        }
+        match std::fs::remove_file(&self.path) {
+            Ok(()) => {
+                warn!(path = %self.path.display(), "dropped the device token the gateway refused")
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                warn!(path = %self.path.display(), error = %e, "cannot remove the refused device token")
+            }
+        }
     }
 
     /// Stores a token from `hello-ok` when it is new or different.

@@ -1,6 +1,7 @@
-//! The node agent: a loop of sessions. Each turn reads the token, gathers
-//! host facts, runs one session until it ends, then waits out a backoff
-//! chosen from how it ended — forever, until shutdown.
+//! The node agent: a loop of sessions. Each turn reads the join token and
+//! the stored device token ([`run`] says which it presents), gathers host
+//! facts, runs one session until it ends, then waits out a backoff chosen
+//! from how it ended — forever, until shutdown.
 
 pub mod backoff;
 pub mod device_token;
@@ -70,6 +71,9 @@ pub fn retry_after_rejection(
     ) {
         error!(error = %error, error_code, "the gateway rejected our token: fix the token file or environment variable; retrying every {}s", backoff.max().as_secs());
         backoff.max()
+    } else if detail == Some(ErrorDetailCode::AuthDeviceTokenMismatch) {
+        error!(error = %error, error_code, device_id, "the gateway refused our device token: an operator rotated or revoked it, or removed this device; it is dropped. To be issued a new one, give this host the join token (its token file) for one connect; retrying every {}s", backoff.max().as_secs());
+        backoff.max()
     } else if detail == Some(ErrorDetailCode::InstanceIdPinned) {
         error!(error = %error, error_code, device_id, "the gateway knows our instance id with another device key (a restored or copied state directory?); if this host was re-imaged, run `clawnode forget <instanceId>` on the gateway host; retrying every {}s", backoff.max().as_secs());
         backoff.max()
@@ -109,15 +113,30 @@ pub fn retry_after_rejection(
     }
 }
 
-/// OpenClaw retries once with a stored device token only on trusted
-/// endpoints: loopback, or `wss://` with a pinned certificate.
-fn trusts_stored_device_token(config: &AgentConfig) -> bool {
-    crate::loopback::is_loopback_url(&config.url)
-        || (config.url.starts_with("wss://") && config.tls.fingerprint.is_some())
-}
-
 /// Runs the agent until `shutdown`. `notifier` hears readiness (first
 /// hello-ok), status lines and watchdog pings from this loop.
+///
+/// **Credentials.** Each attempt reads the join token again (a fixed file
+/// takes effect at the next retry) and presents the device token the
+/// gateway issued, if one is stored for this gateway, device and role:
+///
+/// - join token and device token: both (`auth.token`, `auth.deviceToken`);
+///   the gateway lets the agent in with either, keeps a still-valid device
+///   token and issues a new one otherwise. (OpenClaw's own clients send the
+///   stored device token along with a shared token only for one retry
+///   after `AUTH_TOKEN_MISMATCH`, on loopback or a pinned `wss://`; sending
+///   it every time makes that retry needless and tells a clawnode gateway
+///   not to replace a token the agent holds. An endpoint that gets it gets
+///   the join token too, which is worth more.)
+/// - no join token (no token file configured, or the file is missing or
+///   empty: a fleet that stopped distributing it after enrolment), a device
+///   token stored: the device token alone (said once, at info).
+/// - neither: nothing to connect with; said at error, retried slowly.
+///
+/// A device token the gateway refuses (`AUTH_DEVICE_TOKEN_MISMATCH`:
+/// rotated, revoked, or the device removed) is dropped from the store and
+/// the refusal logged at error with what to do; the agent retries at the
+/// backoff's maximum, never in a tight loop.
 pub async fn run(
     config: AgentConfig,
     identity: DeviceIdentity,
@@ -129,28 +148,48 @@ pub async fn run(
     let mut memory = SessionMemory::default();
     let mut sampler = HostStatsSampler::new(config.disk_path.clone());
     let device_tokens = DeviceTokenStore::new(&config.state_dir);
-    // One retry with the stored device token after AUTH_TOKEN_MISMATCH on a
-    // loopback gateway, as OpenClaw's clients do.
-    let mut retrying_with_device_token = false;
-    info!(gateway_url = %config.url, instance_id = identity.instance_id(), device_id = identity.device_id(), token = %config.token.describe(), "agent starting");
+    let role = Role::Node.as_str();
+    let stored_token = || device_tokens.get(&config.url, identity.device_id(), role);
+    info!(
+        gateway_url = %config.url,
+        instance_id = identity.instance_id(),
+        device_id = identity.device_id(),
+        token = %config.token.describe(),
+        device_token = if stored_token().is_some() { "stored" } else { "none yet" },
+        "agent starting"
+    );
     notifier.status(&format!("connecting to {}", config.url));
+    // Whether "no join token; using the device token" was said already.
+    let mut without_join_token_logged = false;
 
     while !shutdown.is_triggered() {
-        let retry = match config.token.read() {
+        let stored = stored_token();
+        let shared = match config.token.read() {
+            Ok(shared) => Ok(shared),
+            Err(e) if stored.is_some() => {
+                if !without_join_token_logged {
+                    without_join_token_logged = true;
+                    info!(reason = %format!("{e:#}"), "no join token; connecting with the device token this gateway issued");
+                }
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        };
+        let retry = match shared {
             Err(e) => {
-                error!("{e:#}; retrying in {}s", backoff.max().as_secs());
+                error!("{e:#}; and no device token is stored for {}: this host needs the join token once to enrol; retrying in {}s", config.url, backoff.max().as_secs());
                 Retry {
                     delay: backoff.max(),
                     reason: format!("{e:#}"),
                 }
             }
             Ok(shared) => {
-                let stored =
-                    device_tokens.get(&config.url, identity.device_id(), Role::Node.as_str());
+                if shared.is_some() {
+                    without_join_token_logged = false;
+                }
+                let presented_device_token = stored.is_some();
                 let credentials = Credentials {
-                    device_token: stored
-                        .clone()
-                        .filter(|_| shared.is_none() || retrying_with_device_token),
+                    device_token: stored,
                     shared,
                 };
                 let facts = tokio::task::spawn_blocking(HostFacts::collect).await?;
@@ -172,21 +211,12 @@ pub async fn run(
                 .await;
                 match end {
                     SessionEnd::Shutdown => break,
-                    SessionEnd::Rejected(e)
-                        if e.detail_code() == Some(ErrorDetailCode::AuthTokenMismatch)
-                            && !retrying_with_device_token
-                            && stored.is_some()
-                            && trusts_stored_device_token(&config) =>
-                    {
-                        retrying_with_device_token = true;
-                        info!(error = %e, "shared token refused; retrying once with the stored device token");
-                        Retry {
-                            delay: Duration::from_secs(1),
-                            reason: e.to_string(),
-                        }
-                    }
                     SessionEnd::Rejected(e) => {
-                        retrying_with_device_token = false;
+                        if presented_device_token
+                            && e.detail_code() == Some(ErrorDetailCode::AuthDeviceTokenMismatch)
+                        {
+                            device_tokens.forget(&config.url, identity.device_id(), role);
+                        }
                         retry_after_rejection(&e, &mut backoff, &mut memory, identity.device_id())
                     }
                     SessionEnd::Lost {
@@ -194,7 +224,6 @@ pub async fn run(
                         after_hello,
                     } => {
                         if after_hello {
-                            retrying_with_device_token = false;
                             memory.pairing_logged = false;
                             if started.elapsed() >= STABLE_AFTER {
                                 backoff.reset();

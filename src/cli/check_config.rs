@@ -41,9 +41,24 @@ pub fn run(args: RunArgs) -> Result<()> {
     Ok(())
 }
 
-/// Reads the token like `run` does; says where it comes from.
+/// Reads the token like `run` does; says where it comes from. An agent
+/// without a readable join token is fine once it holds a device token for
+/// its gateway, as in `run`.
 fn check_token(settings: &Settings) -> Result<String> {
-    let token = settings.token.read()?;
+    let token = match settings.token.read() {
+        Err(e) if settings.gateway.is_none() => {
+            let stored = crate::agent::device_token::DeviceTokenStore::new(&settings.state_dir);
+            if !stored.has_token_for(&settings.url) {
+                return Err(e);
+            }
+            return Ok(format!(
+                "token: no join token ({}); connects with the device token stored for {}",
+                crate::safe_text::escape(&format!("{e:#}")),
+                settings.url
+            ));
+        }
+        read => read?,
+    };
     Ok(match (&settings.token, token, &settings.gateway) {
         (source, Some(_), _) => format!("token: from {} (redacted)", source.describe()),
         (TokenSource::StateDirDefault(path), None, Some(_)) => format!(

@@ -1,7 +1,7 @@
-//! `clawnode devices list|approve|reject|revoke|remove`: the gateway's
-//! device records and pending pairing requests, through the pairing
-//! methods OpenClaw's `openclaw devices` speaks (`device.pair.*`, and
-//! clawnode's `clawnode.device.revoke`). On the gateway host it needs no
+//! `clawnode devices list|approve|reject|revoke|remove|rename|rotate`: the
+//! gateway's device records, pending pairing requests and device tokens,
+//! through the methods OpenClaw's `openclaw devices` speaks (`device.pair.*`,
+//! `device.token.rotate`, and clawnode's `clawnode.device.revoke`). On the gateway host it needs no
 //! flags (`super::operator_target`, as `presence` and `forget`).
 
 use std::path::PathBuf;
@@ -40,6 +40,19 @@ pub enum DevicesCommand {
     Revoke(IdArgs),
     /// Delete a device's record and its instance pins; its connections close.
     Remove(IdArgs),
+    /// Rotate a device's token: the old one is refused at once and the
+    /// device's connections of that role close; it is issued a new one on
+    /// its next connect with the join token. Prints nothing secret.
+    Rotate {
+        #[command(flatten)]
+        target: TargetArgs,
+        /// The device id.
+        #[arg(value_name = "DEVICE_ID")]
+        id: String,
+        /// The token's role.
+        #[arg(long, value_name = "ROLE", default_value = "node")]
+        role: String,
+    },
     /// Set a device's operator label (shown before its host name).
     Rename {
         #[command(flatten)]
@@ -138,6 +151,27 @@ pub async fn run(args: DevicesArgs) -> Result<()> {
                 escape(text(&out, "deviceId"))
             );
         }
+        DevicesCommand::Rotate { target, id, role } => {
+            let id = trimmed(&id)?;
+            let out = call(
+                &target,
+                method::DEVICE_TOKEN_ROTATE,
+                json!({ "deviceId": id, "role": role.trim() }),
+            )
+            .await?;
+            // A token handed back in band is never printed.
+            let delivery = match text(&out, "tokenDelivery") {
+                "in-band" => "a replacement was returned to this caller (not shown)",
+                _ => "it is issued a new one on its next connect with the join token",
+            };
+            println!(
+                "rotated the {} token of device {}: the old token is refused from now on and \
+                 its {} connections are closed; {delivery}",
+                escape(text(&out, "role")),
+                escape(text(&out, "deviceId")),
+                escape(text(&out, "role")),
+            );
+        }
         DevicesCommand::Rename { target, id, label } => {
             let id = trimmed(&id)?;
             let out = call(
@@ -231,6 +265,7 @@ pub fn table(payload: &Value, now: u64) -> String {
         "SEEN".into(),
         "INSTANCES".into(),
         "JOIN TOKEN".into(),
+        "TOKENS".into(),
     ]];
     for p in list("pending") {
         rows.push([
@@ -246,6 +281,7 @@ pub fn table(payload: &Value, now: u64) -> String {
             age(now, p.get("ts").and_then(Value::as_u64)),
             "-".into(),
             text(&p, "joinTokenId").into(),
+            "-".into(),
         ]);
     }
     for d in list("paired").into_iter().chain(list("refused")) {
@@ -275,13 +311,14 @@ pub fn table(payload: &Value, now: u64) -> String {
             age(now, d.get("lastSeenMs").and_then(Value::as_u64)),
             joined("instanceIds"),
             text(&d, "joinTokenId").into(),
+            tokens(&d),
         ]);
     }
     let rows: Vec<Vec<String>> = rows
         .into_iter()
         .map(|r| r.iter().map(|c| escape(c).into_owned()).collect())
         .collect();
-    let widths: Vec<usize> = (0..8)
+    let widths: Vec<usize> = (0..rows[0].len())
         .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
         .collect();
     let mut out = String::new();
@@ -300,6 +337,35 @@ pub fn table(payload: &Value, now: u64) -> String {
     out
 }
 
+/// A device's tokens by role: `node` when valid, `node:revoked` or
+/// `node:rotated` (none valid until its next connect with the join token).
+fn tokens(device: &Value) -> String {
+    let all: Vec<String> = device
+        .get("tokens")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .map(|t| {
+                    let role = text(t, "role");
+                    match (
+                        t.get("active").and_then(Value::as_bool),
+                        t.get("revokedAtMs"),
+                    ) {
+                        (Some(true), _) => role.to_string(),
+                        (_, Some(v)) if !v.is_null() => format!("{role}:revoked"),
+                        _ => format!("{role}:rotated"),
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if all.is_empty() {
+        "-".into()
+    } else {
+        all.join(",")
+    }
+}
+
 fn short(id: &str) -> &str {
     id.get(..12).unwrap_or(id)
 }
@@ -312,7 +378,8 @@ mod tests {
     fn the_table_escapes_what_devices_sent() {
         let payload = json!({
             "pending": [{ "requestId": "r-1", "deviceId": "abcdef0123456789", "displayName": "evil\u{1b}[2J", "role": "node", "ts": 0 }],
-            "paired": [{ "deviceId": "d-2", "state": "approved", "displayName": "web\u{202e}1", "roles": ["node"], "lastSeenMs": 0, "instanceIds": ["i-2"], "joinTokenId": "0123456789ab" }],
+            "paired": [{ "deviceId": "d-2", "state": "approved", "displayName": "web\u{202e}1", "roles": ["node"], "lastSeenMs": 0, "instanceIds": ["i-2"], "joinTokenId": "0123456789ab",
+                         "tokens": [{ "role": "node", "active": true, "createdAtMs": 1 }, { "role": "operator", "active": false, "createdAtMs": 1, "revokedAtMs": 2 }] }],
             "refused": [{ "deviceId": "d-3", "state": "revoked", "roles": [], "lastSeenMs": 0, "instanceIds": [] }],
         });
         let out = table(&payload, 61_000);
@@ -329,5 +396,6 @@ mod tests {
             out.contains("JOIN TOKEN") && out.contains("0123456789ab"),
             "{out}"
         );
+        assert!(out.contains("node,operator:revoked"), "{out}");
     }
 }

@@ -36,7 +36,14 @@ pub async fn run(args: RunArgs) -> Result<()> {
             })
         }
         None => {
-            settings.token.read()?;
+            // No join token is fine once the gateway issued a device token
+            // (a fleet that stopped distributing it after enrolment).
+            if let Err(e) = settings.token.read() {
+                let stored = crate::agent::device_token::DeviceTokenStore::new(&settings.state_dir);
+                if !stored.has_token_for(&settings.url) {
+                    return Err(e);
+                }
+            }
             None
         }
     };

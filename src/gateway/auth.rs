@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use super::metrics::HandshakeResult;
-use super::registry::{JoinToken, Pin};
+use super::registry::{JoinToken, Pin, TokenRecord};
 use crate::config::Secret;
 use crate::presence::PresenceKey;
 use crate::protocol::device_auth::{self, Expected};
@@ -82,11 +82,15 @@ impl Rejection {
     }
 
     /// Whether this refusal counts against the address's auth rate limit
-    /// (a missing or wrong shared token).
+    /// (a missing or wrong shared token, a wrong device token).
     pub fn counts_against_rate_limit(&self) -> bool {
         matches!(
             self.detail,
-            Some(ErrorDetailCode::AuthTokenMissing | ErrorDetailCode::AuthTokenMismatch)
+            Some(
+                ErrorDetailCode::AuthTokenMissing
+                    | ErrorDetailCode::AuthTokenMismatch
+                    | ErrorDetailCode::AuthDeviceTokenMismatch
+            )
         )
     }
 
@@ -193,6 +197,10 @@ pub struct AuthInput<'a> {
     /// after the device proved its key, for a rate-limited address or a
     /// join token with no use left.
     pub known_device: &'a dyn Fn(&str) -> bool,
+    /// The stored device token of a device for a role (one primary-key
+    /// read); asked only after the device proved its key, and only when
+    /// the connect carries a token to check against it.
+    pub device_token: &'a DeviceTokenLookup<'a>,
     /// The created join token whose secret has this SHA-256; asked only
     /// for a token that is neither of the two above, with its digest (the
     /// secret is hashed first, so the lookup's timing says nothing about it).
@@ -208,9 +216,11 @@ pub enum JoinTokenLookup {
     Unavailable,
 }
 
+/// [`AuthInput::device_token`]: `Err` when the registry cannot answer.
+pub type DeviceTokenLookup<'a> = dyn Fn(&str, Role) -> anyhow::Result<Option<TokenRecord>> + 'a;
+
 /// Which credential let a connection in: what it may be is decided from
-/// this. (Part 10's approved operator devices and device tokens are
-/// further variants, decided in [`authorize`] the same way.)
+/// this.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Credential {
     /// Authentication is disabled (`auth = "none"`, loopback only): full
@@ -224,13 +234,19 @@ pub enum Credential {
     /// `node` only, as the join token file. A new device enrolling with it
     /// takes one of its uses (in the registry, when its record is stored).
     EnrolmentToken { id: String },
+    /// A device token the gateway issued to this device for the role it
+    /// asks for, with the device's signature: that role only, and for an
+    /// operator device the scopes approved with the token (an approved
+    /// operator device).
+    DeviceToken,
 }
 
 impl Credential {
-    /// Whether this credential may connect with `role`.
+    /// Whether this credential may connect with `role` (a device token was
+    /// looked up for the role asked for, so it covers it).
     pub fn allows(&self, role: Role) -> bool {
         match self {
-            Credential::Open | Credential::OperatorToken => true,
+            Credential::Open | Credential::OperatorToken | Credential::DeviceToken => true,
             Credential::JoinToken | Credential::EnrolmentToken { .. } => role == Role::Node,
         }
     }
@@ -241,6 +257,28 @@ impl Credential {
             Credential::EnrolmentToken { id } => Some(id),
             _ => None,
         }
+    }
+
+    /// Its name in logs.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Credential::Open => "none",
+            Credential::JoinToken => "join-token",
+            Credential::EnrolmentToken { .. } => "created-join-token",
+            Credential::OperatorToken => "operator-token",
+            Credential::DeviceToken => "device-token",
+        }
+    }
+
+    /// Whether the gateway issues a device token to a device let in with
+    /// this credential: yes for the join tokens and the operator token (a device
+    /// token already presented and valid is kept instead); a device token
+    /// is the device's own already; without auth there is nothing to keep.
+    pub fn issues_device_token(&self) -> bool {
+        matches!(
+            self,
+            Credential::JoinToken | Credential::OperatorToken | Credential::EnrolmentToken { .. }
+        )
     }
 }
 
@@ -257,6 +295,10 @@ pub struct Admitted {
     pub scopes: Vec<String>,
     /// The device the connection proved it holds the key of.
     pub device_id: Option<String>,
+    /// When the connect's `auth.deviceToken` is this device's valid token
+    /// for the role: when it was issued (the gateway keeps it, and echoes
+    /// it in `hello-ok`, instead of issuing another).
+    pub device_token_issued_at_ms: Option<u64>,
 }
 
 /// The auth step: protocol version, shared token (and its rate limit), and
@@ -312,6 +354,7 @@ pub fn authorize(req: &ConnectRequest, input: &AuthInput<'_>) -> Result<Admitted
     };
     let mut proof = None;
     let mut credential = Credential::Open;
+    let mut device_token: Option<TokenRecord> = None;
     if let Some(expected) = input.token {
         if let Some(retry_after) = input.rate_limited_for_ms {
             let proven = prove();
@@ -326,11 +369,14 @@ pub fn authorize(req: &ConnectRequest, input: &AuthInput<'_>) -> Result<Admitted
             }
             proof = Some(proven);
         }
-        let failure = match params.token() {
-            None | Some("") => Some((
+        let mismatch = |detail: ErrorDetailCode, message: &str| {
+            Some(ErrorShape::invalid_request(message).with_detail(detail))
+        };
+        let mut failure = match params.token() {
+            None | Some("") => mismatch(
                 ErrorDetailCode::AuthTokenMissing,
                 "unauthorized: gateway token missing (configure the client's token)",
-            )),
+            ),
             // Both are compared, whichever matches, so timing says
             // nothing about which one it was.
             Some(given) => {
@@ -347,10 +393,10 @@ pub fn authorize(req: &ConnectRequest, input: &AuthInput<'_>) -> Result<Admitted
                 } else {
                     let digest: [u8; 32] = Sha256::digest(given.as_bytes()).into();
                     match (input.join_token)(&digest) {
-                        JoinTokenLookup::NotFound => Some((
+                        JoinTokenLookup::NotFound => mismatch(
                             ErrorDetailCode::AuthTokenMismatch,
                             "unauthorized: gateway token mismatch",
-                        )),
+                        ),
                         JoinTokenLookup::Unavailable => return Err(registry_unavailable(req)),
                         JoinTokenLookup::Found(token) => {
                             let live = match token.state(input.now_ms) {
@@ -366,20 +412,43 @@ pub fn authorize(req: &ConnectRequest, input: &AuthInput<'_>) -> Result<Admitted
                                 }
                                 JoinTokenState::Expired | JoinTokenState::Revoked => false,
                             };
-                            if !live {
-                                return Err(join_token_refused(&req.id, &token, input.now_ms));
+                            if live {
+                                credential = Credential::EnrolmentToken { id: token.id };
+                                None
+                            } else {
+                                // Refused, unless the device's own token
+                                // (below) lets it in: an enrolled agent
+                                // keeps the join token it came with.
+                                Some(join_token_refusal(&token, input.now_ms))
                             }
-                            credential = Credential::EnrolmentToken { id: token.id };
-                            None
                         }
                     }
                 }
             }
         };
-        if let Some((detail, message)) = failure {
-            return Err(refuse(
-                ErrorShape::invalid_request(message).with_detail(detail),
-            ));
+        // No shared token: a device token of the device that signed, for
+        // the role it asks for (`auth.deviceToken`, else `auth.token`, as
+        // OpenClaw's gateway reads it). A failed proof keeps the shared
+        // token's refusal (counted), as before.
+        if failure.is_some() {
+            if let Some((candidate, explicit)) = device_token_candidate(params) {
+                let proven = proof.take().unwrap_or_else(prove);
+                if let Ok(Some(device_id)) = &proven {
+                    match check_device_token(req, input, device_id, candidate, explicit)? {
+                        DeviceTokenCheck::Valid(record) => {
+                            credential = Credential::DeviceToken;
+                            device_token = Some(record);
+                            failure = None;
+                        }
+                        DeviceTokenCheck::Refused(error) => failure = Some(error),
+                        DeviceTokenCheck::NotTheToken => {}
+                    }
+                }
+                proof = Some(proven);
+            }
+        }
+        if let Some(error) = failure {
+            return Err(refuse(error));
         }
         if !credential.allows(role) {
             let which = match credential.join_token_id() {
@@ -411,12 +480,86 @@ pub fn authorize(req: &ConnectRequest, input: &AuthInput<'_>) -> Result<Admitted
         Role::Node => Vec::new(),
         Role::Operator => params.scopes.clone(),
     };
+    // A device token asks for no more than it was approved with.
+    if let Some(record) = &device_token {
+        if let Some(missing) = scopes.iter().find(|s| !grants(&record.scopes, s)) {
+            return Err(refuse(
+                ErrorShape::invalid_request(format!(
+                    "unauthorized: device token scope mismatch ({} is not approved for this \
+                     device; re-pair it with the operator token, or approve the scope)",
+                    crate::safe_text::escape(missing)
+                ))
+                .with_detail(ErrorDetailCode::AuthScopeMismatch),
+            ));
+        }
+    }
+    // Let in by a shared token but presenting its device token too: kept
+    // when it is still the device's valid one (no new token is issued).
+    if let (None, Some(id), Some(presented)) = (&device_token, &device_id, params.device_token()) {
+        if credential.issues_device_token() {
+            let stored = (input.device_token)(id, role).map_err(|e| {
+                tracing::warn!(error = %format!("{e:#}"), "cannot read a device token");
+                registry_unavailable(req)
+            })?;
+            device_token = stored.filter(|r| r.matches(presented));
+        }
+    }
     Ok(Admitted {
         protocol,
         role,
         credential,
         scopes,
         device_id,
+        device_token_issued_at_ms: device_token.map(|r| r.issued_at_ms),
+    })
+}
+
+/// The device token a connect presents: `auth.deviceToken` (`true`: sent
+/// as a device token), else `auth.token` (it may be one: OpenClaw's
+/// gateway tries it as such too).
+pub(crate) fn device_token_candidate(params: &ConnectParams) -> Option<(&str, bool)> {
+    match (params.device_token(), params.token()) {
+        (Some(t), _) if !t.is_empty() => Some((t, true)),
+        (_, Some(t)) if !t.is_empty() => Some((t, false)),
+        _ => None,
+    }
+}
+
+enum DeviceTokenCheck {
+    /// The device's valid token for the role.
+    Valid(TokenRecord),
+    /// Sent as a device token and not valid: refuse with this.
+    Refused(ErrorShape),
+    /// A shared token that matched nothing: its own refusal stands.
+    NotTheToken,
+}
+
+/// Checks `candidate` against `device_id`'s stored token for the role asked
+/// for: one read, the digests compared in constant time.
+fn check_device_token(
+    req: &ConnectRequest,
+    input: &AuthInput<'_>,
+    device_id: &str,
+    candidate: &str,
+    explicit: bool,
+) -> Result<DeviceTokenCheck, Rejection> {
+    let role = req.params.role();
+    let stored = (input.device_token)(device_id, role).map_err(|e| {
+        tracing::warn!(error = %format!("{e:#}"), "cannot read a device token");
+        registry_unavailable(req)
+    })?;
+    Ok(match stored {
+        Some(record) if record.matches(candidate) => DeviceTokenCheck::Valid(record),
+        _ if explicit => DeviceTokenCheck::Refused(
+            ErrorShape::invalid_request(format!(
+                "unauthorized: device token mismatch (it was rotated or revoked, or is not this \
+                 device's token for role {}); connect once with the gateway token to be issued \
+                 a new one, or rotate/reissue it",
+                role.as_str()
+            ))
+            .with_detail(ErrorDetailCode::AuthDeviceTokenMismatch),
+        ),
+        _ => DeviceTokenCheck::NotTheToken,
     })
 }
 
@@ -466,6 +609,15 @@ pub fn registry_unavailable(req: &ConnectRequest) -> Rejection {
 /// ours) then try their device token — with `details.reason` saying why
 /// and `details.joinTokenId`.
 pub fn join_token_refused(request_id: &str, token: &JoinToken, now_ms: u64) -> Rejection {
+    Rejection::reply(
+        request_id,
+        join_token_refusal(token, now_ms),
+        CloseCode::Policy,
+    )
+}
+
+/// The error of [`join_token_refused`].
+fn join_token_refusal(token: &JoinToken, now_ms: u64) -> ErrorShape {
     let id = crate::safe_text::escape(&token.id);
     let (reason, why) = match token.state(now_ms) {
         JoinTokenState::Revoked => ("join-token-revoked", "was revoked by an operator".into()),
@@ -494,7 +646,7 @@ pub fn join_token_refused(request_id: &str, token: &JoinToken, now_ms: u64) -> R
         "reason": reason,
         "joinTokenId": token.id,
     }));
-    Rejection::reply(request_id, error, CloseCode::Policy)
+    error
 }
 
 /// "3s", "5m", "2h", "4d".
@@ -506,6 +658,20 @@ pub fn short_duration(ms: u64) -> String {
         3600..86_400 => format!("{}h", s / 3600),
         _ => format!("{}d", s / 86_400),
     }
+}
+
+/// The refusal of a connection let in by a device token that was rotated
+/// or revoked before it was registered.
+pub fn device_token_retired(req: &ConnectRequest) -> Rejection {
+    Rejection::reply(
+        &req.id,
+        ErrorShape::invalid_request(
+            "unauthorized: device token mismatch (rotated or revoked by an operator while \
+             connecting); connect once with the gateway token to be issued a new one",
+        )
+        .with_detail(ErrorDetailCode::AuthDeviceTokenMismatch),
+        CloseCode::Policy,
+    )
 }
 
 /// The close reason of a connection replaced by a newer one of the same
@@ -625,6 +791,7 @@ mod tests {
             rate_limited_for_ms: None,
             known_device: &|_| false,
             join_token: &|_| JoinTokenLookup::NotFound,
+            device_token: &|_, _| Ok(None),
         }
     }
 
@@ -982,6 +1149,241 @@ mod tests {
         let r = rejected(authorize(&request(p), &down));
         assert_eq!(r.log_code(), "UNAVAILABLE");
         assert!(!r.counts_against_rate_limit());
+    }
+
+    /// A signed connect of `identity` as `role` asking for `scopes`, with
+    /// `auth` as given (the signature covers `auth.token`, else
+    /// `auth.deviceToken`, as the agent signs).
+    fn signed(
+        identity: &DeviceIdentity,
+        role: Role,
+        scopes: &[String],
+        token: Option<&str>,
+        device_token: Option<&str>,
+    ) -> ConnectParams {
+        let mut p = params(role, 3, 4);
+        p.scopes = scopes.to_vec();
+        p.auth = Some(ConnectAuth {
+            token: token.map(str::to_string),
+            device_token: device_token.map(str::to_string),
+        });
+        let signature = identity.sign(&crate::protocol::device_auth::DeviceAuthPayload {
+            device_id: identity.device_id(),
+            client_id: &p.client.id,
+            client_mode: &p.client.mode,
+            role: role.as_str(),
+            scopes,
+            signed_at_ms: NOW,
+            token: p.signature_token(),
+            nonce: NONCE,
+            platform: Some(&p.client.platform),
+            device_family: p.client.device_family.as_deref(),
+        });
+        p.device = Some(DeviceProof {
+            id: identity.device_id().to_string(),
+            public_key: identity.public_key().to_string(),
+            signature,
+            signed_at: NOW,
+            nonce: NONCE.to_string(),
+        });
+        p
+    }
+
+    fn token_record(device_id: &str, role: Role, token: &str, scopes: &[&str]) -> TokenRecord {
+        TokenRecord {
+            device_id: device_id.to_string(),
+            role,
+            sha256: Some(crate::gateway::registry::token_digest(token)),
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            issued_at_ms: 77,
+            rotated_at_ms: None,
+            revoked_at_ms: None,
+        }
+    }
+
+    /// Part 5: a device token and the signature of the same device let a
+    /// node in without the join token, as role node only; another
+    /// device's token, a revoked one, or one without the device's key is
+    /// refused, and counted.
+    #[test]
+    fn a_device_token_with_its_devices_signature_admits_that_device_as_its_role() {
+        let (join, operator) = (Secret::new("join"), Secret::new("op"));
+        let node = DeviceIdentity::ephemeral("inst-1");
+        let other = DeviceIdentity::ephemeral("inst-2");
+        let (node_id, other_id) = (node.device_id().to_string(), other.device_id().to_string());
+        let lookup = |id: &str, role: Role| -> anyhow::Result<Option<TokenRecord>> {
+            Ok(match (id, role) {
+                (id, Role::Node) if id == node_id => Some(token_record(id, role, "dt-node", &[])),
+                (id, Role::Node) if id == other_id => Some(token_record(id, role, "dt-other", &[])),
+                _ => None,
+            })
+        };
+        let input = AuthInput {
+            operator_token: Some(&operator),
+            device_token: &lookup,
+            ..input(Some(&join))
+        };
+        let code = |p: ConnectParams| match authorize(&request(p), &input) {
+            Ok(a) => format!("{:?}", a.credential),
+            Err(r) => detail(&r).unwrap_or("-").to_string(),
+        };
+
+        let a = authorize(
+            &request(signed(&node, Role::Node, &[], None, Some("dt-node"))),
+            &input,
+        )
+        .expect("admitted by its device token");
+        assert_eq!(
+            (a.role, a.credential, a.device_id.as_deref()),
+            (Role::Node, Credential::DeviceToken, Some(node_id.as_str()))
+        );
+        assert_eq!(a.device_token_issued_at_ms, Some(77));
+        // In `auth.token`, as OpenClaw's gateway also reads it.
+        assert_eq!(
+            code(signed(&node, Role::Node, &[], Some("dt-node"), None)),
+            "DeviceToken"
+        );
+        // Another device's token, with this device's key.
+        let r = rejected(authorize(
+            &request(signed(&node, Role::Node, &[], None, Some("dt-other"))),
+            &input,
+        ));
+        assert_eq!(detail(&r), Some("AUTH_DEVICE_TOKEN_MISMATCH"));
+        assert_eq!(r.result, HandshakeResult::AuthFailed);
+        assert!(r.counts_against_rate_limit());
+        // ... sent in `auth.token`: the shared token's refusal stands.
+        assert_eq!(
+            code(signed(&node, Role::Node, &[], Some("dt-other"), None)),
+            "AUTH_TOKEN_MISMATCH"
+        );
+        // This device's token asking for role operator: not its grant.
+        assert_eq!(
+            code(signed(&node, Role::Operator, &[], None, Some("dt-node"))),
+            "AUTH_DEVICE_TOKEN_MISMATCH"
+        );
+        // Without the device's key: a proof that fails keeps the shared
+        // token's refusal, counted; no proof at all is no device token.
+        let mut forged = signed(&node, Role::Node, &[], None, Some("dt-node"));
+        forged.device.as_mut().expect("proof").signature = "AAAA".into();
+        assert_eq!(code(forged), "AUTH_TOKEN_MISSING");
+        let mut bare = signed(&node, Role::Node, &[], None, Some("dt-node"));
+        bare.device = None;
+        assert_eq!(code(bare), "AUTH_TOKEN_MISSING");
+        // A device token from another device's key, signed by it.
+        assert_eq!(
+            code(signed(&other, Role::Node, &[], None, Some("dt-node"))),
+            "AUTH_DEVICE_TOKEN_MISMATCH"
+        );
+        // Revoked (no digest stored): refused.
+        let revoked = |id: &str, role: Role| -> anyhow::Result<Option<TokenRecord>> {
+            let mut r = token_record(id, role, "dt-node", &[]);
+            r.sha256 = None;
+            Ok(Some(r))
+        };
+        let r = rejected(authorize(
+            &request(signed(&node, Role::Node, &[], None, Some("dt-node"))),
+            &AuthInput {
+                device_token: &revoked,
+                ..input
+            },
+        ));
+        assert_eq!(detail(&r), Some("AUTH_DEVICE_TOKEN_MISMATCH"));
+        // A registry that cannot answer: retry later, not a refusal.
+        let broken = |_: &str, _: Role| -> anyhow::Result<Option<TokenRecord>> {
+            anyhow::bail!("disk I/O error")
+        };
+        let r = rejected(authorize(
+            &request(signed(&node, Role::Node, &[], None, Some("dt-node"))),
+            &AuthInput {
+                device_token: &broken,
+                ..input
+            },
+        ));
+        assert_eq!(r.log_code(), "UNAVAILABLE");
+        assert_eq!(r.close, CloseCode::Again);
+
+        // The join token with the device's valid token: let in by the join
+        // token, the device token kept (no new one is issued).
+        let a = authorize(
+            &request(signed(
+                &node,
+                Role::Node,
+                &[],
+                Some("join"),
+                Some("dt-node"),
+            )),
+            &input,
+        )
+        .expect("join token");
+        assert_eq!(a.credential, Credential::JoinToken);
+        assert_eq!(a.device_token_issued_at_ms, Some(77));
+        // ... with a stale one: let in, and a new one will be issued.
+        let a = authorize(
+            &request(signed(&node, Role::Node, &[], Some("join"), Some("old"))),
+            &input,
+        )
+        .expect("join token");
+        assert_eq!(a.device_token_issued_at_ms, None);
+        assert!(a.credential.issues_device_token());
+    }
+
+    /// Part 1's approved operator device: the operator token and a device
+    /// identity were issued an operator token with the scopes approved
+    /// then; that token lets the device in as an operator with those scopes
+    /// (or fewer), never more, and never as a node.
+    #[test]
+    fn an_operator_device_token_grants_its_approved_scopes_and_no_more() {
+        let join = Secret::new("join");
+        let device = DeviceIdentity::ephemeral("op-1");
+        let id = device.device_id().to_string();
+        let lookup = |d: &str, role: Role| -> anyhow::Result<Option<TokenRecord>> {
+            Ok((d == id && role == Role::Operator)
+                .then(|| token_record(d, role, "dt-op", &["operator.read", "operator.pairing"])))
+        };
+        let input = AuthInput {
+            device_token: &lookup,
+            ..input(Some(&join))
+        };
+        let asks = |scopes: &[&str]| {
+            let scopes: Vec<String> = scopes.iter().map(|s| s.to_string()).collect();
+            authorize(
+                &request(signed(
+                    &device,
+                    Role::Operator,
+                    &scopes,
+                    None,
+                    Some("dt-op"),
+                )),
+                &input,
+            )
+        };
+        let a = asks(&["operator.read", "operator.pairing"]).expect("its approved scopes");
+        assert_eq!(
+            (a.role, a.credential),
+            (Role::Operator, Credential::DeviceToken)
+        );
+        assert_eq!(a.scopes, vec!["operator.read", "operator.pairing"]);
+        assert_eq!(
+            asks(&["operator.read"]).expect("fewer").scopes,
+            vec!["operator.read"]
+        );
+        for beyond in [
+            &["operator.admin"][..],
+            &["operator.read", "operator.write"],
+        ] {
+            let r = rejected(asks(beyond));
+            assert_eq!(detail(&r), Some("AUTH_SCOPE_MISMATCH"), "{beyond:?}");
+            assert!(
+                r.reason.contains("device token scope mismatch"),
+                "{}",
+                r.reason
+            );
+        }
+        let r = rejected(authorize(
+            &request(signed(&device, Role::Node, &[], None, Some("dt-op"))),
+            &input,
+        ));
+        assert_eq!(detail(&r), Some("AUTH_DEVICE_TOKEN_MISMATCH"));
     }
 
     #[test]

@@ -235,6 +235,7 @@ async fn serve_connection(
         kill,
         replaced,
         revoked,
+        token_changed,
     } = accepted;
     info!(
         role = ctx.role.as_str(),
@@ -242,6 +243,7 @@ async fn serve_connection(
         client = %ctx.client.id,
         protocol,
         instance_id = ctx.client.instance_id.as_deref().unwrap_or("-"),
+        credential = ctx.credential.as_str(),
         "connected"
     );
     if conn.send_message(&hello).await.is_ok() {
@@ -256,6 +258,7 @@ async fn serve_connection(
             kill: &kill,
             replaced: &replaced,
             revoked: &revoked,
+            token_changed: &token_changed,
         };
         handler.run(&mut stop).await;
     }
@@ -276,6 +279,7 @@ struct Accepted {
     kill: Arc<Notify>,
     replaced: Arc<Notify>,
     revoked: Arc<Notify>,
+    token_changed: Arc<Notify>,
 }
 
 /// Decides on the first message ([`auth::parse_connect`],
@@ -308,6 +312,7 @@ async fn handshake(
                     JoinTokenLookup::Unavailable
                 }
             },
+            device_token: &|device_id, role| shared.device_token(device_id, role),
         };
         auth::authorize(&req, &input).inspect_err(|rejection| {
             if rejection.counts_against_rate_limit() {
@@ -323,6 +328,7 @@ async fn handshake(
     );
     let revocations = shared.revocations();
     claim(shared, &req, &admitted, &own_key, remote_ip).await?;
+    let device_token = device_token(shared, &req, &admitted).await;
 
     let registered = shared.register(Registration {
         conn: ConnectionInfo {
@@ -337,22 +343,38 @@ async fn handshake(
         caps: &params.caps,
         commands: &params.commands,
     });
-    // Revoked between its admission and its registration: the sweep that
-    // closed the device's connections may have missed this one.
+    // Revoked (or its token rotated or revoked) between its admission and
+    // its registration: the sweep that closed the device's connections may
+    // have missed this one.
     if let Some(device_id) = &admitted.device_id {
-        if shared.revocations() != revocations && shared.is_refused(device_id) {
-            shared.unregister(conn_id, registered.presence_key.as_ref());
-            return Err(pairing::device_refused(
-                &req,
-                device_id,
-                super::registry::DeviceState::Revoked,
-            ));
+        if shared.revocations() != revocations {
+            if shared.is_refused(device_id) {
+                shared.unregister(conn_id, registered.presence_key.as_ref());
+                return Err(pairing::device_refused(
+                    &req,
+                    device_id,
+                    super::registry::DeviceState::Revoked,
+                ));
+            }
+            if admitted.credential == auth::Credential::DeviceToken
+                && !device_token_still_valid(shared, &req, device_id, admitted.role)
+            {
+                shared.unregister(conn_id, registered.presence_key.as_ref());
+                return Err(auth::device_token_retired(&req));
+            }
         }
     }
     if let Some(id) = admitted.credential.join_token_id() {
         shared.join_token_used(id);
     }
-    let hello = hello_ok(shared, conn_id, &admitted, registered.presence_version, now);
+    let hello = hello_ok(
+        shared,
+        conn_id,
+        &admitted,
+        device_token,
+        registered.presence_version,
+        now,
+    );
     let hello = hello_response(&hello, &req.id, registered.presence_json);
     let ConnectRequest { params, .. } = req;
     Ok(Accepted {
@@ -362,6 +384,7 @@ async fn handshake(
             scopes: admitted.scopes,
             client: params.client,
             device_id: admitted.device_id,
+            credential: admitted.credential,
             own_key,
             presence_key: registered.presence_key,
             remote_ip: (!crate::presence::is_loopback(remote_ip)).then_some(remote_ip),
@@ -373,7 +396,71 @@ async fn handshake(
         kill: registered.kill,
         replaced: registered.replaced,
         revoked: registered.revoked,
+        token_changed: registered.token_changed,
     })
+}
+
+/// Whether the device token `req` was let in with is still the device's
+/// valid one (read again).
+fn device_token_still_valid(
+    shared: &Shared,
+    req: &ConnectRequest,
+    device_id: &str,
+    role: crate::protocol::Role,
+) -> bool {
+    let presented = auth::device_token_candidate(&req.params).map(|(token, _)| token);
+    matches!(
+        (shared.device_token(device_id, role), presented),
+        (Ok(Some(record)), Some(token)) if record.matches(token)
+    )
+}
+
+/// The device token `hello-ok` carries: the one the device presented when
+/// it is still valid (kept), else — let in by the join or the operator
+/// token — a new one for its role, stored (as a SHA-256) before the answer,
+/// which replaces any earlier one. A client without a device, or without
+/// auth, gets none. A registry that cannot store it costs the client its
+/// token, not its connection (logged).
+async fn device_token(
+    shared: &Shared,
+    req: &ConnectRequest,
+    admitted: &auth::Admitted,
+) -> Option<(String, u64)> {
+    let device_id = admitted.device_id.as_deref()?;
+    if let Some(issued) = admitted.device_token_issued_at_ms {
+        // Let in by it (from `auth.deviceToken`, else `auth.token`), or
+        // by a shared token with it in `auth.deviceToken`.
+        let presented = match admitted.credential {
+            auth::Credential::DeviceToken => {
+                auth::device_token_candidate(&req.params).map(|(t, _)| t)
+            }
+            _ => req.params.device_token(),
+        };
+        if let Some(presented) = presented {
+            return Some((presented.to_string(), issued));
+        }
+    }
+    if !admitted.credential.issues_device_token() {
+        return None;
+    }
+    match shared
+        .issue_device_token(device_id, admitted.role, &admitted.scopes)
+        .await
+    {
+        Ok(Some((token, record))) => {
+            debug!(
+                device_id,
+                role = admitted.role.as_str(),
+                "device token issued"
+            );
+            Some((token, record.issued_at_ms))
+        }
+        Ok(None) => None,
+        Err(e) => {
+            warn!(error = %format!("{e:#}"), device_id, "cannot store a device token; none issued");
+            None
+        }
+    }
 }
 
 /// The connection's presence key is pinned to the first device that
@@ -538,9 +625,11 @@ fn hello_ok(
     shared: &Shared,
     conn_id: &str,
     admitted: &auth::Admitted,
+    device_token: Option<(String, u64)>,
     presence_version: u64,
     now: u64,
 ) -> HelloOk {
+    let (device_token, issued_at_ms) = device_token.unzip();
     let config = &shared.config;
     HelloOk {
         protocol: admitted.protocol,
@@ -572,7 +661,8 @@ fn hello_ok(
         auth: HelloAuth {
             role: admitted.role,
             scopes: admitted.scopes.clone(),
-            device_token: None,
+            device_token,
+            issued_at_ms,
         },
         policy: Policy {
             max_payload: config.max_payload as u64,
@@ -601,6 +691,8 @@ struct Handler<'a> {
     replaced: &'a Notify,
     /// Notified when its device was revoked, rejected or removed.
     revoked: &'a Notify,
+    /// Notified when its device token was rotated or revoked.
+    token_changed: &'a Notify,
 }
 
 impl Handler<'_> {
@@ -663,6 +755,13 @@ impl Handler<'_> {
                 _ = self.revoked.notified() => {
                     debug!("closing: device revoked");
                     self.conn.close(CloseCode::Policy, "device revoked by an operator").await;
+                    return Err(Gone);
+                }
+                _ = self.token_changed.notified() => {
+                    debug!("closing: device token rotated or revoked");
+                    let reason = "device token rotated or revoked by an operator; reconnect with \
+                                  the gateway token to be issued a new one";
+                    self.conn.close(CloseCode::Policy, reason).await;
                     return Err(Gone);
                 }
                 _ = stop.changed() => {

@@ -7,7 +7,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::auth::grants;
+use super::auth::{grants, Credential};
 use super::join_token_methods;
 use super::outgoing::Outgoing;
 use super::pairing_methods;
@@ -40,6 +40,8 @@ pub const METHODS: &[&str] = &[
     method::JOIN_TOKEN_LIST,
     method::JOIN_TOKEN_REVOKE,
     method::DEVICE_PENDING,
+    method::DEVICE_TOKEN_ROTATE,
+    method::DEVICE_TOKEN_REVOKE,
 ];
 
 /// Who is asking: fixed for the life of a connection.
@@ -50,6 +52,8 @@ pub struct ConnContext {
     pub scopes: Vec<String>,
     pub client: ClientInfo,
     pub device_id: Option<String>,
+    /// The credential it connected with.
+    pub credential: Credential,
     /// The key this connection's own row has, or would have.
     pub own_key: PresenceKey,
     /// The row the connection created (`None` for `mode: cli`).
@@ -240,6 +244,12 @@ fn handle_value(shared: &Shared, ctx: &ConnContext, req: &Request) -> Result<Val
                 }
                 _ => join_token_methods::list(shared),
             }
+        }
+        method::DEVICE_TOKEN_ROTATE => {
+            pairing_methods::rotate_token(shared, ctx, parse_params(req)?)
+        }
+        method::DEVICE_TOKEN_REVOKE => {
+            pairing_methods::revoke_token(shared, ctx, parse_params(req)?)
         }
         method::CONNECT => Err(ErrorShape::invalid_request("already connected")),
         other => Err(ErrorShape::invalid_request(format!(
@@ -496,6 +506,7 @@ mod tests {
                 instance_id: Some("i-1".into()),
             },
             device_id: (role == Role::Node).then(|| "dev-1".to_string()),
+            credential: Credential::OperatorToken,
             own_key: PresenceKey::for_connection(Some("i-1"), None, "conn-1"),
             presence_key: None,
             remote_ip: None,

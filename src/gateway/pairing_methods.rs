@@ -1,23 +1,25 @@
 //! The device pairing methods, with OpenClaw's request and response shapes
-//! (`device.pair.list|approve|reject|remove`; `openclaw devices ...` and
-//! `clawnode devices ...` speak them) and clawnode's `clawnode.device.revoke`.
-//! Every one needs `operator.pairing` (OpenClaw's scope; `operator.admin`
-//! implies it). Changes are stored before the answer; reject, revoke and
-//! remove close the device's live connections at once. Each change is
-//! logged at info with the device id, its last address and who made it:
-//! one line per change (an authenticated operator's stored action, not
-//! something a client can flood; what clients cause is summed up, see
-//! `log_summary`).
+//! (`device.pair.list|approve|reject|remove`, `device.token.rotate|revoke`;
+//! `openclaw devices ...` and `clawnode devices ...` speak them) and
+//! clawnode's `clawnode.device.revoke`. Every one needs `operator.pairing`
+//! (OpenClaw's scope; `operator.admin` implies it). Changes are stored
+//! before the answer; reject, revoke and remove close the device's live
+//! connections at once, a token's rotation or revocation those of its role.
+//! Each change is logged at info with the device id, its last address and
+//! who made it: one line per change (an authenticated operator's stored
+//! action, not something a client can flood; what clients cause is summed
+//! up, see `log_summary`).
 
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use tracing::info;
 
+use super::auth::{grants, Credential};
 use super::methods::ConnContext;
 use super::pairing::MAX_PENDING;
-use super::registry::{DeviceRecord, DeviceState};
+use super::registry::{token_digest, DeviceRecord, DeviceState, TokenChange};
 use super::state::Shared;
-use crate::protocol::{method, scope, ErrorCode, ErrorShape};
+use crate::protocol::{method, scope, ErrorCode, ErrorShape, Role};
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -36,6 +38,24 @@ pub struct DeviceIdParams {
 pub struct RenameParams {
     device_id: String,
     label: String,
+}
+
+/// `device.token.rotate { deviceId, role, scopes? }`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RotateParams {
+    device_id: String,
+    role: String,
+    #[serde(default)]
+    scopes: Option<Vec<String>>,
+}
+
+/// `device.token.revoke { deviceId, role }`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RevokeTokenParams {
+    device_id: String,
+    role: String,
 }
 
 /// The longest operator label, in characters.
@@ -249,4 +269,180 @@ pub fn rename(
         "device renamed by an operator"
     );
     Ok(json!({ "deviceId": record.device_id, "label": label }))
+}
+
+/// The target of a token change, checked as OpenClaw checks it: the caller
+/// needs `operator.pairing`; a node (any non-operator) token needs
+/// `operator.admin`; a caller let in by its own device token manages only
+/// its own device unless it has `operator.admin`. Refused with `denied`
+/// (OpenClaw's message), the reason in the gateway's log.
+fn token_target(
+    ctx: &ConnContext,
+    method: &str,
+    device_id: &str,
+    role: &str,
+    denied: &str,
+) -> Result<(String, Role), ErrorShape> {
+    ctx.require_operator_scope(scope::OPERATOR_PAIRING)?;
+    let device_id = non_empty("deviceId", method, device_id)?;
+    let role_name = non_empty("role", method, role)?;
+    let Some(role) = Role::parse(role_name) else {
+        return Err(ErrorShape::invalid_request(format!(
+            "invalid {method} params: unknown role (node or operator)"
+        )));
+    };
+    let admin = grants(&ctx.scopes, scope::OPERATOR_ADMIN);
+    let deny = |reason: &str| {
+        tracing::warn!(device_id, role = role.as_str(), reason, "{denied}");
+        Err(ErrorShape::invalid_request(denied))
+    };
+    let own_device = ctx.device_id.as_deref() == Some(device_id);
+    if ctx.credential == Credential::DeviceToken && !own_device && !admin {
+        return deny("device-ownership-mismatch");
+    }
+    if role != Role::Operator && !admin {
+        return deny("role-management-requires-admin");
+    }
+    Ok((device_id.to_string(), role))
+}
+
+/// A non-admin caller cannot rotate or revoke a broader operator token
+/// than it holds: the first scope of `scopes` the caller lacks.
+fn missing_caller_scope<'a>(
+    ctx: &ConnContext,
+    role: Role,
+    scopes: &'a [String],
+) -> Option<&'a str> {
+    if role != Role::Operator {
+        return None;
+    }
+    scopes
+        .iter()
+        .find(|s| !grants(&ctx.scopes, s))
+        .map(String::as_str)
+}
+
+/// `device.token.rotate { deviceId, role, scopes? }`: the device's token
+/// for `role` stops working at once and its connections of that role
+/// close. A caller rotating its own token with that token gets the new one
+/// in the answer (`tokenDelivery: "in-band"`); anyone else does not
+/// (`"withheld-cross-device"`): the device is issued a new token on its
+/// next connect with the join (or operator) token, as OpenClaw's retired
+/// token cannot authenticate that reconnect either. `scopes` (operator
+/// tokens) narrows the grant within what was approved.
+pub fn rotate_token(
+    shared: &Shared,
+    ctx: &ConnContext,
+    params: RotateParams,
+) -> Result<Value, ErrorShape> {
+    const DENIED: &str = "device token rotation denied";
+    let m = method::DEVICE_TOKEN_ROTATE;
+    let (device_id, role) = token_target(ctx, m, &params.device_id, &params.role, DENIED)?;
+    let Some(current) = shared.device_token(&device_id, role).map_err(unavailable)? else {
+        return Err(ErrorShape::invalid_request("unknown deviceId/role"));
+    };
+    let scopes = params.scopes.map(|mut s| {
+        s.iter_mut().for_each(|x| *x = x.trim().to_string());
+        s.retain(|x| !x.is_empty());
+        s.sort();
+        s.dedup();
+        s
+    });
+    if let Some(scopes) = &scopes {
+        if role == Role::Node && !scopes.is_empty() {
+            return Err(ErrorShape::invalid_request(format!(
+                "invalid {m} params: a node token grants no scopes"
+            )));
+        }
+        if let Some(beyond) = scopes.iter().find(|s| !grants(&current.scopes, s)) {
+            tracing::warn!(
+                device_id,
+                scope = beyond.as_str(),
+                "{DENIED}: scope-outside-approved-baseline"
+            );
+            return Err(ErrorShape::invalid_request(DENIED));
+        }
+    }
+    let target_scopes = scopes.clone().unwrap_or_else(|| current.scopes.clone());
+    if let Some(missing) = missing_caller_scope(ctx, role, &target_scopes) {
+        tracing::warn!(device_id, scope = missing, "{DENIED}: caller-missing-scope");
+        return Err(ErrorShape::invalid_request(DENIED));
+    }
+    // In band only to the device itself, let in by this very token.
+    let in_band = ctx.credential == Credential::DeviceToken
+        && ctx.device_id.as_deref() == Some(device_id.as_str())
+        && ctx.role == role;
+    let token = in_band.then(super::state::new_device_token);
+    let Some(record) = shared
+        .change_device_token(TokenChange::Rotate {
+            device_id: device_id.clone(),
+            role,
+            sha256: token.as_deref().map(token_digest),
+            scopes,
+            now_ms: crate::clock::now_ms(),
+        })
+        .map_err(unavailable)?
+    else {
+        return Err(ErrorShape::invalid_request("unknown deviceId/role"));
+    };
+    info!(
+        device_id = device_id.as_str(),
+        role = role.as_str(),
+        in_band,
+        "device token rotated by an operator; the device's connections of that role are closed"
+    );
+    let mut answer = json!({
+        "deviceId": device_id,
+        "role": role.as_str(),
+        "scopes": record.scopes,
+        "rotatedAtMs": record.rotated_at_ms.unwrap_or(record.issued_at_ms),
+        "tokenDelivery": if in_band { "in-band" } else { "withheld-cross-device" },
+    });
+    if let Some(token) = token {
+        answer["token"] = json!(token);
+    }
+    Ok(answer)
+}
+
+/// `device.token.revoke { deviceId, role }`: the device's token for `role`
+/// stops working at once and its connections of that role close; it is
+/// issued a new one on its next connect with the join (or operator) token.
+/// To keep a device out altogether, revoke the device
+/// (`clawnode.device.revoke`).
+pub fn revoke_token(
+    shared: &Shared,
+    ctx: &ConnContext,
+    params: RevokeTokenParams,
+) -> Result<Value, ErrorShape> {
+    const DENIED: &str = "device token revocation denied";
+    let m = method::DEVICE_TOKEN_REVOKE;
+    let (device_id, role) = token_target(ctx, m, &params.device_id, &params.role, DENIED)?;
+    let Some(current) = shared.device_token(&device_id, role).map_err(unavailable)? else {
+        return Err(ErrorShape::invalid_request("unknown deviceId/role"));
+    };
+    if let Some(missing) = missing_caller_scope(ctx, role, &current.scopes) {
+        tracing::warn!(device_id, scope = missing, "{DENIED}: caller-missing-scope");
+        return Err(ErrorShape::invalid_request(DENIED));
+    }
+    let now = crate::clock::now_ms();
+    let Some(record) = shared
+        .change_device_token(TokenChange::Revoke {
+            device_id: device_id.clone(),
+            role,
+            now_ms: now,
+        })
+        .map_err(unavailable)?
+    else {
+        return Err(ErrorShape::invalid_request("unknown deviceId/role"));
+    };
+    info!(
+        device_id = device_id.as_str(),
+        role = role.as_str(),
+        "device token revoked by an operator; the device's connections of that role are closed"
+    );
+    Ok(json!({
+        "deviceId": device_id,
+        "role": role.as_str(),
+        "revokedAtMs": record.revoked_at_ms.unwrap_or(now),
+    }))
 }

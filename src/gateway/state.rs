@@ -30,7 +30,7 @@ use super::outgoing::Outgoing;
 use super::pairing::{PendingRequests, PendingView, Requested};
 use super::registry::{
     Change, Claim, ClaimCheck, Device, DeviceRecord, DeviceRegistry, DeviceState, JoinToken,
-    JoinTokenCreated, NewJoinToken, Pin,
+    JoinTokenCreated, NewJoinToken, Pin, TokenChange, TokenRecord,
 };
 use super::GatewayConfig;
 use crate::clock::now_ms;
@@ -64,6 +64,8 @@ struct ConnHandle {
     replaced: Arc<Notify>,
     /// Notified when its device was revoked, rejected or removed.
     revoked: Arc<Notify>,
+    /// Notified when its device token was rotated or revoked.
+    token_changed: Arc<Notify>,
     /// Its device and the key of its row, for the per-device bound.
     device_id: Option<String>,
     own_key: PresenceKey,
@@ -92,6 +94,8 @@ pub struct Registered {
     pub replaced: Arc<Notify>,
     /// Notified when its device was revoked, rejected or removed.
     pub revoked: Arc<Notify>,
+    /// Notified when its device token was rotated or revoked.
+    pub token_changed: Arc<Notify>,
     /// Presence changes, for clients that read presence.
     pub presence: Option<watch::Receiver<u64>>,
     /// The presence list, in the store's pieces (`[]` for clients that do
@@ -231,6 +235,7 @@ impl Shared {
         let kill = Arc::new(Notify::new());
         let replaced = Arc::new(Notify::new());
         let revoked = Arc::new(Notify::new());
+        let token_changed = Arc::new(Notify::new());
         let mut guard = self.lock();
         let state = &mut *guard;
         let presence_key = state.presence.connect(conn, now);
@@ -253,6 +258,7 @@ impl Shared {
                 kill: kill.clone(),
                 replaced: replaced.clone(),
                 revoked: revoked.clone(),
+                token_changed: token_changed.clone(),
                 device_id: conn.device_id.map(str::to_string),
                 own_key: reg.own_key.clone(),
             },
@@ -280,6 +286,7 @@ impl Shared {
             kill,
             replaced,
             revoked,
+            token_changed,
             presence,
             presence_json,
             presence_version,
@@ -383,6 +390,58 @@ impl Shared {
     /// device with a record in the registry).
     pub fn is_known_device(&self, device_id: &str) -> bool {
         self.registry.is_known_device(device_id)
+    }
+
+    // --- device tokens ------------------------------------------------------------
+
+    /// `device_id`'s stored token for `role`: one primary-key read.
+    pub fn device_token(&self, device_id: &str, role: Role) -> anyhow::Result<Option<TokenRecord>> {
+        self.registry.device_token(device_id, role)
+    }
+
+    /// Issues a new device token to `device_id` for `role` granting
+    /// `scopes`, replacing any: returns the token (the only copy: the
+    /// registry keeps its SHA-256) and its record, once stored. `None`: the
+    /// device has no record.
+    pub fn issue_device_token(
+        &self,
+        device_id: &str,
+        role: Role,
+        scopes: &[String],
+    ) -> impl Future<Output = anyhow::Result<Option<(String, TokenRecord)>>> + Send + 'static {
+        let token = new_device_token();
+        let stored = self.registry.change_token(TokenChange::Issue {
+            device_id: device_id.to_string(),
+            role,
+            sha256: super::registry::token_digest(&token),
+            scopes: scopes.to_vec(),
+            now_ms: now_ms(),
+        });
+        async move { Ok(stored.await?.map(|record| (token, record))) }
+    }
+
+    /// Rotates or revokes a device token (an operator's change; blocks
+    /// until stored), then closes the device's connections of that role,
+    /// so they come back and are issued a new one. `None`: no such token.
+    pub fn change_device_token(&self, change: TokenChange) -> anyhow::Result<Option<TokenRecord>> {
+        let (device_id, role) = match &change {
+            TokenChange::Issue {
+                device_id, role, ..
+            }
+            | TokenChange::Rotate {
+                device_id, role, ..
+            }
+            | TokenChange::Revoke {
+                device_id, role, ..
+            } => (device_id.clone(), *role),
+        };
+        let changed = self.registry.change_token(change);
+        let record = super::registry::wait(changed)?;
+        if record.is_some() {
+            self.bump_revocations();
+            self.close_device_role(&device_id, role);
+        }
+        Ok(record)
     }
 
     // --- admission and device records ------------------------------------------
@@ -516,6 +575,7 @@ impl Shared {
                 approved_at_ms: None,
                 instance_ids: Vec::new(),
                 join_token_id: p.device.join_token,
+                tokens: Vec::new(),
             })
         }))
     }
@@ -609,6 +669,23 @@ impl Shared {
         for conn_id in conns {
             if let Some(handle) = state.connections.get(conn_id) {
                 handle.revoked.notify_one();
+                told += 1;
+            }
+        }
+        told
+    }
+
+    /// Tells every live connection of `device_id` with `role` to close
+    /// (its token changed); how many.
+    pub fn close_device_role(&self, device_id: &str, role: Role) -> usize {
+        let state = self.lock();
+        let Some(conns) = state.by_device.get(device_id) else {
+            return 0;
+        };
+        let mut told = 0;
+        for conn_id in conns {
+            if let Some(handle) = state.connections.get(conn_id).filter(|h| h.role == role) {
+                handle.token_changed.notify_one();
                 told += 1;
             }
         }
@@ -904,4 +981,11 @@ fn node_record(reg: &Registration<'_>, now: u64) -> NodeRecord {
         connected_at_ms: now,
         host_stats: None,
     }
+}
+
+/// A new device token: 32 random bytes, base64url (43 characters, as
+/// OpenClaw's).
+pub(crate) fn new_device_token() -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>())
 }

@@ -6,7 +6,7 @@ use serde_json::Value;
 use super::payloads::PresenceEntry;
 
 /// The role a connection asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Node,
@@ -19,6 +19,12 @@ impl Role {
             Role::Node => "node",
             Role::Operator => "operator",
         }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        [Role::Node, Role::Operator]
+            .into_iter()
+            .find(|r| r.as_str() == s)
     }
 }
 
@@ -175,6 +181,18 @@ impl ConnectParams {
     pub fn token(&self) -> Option<&str> {
         self.auth.as_ref()?.token.as_deref()
     }
+
+    /// `auth.deviceToken`: a device token the gateway issued earlier.
+    pub fn device_token(&self) -> Option<&str> {
+        self.auth.as_ref()?.device_token.as_deref()
+    }
+
+    /// The token the device signature covers: `auth.token`, else
+    /// `auth.deviceToken` (as OpenClaw's clients sign and its gateway
+    /// checks).
+    pub fn signature_token(&self) -> Option<&str> {
+        self.token().or(self.device_token())
+    }
 }
 
 /// `hello-ok.server`.
@@ -227,9 +245,12 @@ pub struct HelloAuth {
     #[serde(default)]
     pub scopes: Vec<String>,
     /// A per-device token issued after pairing (OpenClaw); clients keep it
-    /// and may present it on reconnects.
+    /// and may present it on reconnects (`connect.params.auth.deviceToken`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_token: Option<String>,
+    /// When `device_token` was issued (or last rotated), ms since the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issued_at_ms: Option<u64>,
 }
 
 /// `hello-ok.policy`.
@@ -391,6 +412,7 @@ mod tests {
                 role: Role::Operator,
                 scopes: vec![],
                 device_token: None,
+                issued_at_ms: None,
             },
             policy: Policy {
                 max_payload: 1,

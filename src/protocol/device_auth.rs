@@ -134,7 +134,7 @@ impl<'a> Expected<'a> {
             client_mode: &params.client.mode,
             role: params.role().as_str(),
             scopes: &params.scopes,
-            token: params.token(),
+            token: params.signature_token(),
             platform: Some(&params.client.platform),
             device_family: params.client.device_family.as_deref(),
         }

@@ -59,6 +59,9 @@ pub enum ErrorDetailCode {
     /// A valid credential that does not cover the role asked for (the
     /// join token asking for role operator).
     AuthScopeMismatch,
+    /// A device token that is not this device's current token for the
+    /// role asked for (rotated, revoked, another device's, or never issued).
+    AuthDeviceTokenMismatch,
     ProtocolMismatch,
     DeviceIdentityRequired,
     DeviceAuthSignatureInvalid,
@@ -80,11 +83,12 @@ pub enum ErrorDetailCode {
 }
 
 impl ErrorDetailCode {
-    pub const ALL: [ErrorDetailCode; 18] = [
+    pub const ALL: [ErrorDetailCode; 19] = [
         ErrorDetailCode::AuthTokenMissing,
         ErrorDetailCode::AuthTokenMismatch,
         ErrorDetailCode::AuthRateLimited,
         ErrorDetailCode::AuthScopeMismatch,
+        ErrorDetailCode::AuthDeviceTokenMismatch,
         ErrorDetailCode::ProtocolMismatch,
         ErrorDetailCode::DeviceIdentityRequired,
         ErrorDetailCode::DeviceAuthSignatureInvalid,
@@ -110,6 +114,7 @@ impl ErrorDetailCode {
                 | ErrorDetailCode::AuthTokenMismatch
                 | ErrorDetailCode::AuthRateLimited
                 | ErrorDetailCode::AuthScopeMismatch
+                | ErrorDetailCode::AuthDeviceTokenMismatch
                 | ErrorDetailCode::DeviceIdentityRequired
                 | ErrorDetailCode::DeviceAuthSignatureInvalid
                 | ErrorDetailCode::DeviceAuthDeviceIdMismatch
@@ -126,6 +131,7 @@ impl ErrorDetailCode {
             ErrorDetailCode::AuthTokenMismatch => "AUTH_TOKEN_MISMATCH",
             ErrorDetailCode::AuthRateLimited => "AUTH_RATE_LIMITED",
             ErrorDetailCode::AuthScopeMismatch => "AUTH_SCOPE_MISMATCH",
+            ErrorDetailCode::AuthDeviceTokenMismatch => "AUTH_DEVICE_TOKEN_MISMATCH",
             ErrorDetailCode::ProtocolMismatch => "PROTOCOL_MISMATCH",
             ErrorDetailCode::DeviceIdentityRequired => "DEVICE_IDENTITY_REQUIRED",
             ErrorDetailCode::DeviceAuthSignatureInvalid => "DEVICE_AUTH_SIGNATURE_INVALID",

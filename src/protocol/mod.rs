@@ -75,6 +75,10 @@ pub mod method {
     /// clawnode's own: the pending pairing requests alone, from memory (what
     /// the Instances page polls; `device.pair.list` also reads every record).
     pub const DEVICE_PENDING: &str = "clawnode.device.pending";
+    /// Device tokens, with OpenClaw's shapes (`openclaw devices
+    /// rotate|revoke`, `clawnode devices rotate`).
+    pub const DEVICE_TOKEN_ROTATE: &str = "device.token.rotate";
+    pub const DEVICE_TOKEN_REVOKE: &str = "device.token.revoke";
 }
 
 /// Event names.

@@ -115,3 +115,129 @@ fn openclaw_devices_lists_approves_and_removes_an_agent_on_our_gateway() {
         std::thread::sleep(Duration::from_millis(500));
     }
 }
+
+/// `openclaw devices rotate|revoke --device ID --role node` (the real
+/// OpenClaw CLI) against our gateway (issue 16, part 5): rotation answers
+/// with OpenClaw's metadata and no token (withheld: another device's), the
+/// agent's connection closes and it is issued a new token over its join
+/// token; revocation ends that token at once.
+#[test]
+fn openclaw_devices_rotate_and_revoke_our_agents_token() {
+    let gw = TestGateway::start(&[]);
+    let (url, token) = (gw.url(), gw.operator_token());
+    let token = token.expose().to_string();
+    let agent_dir = tempfile::tempdir().unwrap();
+    let agent = gw.agent(agent_dir.path(), &["--display-name", "cn-tokens"]);
+    let stored = || -> Option<String> {
+        let text = std::fs::read_to_string(agent_dir.path().join("device-token.json")).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+        v["token"].as_str().map(str::to_string)
+    };
+    let wait_token = |what: &str, pred: &dyn Fn(&str) -> bool| -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(t) = stored().filter(|t| pred(t)) {
+                return t;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {what} stored within 20 s:\n{}",
+                agent.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let first = wait_token("device token", &|_| true);
+    let (identity, _) =
+        clawnode::identity::DeviceIdentity::load_or_create(agent_dir.path()).unwrap();
+    let device_id = identity.device_id().to_string();
+    let home = OpenClawHome::new();
+
+    let rotated = home.run_json(&[
+        "devices", "rotate", "--device", &device_id, "--role", "node", "--json", "--url", &url,
+        "--token", &token,
+    ]);
+    assert_eq!(rotated["deviceId"], device_id.as_str(), "{rotated:#}");
+    assert_eq!(rotated["role"], "node", "{rotated:#}");
+    assert!(rotated["rotatedAtMs"].as_u64().is_some(), "{rotated:#}");
+    assert!(rotated.get("token").is_none(), "{rotated:#}");
+    let second = wait_token("new device token", &|t| t != first);
+
+    let revoked = home.run_json(&[
+        "devices", "revoke", "--device", &device_id, "--role", "node", "--json", "--url", &url,
+        "--token", &token,
+    ]);
+    assert_eq!(revoked["deviceId"], device_id.as_str(), "{revoked:#}");
+    assert!(revoked["revokedAtMs"].as_u64().is_some(), "{revoked:#}");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let refused = rt.block_on(async {
+        let mut c = RawClient::open(&url).await;
+        let credentials = clawnode::agent::session::Credentials {
+            shared: None,
+            device_token: Some(clawnode::config::Secret::new(second.as_str())),
+        };
+        let client = crate::common::node::node_client("raw", Some(identity.instance_id()));
+        let p = clawnode::agent::session::signed_node_connect(
+            &identity,
+            client,
+            &credentials,
+            &c.challenge,
+        );
+        c.connect(&p).await
+    });
+    let Outcome::Error(e, _) = refused else {
+        panic!("a revoked token let in: {refused:?}")
+    };
+    assert_eq!(
+        e.detail_code_str(),
+        Some("AUTH_DEVICE_TOKEN_MISMATCH"),
+        "{e}"
+    );
+}
+
+/// OpenClaw's own node host keeps the token our gateway issues it and,
+/// started again without `OPENCLAW_GATEWAY_TOKEN`, connects with it.
+#[test]
+fn openclaw_node_host_reconnects_with_the_device_token_our_gateway_issued() {
+    let gw = TestGateway::start(&[]);
+    let home = OpenClawHome::new();
+    let port = gw.addr.port().to_string();
+    let args = [
+        "node",
+        "run",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &port,
+        "--display-name",
+        "oc-token-node",
+    ];
+    let mut cmd = home.command(&args);
+    cmd.env("OPENCLAW_GATEWAY_TOKEN", gw.token().expose());
+    let mut node = Proc::spawn_command(cmd);
+    node.wait_for_log("node host gateway connected", Duration::from_secs(90));
+    let first = gw
+        .proc
+        .wait_for_log("connected role=\"node\"", Duration::from_secs(10));
+    assert!(first.contains("credential=\"join-token\""), "{first}");
+    node.terminate();
+
+    let mut cmd = home.command(&args);
+    cmd.env_remove("OPENCLAW_GATEWAY_TOKEN");
+    let mut node = Proc::spawn_command(cmd);
+    node.wait_for_log("node host gateway connected", Duration::from_secs(90));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while gw.proc.count_log("credential=\"device-token\"") < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the node host did not reconnect with its device token:\n{}\n{}",
+            node.log_text(),
+            gw.proc.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    node.terminate();
+}

@@ -657,6 +657,154 @@ async fn gateway_handshake_and_responses_conform() {
     c.assert_all_conform("gateway_handshake_and_responses_conform");
 }
 
+/// Device tokens (issue 16, part 5): the `hello-ok` that issues one (and the
+/// one that echoes it to a device connecting with it alone), a refused
+/// device token, and `device.token.rotate` / `device.token.revoke` params
+/// and responses. `device.token.revoke`'s result has no definition in the
+/// schema (only its params): its envelope is what is checked.
+#[tokio::test(flavor = "multi_thread")]
+async fn gateway_device_token_frames_conform() {
+    use clawnode::agent::session::{signed_node_connect, Credentials};
+    let mut c = Conformance::default();
+    let gw = TestGateway::start(&[]);
+    let identity = clawnode::identity::DeviceIdentity::ephemeral("schema-node");
+    let node_connect = |challenge: &str, shared: Option<&str>, device_token: Option<&str>| {
+        let payload = parse(challenge)["payload"].clone();
+        let challenge: clawnode::protocol::ConnectChallenge =
+            serde_json::from_value(payload).expect("a challenge");
+        let credentials = Credentials {
+            shared: shared.map(clawnode::config::Secret::new),
+            device_token: device_token.map(clawnode::config::Secret::new),
+        };
+        let client = crate::common::node::node_client("schema-node", Some(identity.instance_id()));
+        serde_json::to_value(signed_node_connect(
+            &identity,
+            client,
+            &credentials,
+            &challenge,
+        ))
+        .expect("params")
+    };
+    let hello = |c: &mut Conformance, what: &str, text: &str| -> Value {
+        let v = c.frame(what, text);
+        assert_eq!(v["ok"], true, "{what}: {text}");
+        c.part(
+            &format!("{what} payload"),
+            text,
+            "HelloOk",
+            &def("HelloOk"),
+            &v["payload"],
+        );
+        v["payload"]["auth"].clone()
+    };
+
+    // Issued over the join token.
+    let (mut conn, challenge) = RawConn::open(&gw.url()).await;
+    let params = node_connect(&challenge, Some(gw.token().expose()), None);
+    c.part(
+        "node connect params",
+        &params.to_string(),
+        "ConnectParams",
+        &def("ConnectParams"),
+        &params,
+    );
+    let text = conn.request("connect", params).await;
+    let auth = hello(&mut c, "hello-ok issuing a device token", &text);
+    let token = auth["deviceToken"]
+        .as_str()
+        .expect("a device token")
+        .to_string();
+    assert!(auth["issuedAtMs"].as_u64().is_some(), "{auth}");
+    drop(conn);
+
+    // The device token alone (in `auth.deviceToken`): echoed.
+    let (mut conn, challenge) = RawConn::open(&gw.url()).await;
+    let params = node_connect(&challenge, None, Some(&token));
+    c.part(
+        "node connect params (device token)",
+        &params.to_string(),
+        "ConnectParams",
+        &def("ConnectParams"),
+        &params,
+    );
+    let text = conn.request("connect", params).await;
+    let auth = hello(&mut c, "hello-ok to a device token", &text);
+    assert_eq!(auth["deviceToken"], token.as_str());
+    drop(conn);
+
+    // Another token: refused.
+    let (mut conn, challenge) = RawConn::open(&gw.url()).await;
+    let text = conn
+        .request(
+            "connect",
+            node_connect(&challenge, None, Some("not-the-token")),
+        )
+        .await;
+    let v = c.frame("refused connect: wrong device token", &text);
+    assert_eq!(
+        v["error"]["details"]["code"], "AUTH_DEVICE_TOKEN_MISMATCH",
+        "{text}"
+    );
+    conn.drain_to_close().await;
+
+    // Rotate and revoke, as `openclaw devices rotate|revoke` call them.
+    let mut op = connected_operator(&mut c, &gw, "schema-admin", &["operator.admin"]).await;
+    let rotate = json!({"deviceId": identity.device_id(), "role": "node"});
+    c.part(
+        "device.token.rotate params",
+        &rotate.to_string(),
+        "DeviceTokenRotateParams",
+        &def("DeviceTokenRotateParams"),
+        &rotate,
+    );
+    let text = op.request("device.token.rotate", rotate).await;
+    let v = c.frame("device.token.rotate response", &text);
+    assert_eq!(v["ok"], true, "{text}");
+    assert_eq!(
+        v["payload"]["tokenDelivery"], "withheld-cross-device",
+        "{text}"
+    );
+    c.part(
+        "device.token.rotate result",
+        &text,
+        "DeviceTokenRotateResult",
+        &def("DeviceTokenRotateResult"),
+        &v["payload"],
+    );
+    // Issued again, then revoked.
+    let (mut conn, challenge) = RawConn::open(&gw.url()).await;
+    let text = conn
+        .request(
+            "connect",
+            node_connect(&challenge, Some(gw.token().expose()), None),
+        )
+        .await;
+    hello(&mut c, "hello-ok issuing a token after rotation", &text);
+    drop(conn);
+    let revoke = json!({"deviceId": identity.device_id(), "role": "node"});
+    c.part(
+        "device.token.revoke params",
+        &revoke.to_string(),
+        "DeviceTokenRevokeParams",
+        &def("DeviceTokenRevokeParams"),
+        &revoke,
+    );
+    let text = op.request("device.token.revoke", revoke).await;
+    let v = c.frame("device.token.revoke response", &text);
+    assert_eq!(v["ok"], true, "{text}");
+    let text = op
+        .request(
+            "device.token.revoke",
+            json!({"deviceId": "nobody", "role": "node"}),
+        )
+        .await;
+    let v = c.frame("device.token.revoke error response", &text);
+    assert_eq!(v["ok"], false, "{text}");
+
+    check_received(&mut c, "operator", &op.received);
+    c.assert_all_conform("gateway_device_token_frames_conform");
+}
+
 /// `presence`, `tick` and `shutdown` events, and every kind of presence row:
 /// the gateway's self row, a real agent's node row (all hardware hints, and
 /// its beacon merged), operator rows with roles and scopes, a beacon-only row

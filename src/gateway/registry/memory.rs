@@ -10,8 +10,10 @@ use futures_util::future::BoxFuture;
 use super::{
     decide, Change, Claim, ClaimCheck, Counts, Decision, Device, DeviceRecord, DeviceRegistry,
     DeviceState, Found, JoinToken, JoinTokenCreated, NewJoinToken, Pin, JOIN_TOKEN_KEPT_MS,
+    TokenChange, TokenRecord, TokenSummary,
 };
 use crate::protocol::join_token::{JoinTokenState, MAX_LIVE};
+use crate::protocol::Role;
 
 /// Device records and pins, under one lock.
 #[derive(Debug, Default)]
@@ -26,6 +28,8 @@ struct State {
     /// Join tokens by id, and their ids by the SHA-256 of the secret.
     join_tokens: HashMap<String, JoinToken>,
     join_token_ids: HashMap<[u8; 32], String>,
+    /// Keyed by device id and role; gone with their device.
+    tokens: HashMap<(String, Role), TokenRecord>,
 }
 
 impl State {
@@ -48,6 +52,7 @@ impl State {
                 approved_at_ms: None,
                 instance_ids: Vec::new(),
                 join_token_id: device.join_token.clone(),
+                tokens: Vec::new(),
             });
         record.public_key = Some(device.public_key.clone());
         if let Some(role) = device.role {
@@ -73,6 +78,11 @@ impl State {
             .map(|(key, _)| key.clone())
             .collect();
         record.instance_ids.sort();
+        record.tokens = [Role::Node, Role::Operator]
+            .iter()
+            .filter_map(|r| self.tokens.get(&(device_id.to_string(), *r)))
+            .map(TokenSummary::from)
+            .collect();
         Some(record)
     }
 }
@@ -217,6 +227,7 @@ impl DeviceRegistry for MemoryRegistry {
                 let record = state.record(&device_id);
                 state.devices.remove(&device_id);
                 state.pins.retain(|_, pin| pin.device_id != device_id);
+                state.tokens.retain(|(id, _), _| *id != device_id);
                 Ok(record)
             }
         }
@@ -282,6 +293,78 @@ impl DeviceRegistry for MemoryRegistry {
     fn join_token_used(&self, id: &str, now_ms: u64) {
         if let Some(t) = self.lock().join_tokens.get_mut(id) {
             t.last_used_at_ms = t.last_used_at_ms.max(Some(now_ms));
+        }
+    }
+
+    fn device_token(&self, device_id: &str, role: Role) -> Result<Option<TokenRecord>> {
+        let key = (device_id.to_string(), role);
+        Ok(self.lock().tokens.get(&key).cloned())
+    }
+
+    fn change_token(&self, change: TokenChange) -> BoxFuture<'static, Result<Option<TokenRecord>>> {
+        let changed = self.change_token_now(change);
+        Box::pin(async move { Ok(changed) })
+    }
+}
+
+impl MemoryRegistry {
+    /// Applies a token change at once (see [`TokenChange`]).
+    pub fn change_token_now(&self, change: TokenChange) -> Option<TokenRecord> {
+        let mut state = self.lock();
+        match change {
+            TokenChange::Issue {
+                device_id,
+                role,
+                sha256,
+                scopes,
+                now_ms,
+            } => {
+                if !state.devices.contains_key(&device_id) {
+                    return None;
+                }
+                let key = (device_id.clone(), role);
+                let rotated_at_ms = state.tokens.get(&key).and_then(|t| t.rotated_at_ms);
+                let record = TokenRecord {
+                    device_id,
+                    role,
+                    sha256: Some(sha256),
+                    scopes,
+                    issued_at_ms: now_ms,
+                    rotated_at_ms,
+                    revoked_at_ms: None,
+                };
+                state.tokens.insert(key, record.clone());
+                Some(record)
+            }
+            TokenChange::Rotate {
+                device_id,
+                role,
+                sha256,
+                scopes,
+                now_ms,
+            } => {
+                let token = state.tokens.get_mut(&(device_id, role))?;
+                token.sha256 = sha256;
+                if sha256.is_some() {
+                    token.issued_at_ms = now_ms;
+                    token.revoked_at_ms = None;
+                }
+                if let Some(scopes) = scopes {
+                    token.scopes = scopes;
+                }
+                token.rotated_at_ms = Some(now_ms);
+                Some(token.clone())
+            }
+            TokenChange::Revoke {
+                device_id,
+                role,
+                now_ms,
+            } => {
+                let token = state.tokens.get_mut(&(device_id, role))?;
+                token.sha256 = None;
+                token.revoked_at_ms = Some(now_ms);
+                Some(token.clone())
+            }
         }
     }
 }

@@ -157,6 +157,16 @@ pub trait DeviceRegistry: Send + Sync {
     /// (stored at most once a minute per token; best effort).
     fn join_token_used(&self, id: &str, now_ms: u64);
 
+    /// The stored token of `device_id` for `role` (`None`: never issued).
+    /// One primary-key read, for the handshake path.
+    fn device_token(&self, device_id: &str, role: Role) -> Result<Option<TokenRecord>>;
+
+    /// Issues, rotates or revokes a device token; stored before the future
+    /// resolves (the handshake path awaits a new token's commit before its
+    /// `hello-ok` carries it). The token's record after the change; `None`:
+    /// no such device (issue), or no such token (rotate, revoke).
+    fn change_token(&self, change: TokenChange) -> BoxFuture<'static, Result<Option<TokenRecord>>>;
+
     /// The operators' labels, by device id (only devices that have one):
     /// what the gateway keeps in memory for its presence rows.
     fn labels(&self) -> Result<std::collections::HashMap<String, String>> {
@@ -167,6 +177,7 @@ pub trait DeviceRegistry: Send + Sync {
             .collect())
     }
 }
+
 
 /// Dead join tokens (expired or revoked) are kept this long, so the devices
 /// list can still name them, then deleted when the next one is created.
@@ -190,6 +201,101 @@ pub enum JoinTokenCreated {
     ///
     /// [`MAX_LIVE`]: crate::protocol::join_token::MAX_LIVE
     TooMany(usize),
+}
+
+
+/// A device token as stored: never the token, only its SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRecord {
+    pub device_id: String,
+    pub role: Role,
+    /// SHA-256 of the valid token; `None`: revoked, or rotated without an
+    /// in-band replacement (a new one is issued on the device's next
+    /// connect with another credential).
+    pub sha256: Option<[u8; 32]>,
+    /// What it grants: for role operator, the scopes approved with it.
+    pub scopes: Vec<String>,
+    /// When the current token (or the last one) was issued.
+    pub issued_at_ms: u64,
+    pub rotated_at_ms: Option<u64>,
+    pub revoked_at_ms: Option<u64>,
+}
+
+impl TokenRecord {
+    /// Whether `token` is this record's valid token: the SHA-256 digests
+    /// are compared in constant time.
+    pub fn matches(&self, token: &str) -> bool {
+        use sha2::{Digest as _, Sha256};
+        let Some(stored) = &self.sha256 else {
+            return false;
+        };
+        let given = Sha256::digest(token.as_bytes());
+        given
+            .iter()
+            .zip(stored.iter())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+    }
+}
+
+/// A change to a device's token for one role.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenChange {
+    /// A new token (its SHA-256) for the device and role, replacing any:
+    /// issued in a handshake.
+    Issue {
+        device_id: String,
+        role: Role,
+        sha256: [u8; 32],
+        scopes: Vec<String>,
+        now_ms: u64,
+    },
+    /// The token stops working at once; `sha256` is its replacement when
+    /// it was handed to the caller (in-band), else none is valid until the
+    /// next issue. `scopes` replaces the grant when given.
+    Rotate {
+        device_id: String,
+        role: Role,
+        sha256: Option<[u8; 32]>,
+        scopes: Option<Vec<String>>,
+        now_ms: u64,
+    },
+    /// The token stops working at once.
+    Revoke {
+        device_id: String,
+        role: Role,
+        now_ms: u64,
+    },
+}
+
+/// Waits for a registry future on this thread (an operator's change from
+/// a request handler, which is synchronous): the thread sleeps until the
+/// writer answers, as [`DeviceRegistry::change`] does.
+pub fn wait<T>(future: BoxFuture<'static, T>) -> T {
+    use std::sync::Arc;
+    use std::task::{Context, Poll, Wake, Waker};
+
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut future = future;
+    loop {
+        match future.as_mut().poll(&mut cx) {
+            Poll::Ready(out) => return out,
+            Poll::Pending => std::thread::park(),
+        }
+    }
+}
+
+/// SHA-256 of a token, as the registry stores it.
+pub fn token_digest(token: &str) -> [u8; 32] {
+    use sha2::{Digest as _, Sha256};
+    Sha256::digest(token.as_bytes()).into()
 }
 
 /// A device's admission state. `pending` requests live in the gateway's
@@ -254,6 +360,42 @@ pub struct DeviceRecord {
     /// The created join token it enrolled with (its id), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub join_token_id: Option<String>,
+    /// Its device tokens, one per role (never the token itself), as
+    /// OpenClaw's `device.pair.list` summarizes them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tokens: Vec<TokenSummary>,
+}
+
+/// A device token in a device's record: what it grants and its history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenSummary {
+    pub role: String,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// When the current (or last) token was issued.
+    pub created_at_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotated_at_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at_ms: Option<u64>,
+    /// clawnode's: whether a token is valid now (`false` after a
+    /// revocation, or a rotation whose replacement was not handed out: the
+    /// device is issued one on its next connect with the join token).
+    pub active: bool,
+}
+
+impl From<&TokenRecord> for TokenSummary {
+    fn from(t: &TokenRecord) -> Self {
+        TokenSummary {
+            role: t.role.as_str().to_string(),
+            scopes: t.scopes.clone(),
+            created_at_ms: t.issued_at_ms,
+            rotated_at_ms: t.rotated_at_ms,
+            revoked_at_ms: t.revoked_at_ms,
+            active: t.sha256.is_some(),
+        }
+    }
 }
 
 /// An operator's change to a device record.

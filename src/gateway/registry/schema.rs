@@ -12,8 +12,10 @@
 //! Version 2 (issue 16, part 6) adds `join_tokens` (created join tokens:
 //! the SHA-256 of each secret, never the secret, unique and so indexed;
 //! lifetime, uses, who made it, revocation) and `devices.join_token_id`
-//! (the created join token a device enrolled with). Each version is one
-//! step applied in order ([`STEPS`]), in the one migration transaction.
+//! (the created join token a device enrolled with). Version 3 (part 5)
+//! adds `device_tokens` (one per device and role, as a SHA-256). Each
+//! version is one step applied in order ([`STEPS`]), in the one migration
+//! transaction.
 
 use anyhow::{bail, Context as _, Result};
 use rusqlite::{params, Connection, OptionalExtension as _, TransactionBehavior};
@@ -21,7 +23,7 @@ use rusqlite::{params, Connection, OptionalExtension as _, TransactionBehavior};
 use super::pins_file::Legacy;
 
 /// The schema this build reads and writes.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 pub(super) const SCHEMA_V1: &str = "
 CREATE TABLE devices (
@@ -72,8 +74,28 @@ CREATE TABLE join_tokens (
 ALTER TABLE devices ADD COLUMN join_token_id TEXT;
 ";
 
+/// Version 3 (issue 16, part 5): device tokens, one per device and role,
+/// stored as their SHA-256 (the token itself is only ever in the
+/// `hello-ok` that issued it). `token_sha256` is NULL once the token was
+/// revoked, or rotated without an in-band replacement: the device gets a
+/// new one on its next connect with another credential.
+const SCHEMA_V3: &str = "
+CREATE TABLE device_tokens (
+    device_id      TEXT NOT NULL REFERENCES devices (device_id) ON DELETE CASCADE,
+    role           TEXT NOT NULL CHECK (role IN ('node', 'operator')),
+    -- lower-case hex SHA-256 of the token; NULL: none valid now
+    token_sha256   TEXT,
+    -- JSON array: the scopes the token grants (operator tokens)
+    scopes         TEXT NOT NULL DEFAULT '[]',
+    issued_at_ms   INTEGER NOT NULL,
+    rotated_at_ms  INTEGER,
+    revoked_at_ms  INTEGER,
+    PRIMARY KEY (device_id, role)
+) WITHOUT ROWID;
+";
+
 /// Schema version `n + 1` is made from version `n` by `STEPS[n]`.
-const STEPS: [&str; SCHEMA_VERSION as usize] = [SCHEMA_V1, SCHEMA_V2];
+const STEPS: [&str; SCHEMA_VERSION as usize] = [SCHEMA_V1, SCHEMA_V2, SCHEMA_V3];
 
 /// The `meta` key recording the digest of the pins file imported.
 const PINS_IMPORTED: &str = "pins_json_sha256";
@@ -83,6 +105,7 @@ const PINS_IMPORTED: &str = "pins_json_sha256";
 pub fn migrate(conn: &mut Connection) -> Result<()> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    // Each step brings version N to N + 1, in order, in this transaction.
     match version {
         0..SCHEMA_VERSION => {
             for (from, step) in STEPS.iter().enumerate().skip(version as usize) {

@@ -33,7 +33,8 @@ use super::writer::{self, Job};
 use super::{decide, pins_file, schema};
 use super::{
     Change, Claim, ClaimCheck, Counts, Decision, DeviceRecord, DeviceRegistry, DeviceState, Found,
-    JoinToken, JoinTokenCreated, NewJoinToken, Pin, JOIN_TOKEN_USED_EVERY_MS,
+    JoinToken, JoinTokenCreated, NewJoinToken, Pin, TokenChange, TokenRecord,
+    JOIN_TOKEN_USED_EVERY_MS,
 };
 use crate::protocol::Role;
 
@@ -307,6 +308,72 @@ impl DeviceRegistry for SqliteRegistry {
         // Best effort: a lost update is only a late `last used` time.
         let _ = self.send(Job::JoinTokenUsed(id.to_string(), now_ms));
     }
+
+    fn device_token(&self, device_id: &str, role: Role) -> Result<Option<TokenRecord>> {
+        select_token(&self.read(), device_id, role)
+    }
+
+    fn change_token(&self, change: TokenChange) -> BoxFuture<'static, Result<Option<TokenRecord>>> {
+        let (tx, rx) = oneshot::channel();
+        let queued = self.send(Job::Token(change, tx));
+        Box::pin(async move {
+            queued?;
+            rx.await
+                .map_err(|_| anyhow!("the device registry writer has stopped"))?
+        })
+    }
+}
+
+/// One device token's record (a primary-key read).
+pub(super) fn select_token(
+    conn: &Connection,
+    device_id: &str,
+    role: Role,
+) -> Result<Option<TokenRecord>> {
+    let row = conn
+        .prepare_cached(
+            "SELECT token_sha256, scopes, issued_at_ms, rotated_at_ms, revoked_at_ms
+             FROM device_tokens WHERE device_id = ?1 AND role = ?2",
+        )?
+        .query_row(params![device_id, role.as_str()], |r| {
+            Ok((
+                r.get::<_, Option<String>>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, Option<i64>>(3)?,
+                r.get::<_, Option<i64>>(4)?,
+            ))
+        })
+        .optional()?;
+    let Some((sha256, scopes, issued, rotated, revoked)) = row else {
+        return Ok(None);
+    };
+    Ok(Some(TokenRecord {
+        device_id: device_id.to_string(),
+        role,
+        // A value that is not 64 hex digits matches no token.
+        sha256: sha256.and_then(|h| from_hex(&h)),
+        scopes: serde_json::from_str(&scopes).unwrap_or_default(),
+        issued_at_ms: issued as u64,
+        rotated_at_ms: rotated.map(|v| v as u64),
+        revoked_at_ms: revoked.map(|v| v as u64),
+    }))
+}
+
+/// A digest as stored: lower-case hex.
+pub(super) fn to_hex(digest: &[u8; 32]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn from_hex(hex: &str) -> Option<[u8; 32]> {
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
 }
 
 /// A device record with its pins; `record_of_row` reads it.
@@ -314,7 +381,12 @@ const SELECT_RECORD: &str = "
     SELECT d.device_id, d.public_key, d.state, d.roles, d.display_name, d.label,
            d.first_seen_ms, d.last_seen_ms, d.last_address, d.approved_by, d.approved_at_ms,
            (SELECT json_group_array(instance_id) FROM instances i WHERE i.device_id = d.device_id),
-           d.join_token_id
+           d.join_token_id,
+           (SELECT json_group_array(json_object(
+                'role', role, 'scopes', json(scopes), 'createdAtMs', issued_at_ms,
+                'rotatedAtMs', rotated_at_ms, 'revokedAtMs', revoked_at_ms,
+                'active', json(CASE WHEN token_sha256 IS NULL THEN 'false' ELSE 'true' END)))
+              FROM (SELECT * FROM device_tokens t WHERE t.device_id = d.device_id ORDER BY role))
     FROM devices d";
 
 fn record_of_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceRecord> {
@@ -338,6 +410,10 @@ fn record_of_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceRecord> {
         approved_at_ms: r.get::<_, Option<i64>>(10)?.map(|v| v as u64),
         instance_ids: json_list(r.get(11)?),
         join_token_id: r.get(12)?,
+        tokens: r
+            .get::<_, Option<String>>(13)?
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .unwrap_or_default(),
     })
 }
 

@@ -733,3 +733,234 @@ fn concurrent_enrolments_take_a_join_tokens_uses_once_each() {
     assert_eq!(t.used, 3);
     assert_eq!(registry.counts().unwrap().devices, 3);
 }
+
+/// Device tokens (issue 16, part 5), the same in every implementation:
+/// stored as their SHA-256, one per device and role, matched in constant
+/// time; rotation and revocation end the old token at once; a device's
+/// removal takes its tokens.
+fn keeps_device_tokens(registry: &dyn DeviceRegistry) {
+    let issue = |id: &str, role: Role, token: &str, scopes: &[&str], now_ms: u64| {
+        block(registry.change_token(TokenChange::Issue {
+            device_id: id.to_string(),
+            role,
+            sha256: token_digest(token),
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            now_ms,
+        }))
+        .expect("issue")
+    };
+    // No device, no token.
+    assert_eq!(issue("a", Role::Node, "t-a", &[], 10), None);
+    assert_eq!(registry.device_token("a", Role::Node).expect("read"), None);
+    block(registry.claim(claim("i-1", "a", 10))).expect("claim");
+    block(registry.claim(claim("i-2", "b", 10))).expect("claim");
+    let a = issue("a", Role::Node, "t-a", &[], 20).expect("issued");
+    assert_eq!((a.issued_at_ms, a.revoked_at_ms), (20, None));
+    issue("b", Role::Node, "t-b", &[], 20).expect("issued");
+    issue("b", Role::Operator, "t-b-op", &["operator.read"], 21).expect("issued");
+
+    let stored = registry
+        .device_token("a", Role::Node)
+        .expect("read")
+        .expect("a's token");
+    assert!(stored.matches("t-a"));
+    // Only the digest is kept.
+    assert_eq!(stored.sha256, Some(token_digest("t-a")));
+    // Another device's token, another role's, a near miss: no match.
+    assert!(!stored.matches("t-b"));
+    assert!(!stored.matches("t-a "));
+    assert!(!stored.matches(""));
+    assert_eq!(
+        registry.device_token("a", Role::Operator).expect("read"),
+        None
+    );
+    let op = registry
+        .device_token("b", Role::Operator)
+        .expect("read")
+        .expect("b's operator token");
+    assert!(op.matches("t-b-op") && !op.matches("t-b"));
+    assert_eq!(op.scopes, vec!["operator.read".to_string()]);
+
+    // A new issue replaces the token.
+    issue("a", Role::Node, "t-a2", &[], 30).expect("issued");
+    let a = registry
+        .device_token("a", Role::Node)
+        .expect("read")
+        .expect("a");
+    assert!(a.matches("t-a2") && !a.matches("t-a"));
+    assert_eq!(a.issued_at_ms, 30);
+
+    // Rotation without a replacement (withheld): nothing matches.
+    let rotate = |sha256: Option<[u8; 32]>, scopes: Option<Vec<String>>, now_ms: u64| {
+        block(registry.change_token(TokenChange::Rotate {
+            device_id: "b".into(),
+            role: Role::Operator,
+            sha256,
+            scopes,
+            now_ms,
+        }))
+        .expect("rotate")
+    };
+    let rotated = rotate(None, None, 40).expect("rotated");
+    assert_eq!((rotated.sha256, rotated.rotated_at_ms), (None, Some(40)));
+    assert_eq!(rotated.scopes, vec!["operator.read".to_string()]);
+    let b = registry
+        .device_token("b", Role::Operator)
+        .expect("read")
+        .expect("b");
+    assert!(!b.matches("t-b-op"));
+    // In band: the replacement matches, with narrowed scopes.
+    let rotated = rotate(Some(token_digest("t-b-op2")), Some(vec![]), 50).expect("rotated");
+    assert!(rotated.matches("t-b-op2"));
+    assert_eq!((rotated.issued_at_ms, rotated.scopes.len()), (50, 0));
+    // Rotating or revoking a token never issued: nothing.
+    let none = block(registry.change_token(TokenChange::Revoke {
+        device_id: "a".into(),
+        role: Role::Operator,
+        now_ms: 55,
+    }))
+    .expect("revoke");
+    assert_eq!(none, None);
+
+    // Revocation: the node token of b stops matching; a's is untouched.
+    let revoked = block(registry.change_token(TokenChange::Revoke {
+        device_id: "b".into(),
+        role: Role::Node,
+        now_ms: 60,
+    }))
+    .expect("revoke")
+    .expect("revoked");
+    assert_eq!((revoked.sha256, revoked.revoked_at_ms), (None, Some(60)));
+    assert!(!registry
+        .device_token("b", Role::Node)
+        .expect("read")
+        .expect("b")
+        .matches("t-b"));
+    // The record lists the tokens by role, never the token.
+    let all = registry.devices().expect("list");
+    let b = all.iter().find(|r| r.device_id == "b").expect("b");
+    let summary: Vec<_> = b
+        .tokens
+        .iter()
+        .map(|t| (t.role.as_str(), t.active, t.revoked_at_ms, t.rotated_at_ms))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("node", false, Some(60), None),
+            ("operator", true, None, Some(50))
+        ]
+    );
+    assert_eq!(b.tokens[1].created_at_ms, 50);
+    let json = serde_json::to_string(b).expect("json");
+    assert!(
+        !json.contains("\"t-b") && !json.contains("t-b-op2"),
+        "{json}"
+    );
+    // Issued again (the device's next connect): valid, revocation cleared.
+    let again = issue("b", Role::Node, "t-b3", &[], 70).expect("issued");
+    assert!(again.matches("t-b3"));
+    assert_eq!(again.revoked_at_ms, None);
+
+    // A removed device's tokens go with it.
+    registry
+        .change(Change::Remove {
+            device_id: "a".into(),
+        })
+        .expect("remove");
+    assert_eq!(registry.device_token("a", Role::Node).expect("read"), None);
+}
+
+#[test]
+fn memory_registry_keeps_device_tokens() {
+    keeps_device_tokens(&MemoryRegistry::new());
+}
+
+#[test]
+fn sqlite_registry_keeps_device_tokens_hashed_across_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    keeps_device_tokens(&SqliteRegistry::open(dir.path()).expect("open"));
+    let reopened = SqliteRegistry::open(dir.path()).expect("reopen");
+    let b = reopened
+        .device_token("b", Role::Node)
+        .expect("read")
+        .expect("b's token");
+    assert!(b.matches("t-b3"));
+    drop(reopened);
+    // The file holds the digest, never the token.
+    let conn = Connection::open(dir.path().join(REGISTRY_FILE)).expect("open");
+    let stored: String = conn
+        .query_row(
+            "SELECT token_sha256 FROM device_tokens WHERE device_id = 'b' AND role = 'node'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("row");
+    let hex: String = token_digest("t-b3")
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(stored, hex);
+    let bytes = std::fs::read(dir.path().join(REGISTRY_FILE)).expect("read");
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(!text.contains("t-b3") && !text.contains("t-b-op2"));
+}
+
+/// A registry made by the previous version (schema 1) is brought to
+/// schema 2 on open: its devices and pins stay, device tokens work.
+#[test]
+fn a_schema_1_registry_is_migrated_to_device_tokens() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let mut conn = Connection::open(dir.path().join(REGISTRY_FILE)).expect("create");
+        let tx = conn.transaction().expect("tx");
+        tx.execute_batch(
+            "CREATE TABLE devices (
+                device_id TEXT PRIMARY KEY NOT NULL, public_key TEXT,
+                state TEXT NOT NULL DEFAULT 'approved'
+                    CHECK (state IN ('pending', 'approved', 'rejected', 'revoked')),
+                roles TEXT NOT NULL DEFAULT '[]', display_name TEXT, label TEXT,
+                first_seen_ms INTEGER NOT NULL, last_seen_ms INTEGER NOT NULL,
+                last_address TEXT, approved_by TEXT, approved_at_ms INTEGER
+            ) WITHOUT ROWID;
+            CREATE TABLE instances (
+                instance_id TEXT PRIMARY KEY NOT NULL,
+                device_id TEXT NOT NULL REFERENCES devices (device_id) ON DELETE CASCADE,
+                display_name TEXT, claimed_at_ms INTEGER NOT NULL
+            ) WITHOUT ROWID;
+            CREATE INDEX instances_by_device ON instances (device_id);
+            CREATE TABLE meta (key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL) WITHOUT ROWID;
+            INSERT INTO devices (device_id, public_key, roles, first_seen_ms, last_seen_ms)
+                VALUES ('a', 'pk-a', '[\"node\"]', 1, 1);
+            INSERT INTO instances VALUES ('i-1', 'a', NULL, 1);
+            PRAGMA user_version = 1;",
+        )
+        .expect("schema 1");
+        tx.commit().expect("commit");
+    }
+    let registry = SqliteRegistry::open(dir.path()).expect("migrated");
+    assert_eq!(
+        registry.pin("i-1").expect("pin").expect("kept").device_id,
+        "a"
+    );
+    block(registry.change_token(TokenChange::Issue {
+        device_id: "a".into(),
+        role: Role::Node,
+        sha256: token_digest("t"),
+        scopes: vec![],
+        now_ms: 5,
+    }))
+    .expect("issue")
+    .expect("issued");
+    assert!(registry
+        .device_token("a", Role::Node)
+        .expect("read")
+        .expect("token")
+        .matches("t"));
+    drop(registry);
+    let version: i64 = Connection::open(dir.path().join(REGISTRY_FILE))
+        .expect("open")
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .expect("version");
+    assert_eq!(version, schema::SCHEMA_VERSION);
+}

@@ -11,10 +11,11 @@ use tracing::{debug, warn};
 
 use super::join_token_queries::select_join_token;
 use super::queries::{select_first_seen, select_pin};
-use super::sqlite::select_record;
+use super::sqlite::{select_record, select_token, to_hex};
 use super::{
     decide, Change, Claim, ClaimCheck, Decision, Device, DeviceRecord, DeviceState, Found,
     JoinToken, JoinTokenCreated, NewJoinToken, Pin, JOIN_TOKEN_KEPT_MS,
+    TokenChange, TokenRecord,
 };
 use crate::protocol::join_token::MAX_LIVE;
 use crate::protocol::Role;
@@ -37,6 +38,8 @@ pub enum Job {
     RevokeJoinToken(String, u64, mpsc::SyncSender<Result<Option<JoinToken>>>),
     /// A join token let a connection in at this time.
     JoinTokenUsed(String, u64),
+    /// A device token issued, rotated or revoked.
+    Token(TokenChange, oneshot::Sender<Result<Option<TokenRecord>>>),
     /// Answered once everything queued before it is stored.
     Flush(mpsc::SyncSender<Result<()>>),
     /// Stores what is queued before it, then ends the thread.
@@ -60,6 +63,10 @@ enum Reply {
         mpsc::SyncSender<Result<Option<JoinToken>>>,
         Result<Option<JoinToken>>,
     ),
+    Token(
+        oneshot::Sender<Result<Option<TokenRecord>>>,
+        Result<Option<TokenRecord>>,
+    ),
 }
 
 impl Reply {
@@ -74,6 +81,7 @@ impl Reply {
             Job::Flush(tx) => Some(Reply::Flush(tx, Err(e()))),
             Job::CreateJoinToken(_, tx) => Some(Reply::Created(tx, Err(e()))),
             Job::RevokeJoinToken(_, _, tx) => Some(Reply::Revoked(tx, Err(e()))),
+            Job::Token(_, tx) => Some(Reply::Token(tx, Err(e()))),
             Job::Seen(..) | Job::JoinTokenUsed(..) | Job::Stop => None,
         }
     }
@@ -87,6 +95,7 @@ impl Reply {
             Reply::Flush(tx, result) => drop(tx.send(result)),
             Reply::Created(tx, result) => drop(tx.send(result)),
             Reply::Revoked(tx, result) => drop(tx.send(result)),
+            Reply::Token(tx, result) => drop(tx.send(result)),
         }
     }
 }
@@ -142,6 +151,7 @@ enum Outcome {
     Change(Option<DeviceRecord>),
     Created(JoinTokenCreated),
     Revoked(Option<JoinToken>),
+    Token(Option<TokenRecord>),
     Done,
 }
 
@@ -155,6 +165,7 @@ impl Outcome {
             (Outcome::Revoked(t), Job::RevokeJoinToken(_, _, tx)) => {
                 Some(Reply::Revoked(tx, Ok(t)))
             }
+            (Outcome::Token(record), Job::Token(_, tx)) => Some(Reply::Token(tx, Ok(record))),
             (_, Job::Flush(tx)) => Some(Reply::Flush(tx, Ok(()))),
             _ => None,
         }
@@ -186,6 +197,7 @@ fn apply_all(conn: &mut Connection, batch: &[Job]) -> Result<Vec<Outcome>> {
                 .execute(params![id, *now_ms as i64])?;
                 Outcome::Done
             }
+            Job::Token(change, _) => Outcome::Token(apply_token(&tx, change)?),
             Job::Flush(_) | Job::Stop => Outcome::Done,
         });
     }
@@ -382,4 +394,83 @@ fn apply_change(tx: &Transaction<'_>, change: &Change) -> Result<Option<DeviceRe
             Ok(record)
         }
     }
+}
+
+/// Applies a device token change (see [`TokenChange`]).
+fn apply_token(tx: &Transaction<'_>, change: &TokenChange) -> Result<Option<TokenRecord>> {
+    let (device_id, role) = match change {
+        TokenChange::Issue {
+            device_id,
+            role,
+            sha256,
+            scopes,
+            now_ms,
+        } => {
+            if select_first_seen(tx, device_id)?.is_none() {
+                return Ok(None);
+            }
+            tx.prepare_cached(
+                "INSERT INTO device_tokens (device_id, role, token_sha256, scopes, issued_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (device_id, role) DO UPDATE SET
+                    token_sha256 = excluded.token_sha256,
+                    scopes = excluded.scopes,
+                    issued_at_ms = excluded.issued_at_ms,
+                    revoked_at_ms = NULL",
+            )?
+            .execute(params![
+                device_id,
+                role.as_str(),
+                to_hex(sha256),
+                serde_json::to_string(scopes)?,
+                *now_ms as i64,
+            ])?;
+            (device_id, *role)
+        }
+        TokenChange::Rotate {
+            device_id,
+            role,
+            sha256,
+            scopes,
+            now_ms,
+        } => {
+            let scopes = scopes.as_ref().map(serde_json::to_string).transpose()?;
+            let changed = tx.execute(
+                "UPDATE device_tokens SET
+                    token_sha256 = ?3,
+                    scopes = coalesce(?4, scopes),
+                    rotated_at_ms = ?5,
+                    issued_at_ms = CASE WHEN ?3 IS NULL THEN issued_at_ms ELSE ?5 END,
+                    revoked_at_ms = CASE WHEN ?3 IS NULL THEN revoked_at_ms ELSE NULL END
+                 WHERE device_id = ?1 AND role = ?2",
+                params![
+                    device_id,
+                    role.as_str(),
+                    sha256.as_ref().map(to_hex),
+                    scopes,
+                    *now_ms as i64,
+                ],
+            )?;
+            if changed == 0 {
+                return Ok(None);
+            }
+            (device_id, *role)
+        }
+        TokenChange::Revoke {
+            device_id,
+            role,
+            now_ms,
+        } => {
+            let changed = tx.execute(
+                "UPDATE device_tokens SET token_sha256 = NULL, revoked_at_ms = ?3
+                 WHERE device_id = ?1 AND role = ?2",
+                params![device_id, role.as_str(), *now_ms as i64],
+            )?;
+            if changed == 0 {
+                return Ok(None);
+            }
+            (device_id, *role)
+        }
+    };
+    select_token(tx, device_id, role)
 }
