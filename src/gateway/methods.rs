@@ -1,13 +1,12 @@
 //! Request handling after the handshake: one function per method, each
 //! checking the caller's role and scopes before touching state.
 
-use std::net::IpAddr;
-
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::auth::{grants, Credential};
+use super::context::forbidden;
+pub use super::context::ConnContext;
 use super::join_token_methods;
 use super::outgoing::Outgoing;
 use super::pairing_methods;
@@ -15,8 +14,8 @@ use super::state::Shared;
 use crate::clock::now_ms;
 use crate::presence::PresenceKey;
 use crate::protocol::{
-    event, method, scope, ClientInfo, ErrorCode, ErrorShape, Frame, HostStats, NodeEventParams,
-    Request, Response, Role, SystemEventParams,
+    event, method, scope, ErrorCode, ErrorShape, Frame, HostStats, NodeEventParams, Request,
+    Response, Role, SystemEventParams,
 };
 
 /// Methods this gateway answers (advertised in `hello-ok.features.methods`).
@@ -43,64 +42,6 @@ pub const METHODS: &[&str] = &[
     method::DEVICE_TOKEN_ROTATE,
     method::DEVICE_TOKEN_REVOKE,
 ];
-
-/// Who is asking: fixed for the life of a connection.
-#[derive(Debug, Clone)]
-pub struct ConnContext {
-    pub conn_id: String,
-    pub role: Role,
-    pub scopes: Vec<String>,
-    pub client: ClientInfo,
-    pub device_id: Option<String>,
-    /// The credential it connected with.
-    pub credential: Credential,
-    /// The key this connection's own row has, or would have.
-    pub own_key: PresenceKey,
-    /// The row the connection created (`None` for `mode: cli`).
-    pub presence_key: Option<PresenceKey>,
-    /// The remote address, unless loopback.
-    pub remote_ip: Option<IpAddr>,
-}
-
-impl ConnContext {
-    /// `operator.admin` implies every scope; `operator.write` implies read.
-    fn has_scope(&self, needed: &str) -> bool {
-        grants(&self.scopes, needed)
-    }
-
-    /// Whether this client sees the presence list: in its hello-ok snapshot
-    /// and as `presence` events (operators with `operator.read`, as OpenClaw
-    /// projects it; nodes get an empty snapshot and no events).
-    pub fn reads_presence(&self) -> bool {
-        super::auth::reads_presence(self.role, &self.scopes)
-    }
-
-    pub(crate) fn require_operator_scope(&self, needed: &str) -> Result<(), ErrorShape> {
-        if self.role == Role::Operator && self.has_scope(needed) {
-            Ok(())
-        } else {
-            Err(forbidden(format!("missing scope: {needed}")))
-        }
-    }
-
-    /// Methods a node calls about itself are not for operators.
-    fn require_node(&self, method: &str) -> Result<(), ErrorShape> {
-        if self.role == Role::Node {
-            Ok(())
-        } else {
-            Err(forbidden(format!("{method} requires role node")))
-        }
-    }
-
-    /// The id a node is known by (`node.list`'s `nodeId`): its device id.
-    fn node_id(&self) -> &str {
-        self.device_id.as_deref().unwrap_or(&self.conn_id)
-    }
-}
-
-fn forbidden(message: impl Into<String>) -> ErrorShape {
-    ErrorShape::new(ErrorCode::Forbidden, message)
-}
 
 fn parse_params<T: DeserializeOwned>(req: &Request) -> Result<T, ErrorShape> {
     let invalid = |e: &dyn std::fmt::Display| {
@@ -479,7 +420,9 @@ fn strip_nulls(mut v: Value) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gateway::auth::Credential;
     use crate::gateway::GatewayConfig;
+    use crate::protocol::ClientInfo;
     use crate::protocol::PresenceEntry;
 
     fn shared() -> Shared {

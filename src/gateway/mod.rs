@@ -15,6 +15,7 @@ pub mod admission;
 pub mod auth;
 pub mod broadcast;
 pub mod connection;
+pub mod context;
 pub mod handler;
 pub mod http;
 pub mod join_token_methods;

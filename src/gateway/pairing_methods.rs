@@ -15,7 +15,7 @@ use serde_json::{json, Map, Value};
 use tracing::info;
 
 use super::auth::{grants, Credential};
-use super::methods::ConnContext;
+use super::context::ConnContext;
 use super::pairing::MAX_PENDING;
 use super::registry::{token_digest, DeviceRecord, DeviceState, TokenChange};
 use super::state::Shared;

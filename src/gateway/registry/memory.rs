@@ -9,8 +9,8 @@ use futures_util::future::BoxFuture;
 
 use super::{
     decide, Change, Claim, ClaimCheck, Counts, Decision, Device, DeviceRecord, DeviceRegistry,
-    DeviceState, Found, JoinToken, JoinTokenCreated, NewJoinToken, Pin, JOIN_TOKEN_KEPT_MS,
-    TokenChange, TokenRecord, TokenSummary,
+    DeviceState, Found, JoinToken, JoinTokenCreated, NewJoinToken, Pin, TokenChange, TokenRecord,
+    TokenSummary, JOIN_TOKEN_KEPT_MS,
 };
 use crate::protocol::join_token::{JoinTokenState, MAX_LIVE};
 use crate::protocol::Role;

@@ -178,7 +178,6 @@ pub trait DeviceRegistry: Send + Sync {
     }
 }
 
-
 /// Dead join tokens (expired or revoked) are kept this long, so the devices
 /// list can still name them, then deleted when the next one is created.
 pub const JOIN_TOKEN_KEPT_MS: u64 = 90 * 24 * 60 * 60 * 1000;
@@ -202,7 +201,6 @@ pub enum JoinTokenCreated {
     /// [`MAX_LIVE`]: crate::protocol::join_token::MAX_LIVE
     TooMany(usize),
 }
-
 
 /// A device token as stored: never the token, only its SHA-256.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -10,12 +10,10 @@ use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
 use super::join_token_queries::select_join_token;
-use super::queries::{select_first_seen, select_pin};
-use super::sqlite::{select_record, select_token, to_hex};
+use super::queries::{select_first_seen, select_pin, select_record, select_token, to_hex};
 use super::{
     decide, Change, Claim, ClaimCheck, Decision, Device, DeviceRecord, DeviceState, Found,
-    JoinToken, JoinTokenCreated, NewJoinToken, Pin, JOIN_TOKEN_KEPT_MS,
-    TokenChange, TokenRecord,
+    JoinToken, JoinTokenCreated, NewJoinToken, Pin, TokenChange, TokenRecord, JOIN_TOKEN_KEPT_MS,
 };
 use crate::protocol::join_token::MAX_LIVE;
 use crate::protocol::Role;
