@@ -175,6 +175,7 @@ async fn run(args: Args) -> Result<bool> {
         stats: Stats::default(),
         beacon_every: secs(args.beacon_interval),
         stats_every: secs(args.stats_interval),
+        device_tokens: Default::default(),
     });
     let identities = |n: usize| -> Vec<DeviceIdentity> {
         (0..n)

@@ -35,6 +35,31 @@ pub struct Shared {
     pub stats: Stats,
     pub beacon_every: Option<Duration>,
     pub stats_every: Option<Duration>,
+    /// The device tokens gateways issued (`hello-ok.auth.deviceToken`), by
+    /// device id: presented on the next connect of that device, as the
+    /// agent does, so a known device reconnecting costs what an agent's
+    /// reconnect costs (the gateway issues a token only when none is
+    /// presented).
+    pub device_tokens: std::sync::Mutex<std::collections::HashMap<String, Secret>>,
+}
+
+impl Shared {
+    fn device_token(&self, device_id: &str) -> Option<Secret> {
+        let tokens = self.device_tokens.lock().unwrap_or_else(|p| p.into_inner());
+        tokens.get(device_id).cloned()
+    }
+
+    /// Keeps the device token a `hello-ok` payload carries, if any.
+    fn keep_device_token(&self, device_id: &str, hello: Option<&serde_json::Value>) {
+        let token = hello
+            .and_then(|h| h.get("auth"))
+            .and_then(|a| a.get("deviceToken"))
+            .and_then(serde_json::Value::as_str);
+        if let Some(token) = token {
+            let mut tokens = self.device_tokens.lock().unwrap_or_else(|p| p.into_inner());
+            tokens.insert(device_id.to_string(), Secret::new(token));
+        }
+    }
 }
 
 /// How a node of `hold`/`storm` runs.
@@ -173,7 +198,7 @@ async fn connect(shared: &Shared, identity: &DeviceIdentity) -> Result<Ws, Strin
         |challenge| {
             let credentials = Credentials {
                 shared: shared.token.clone(),
-                device_token: None,
+                device_token: shared.device_token(identity.device_id()),
             };
             let client = node_client(identity, identity.instance_id(), &shared.facts);
             signed_node_connect(identity, client, &credentials, challenge)
@@ -181,8 +206,9 @@ async fn connect(shared: &Shared, identity: &DeviceIdentity) -> Result<Ws, Strin
     )
     .await;
     match result {
-        Ok((ws, _)) => {
+        Ok((ws, hello)) => {
             shared.stats.handshake(started.elapsed());
+            shared.keep_device_token(identity.device_id(), hello.as_ref());
             Ok(ws)
         }
         Err(e) => Err(handshake_error_kind(&e)),
