@@ -36,7 +36,8 @@ fn refused_as_node_only(outcome: Outcome, gw: &TestGateway, what: &str) {
 
 /// A host holding only the join token cannot connect as an operator (read,
 /// write or admin), so it cannot write into another row, nor forget a pin;
-/// as the node it is, it may only update its own row and may not forget.
+/// as the node it is, it may only update its own row and may not forget,
+/// approve, revoke or remove a device, or make a join token.
 /// The operator token may do all of it.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_join_token_is_a_node_credential_and_the_operator_token_an_operator_one() {
@@ -103,6 +104,26 @@ async fn the_join_token_is_a_node_credential_and_the_operator_token_an_operator_
         .await
         .expect_err("a node forgot a pin");
     assert_eq!(e.code.as_str(), "FORBIDDEN", "{e:?}");
+    // Nor approve, revoke or remove a device, rotate a token, or make a
+    // join token (operator.pairing, which no node has).
+    let calls = [
+        ("device.pair.approve", json!({ "requestId": "any" })),
+        ("device.pair.remove", json!({ "deviceId": "any" })),
+        ("clawnode.device.revoke", json!({ "deviceId": "any" })),
+        (
+            "device.token.rotate",
+            json!({ "deviceId": "any", "role": "node" }),
+        ),
+        ("clawnode.joinToken.create", json!({})),
+        ("device.pair.list", json!({})),
+    ];
+    for (method, params) in calls {
+        let e = node
+            .call(method, params)
+            .await
+            .expect_err("a node called a pairing method");
+        assert_eq!(e.code.as_str(), "FORBIDDEN", "{method}: {e:?}");
+    }
 
     // The operator token: an admin that may write any row and forget.
     let mut admin = open_operator(&gw, "cli", None, &["operator.admin"]).await;
