@@ -235,16 +235,16 @@ fn apply_claim(tx: &Transaction<'_>, claim: &Claim) -> Result<ClaimCheck> {
     }
     upsert_device(tx, device, claim.now_ms)?;
     if decision == Decision::PinToClaimant {
-        tx.execute(
+        tx.prepare_cached(
             "INSERT OR REPLACE INTO instances (instance_id, device_id, display_name, claimed_at_ms)
              VALUES (?1, ?2, ?3, ?4)",
-            params![
-                claim.key,
-                device.id,
-                device.display_name,
-                claim.now_ms as i64
-            ],
-        )?;
+        )?
+        .execute(params![
+            claim.key,
+            device.id,
+            device.display_name,
+            claim.now_ms as i64
+        ])?;
     }
     // Its device token, issued with the claim: in this same commit.
     if let Some(t) = &claim.token {
