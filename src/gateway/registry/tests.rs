@@ -1064,7 +1064,7 @@ fn memory_registry_issues_device_tokens_with_claims() {
 }
 
 #[test]
-fn sqlite_registry_issues_device_tokens_with_claims_in_one_commit() {
+fn sqlite_registry_issues_device_tokens_with_claims_kept_hashed() {
     let dir = tempfile::tempdir().expect("tempdir");
     let registry = SqliteRegistry::open(dir.path()).expect("open");
     issues_device_tokens_with_claims(&registry);
