@@ -335,6 +335,7 @@ fn registry(c: &mut Criterion) {
         key: key.to_string(),
         device: device(id),
         now_ms: NOW,
+        token: None,
     };
     for pins in [0usize, 100_000] {
         let dir = tempfile::tempdir().expect("temp dir");

@@ -747,6 +747,30 @@ fn registry_facts(state: &Path) -> std::collections::HashMap<String, Fact> {
     facts
 }
 
+/// Every device's node token as stored (SHA-256, hex), read-only.
+fn stored_node_tokens(state: &Path) -> std::collections::HashMap<String, String> {
+    use rusqlite::OpenFlags;
+    let path = state.join("registry.sqlite");
+    let db = rusqlite::Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .unwrap_or_else(|e| panic!("{} does not open: {e}", path.display()));
+    let mut rows = db
+        .prepare(
+            "SELECT device_id, token_sha256 FROM device_tokens
+             WHERE role = 'node' AND token_sha256 IS NOT NULL",
+        )
+        .unwrap();
+    let rows = rows.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+    rows.collect::<Result<_, _>>().unwrap()
+}
+
+fn sha256_hex(token: &str) -> String {
+    use sha2::{Digest as _, Sha256};
+    Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// A SIGKILL while the device registry is being written never corrupts it
 /// and never loses what the gateway acknowledged. Each round starts the
 /// gateway on the same state directory, sets off registry writes at once —
@@ -756,7 +780,9 @@ fn registry_facts(state: &Path) -> std::collections::HashMap<String, Fact> {
 /// command succeeds) — and kills the gateway at a point that moves from
 /// round to round. Then the database must open read-only, pass `PRAGMA
 /// integrity_check`, and hold every change acknowledged before the kill;
-/// a change in flight may be there or not, but nothing else.
+/// a change in flight may be there or not, but nothing else; and every
+/// device token a new device's `hello-ok` carried (stored, as its SHA-256,
+/// in the commit of its record and pin).
 ///
 /// In two rounds of three the test holds the database's write lock (a
 /// slow disk, as the gateway sees it) from the start of the writes —
@@ -767,7 +793,7 @@ fn registry_facts(state: &Path) -> std::collections::HashMap<String, Fact> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_sigkill_during_registry_writes_never_corrupts_it_or_loses_an_acknowledged_change() {
     use clawnode::identity::DeviceIdentity;
-    use common::node::attempt_from;
+    use common::node::{attempt_from, attempt_issued};
     use std::collections::HashMap;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{Arc, Mutex};
@@ -852,9 +878,19 @@ async fn a_sigkill_during_registry_writes_never_corrupts_it_or_loses_an_acknowle
                 let instance = format!("kill-{round}-{n}");
                 begun.fetch_add(1, Ordering::SeqCst);
                 let source = format!("127.0.9.{}", 1 + n % 8);
-                let outcome = attempt_from(addr, &source, &id, &token, Some(&instance)).await;
+                let (outcome, issued) =
+                    attempt_issued(addr, &source, &id, &token, Some(&instance)).await;
                 ended.fetch_add(1, Ordering::SeqCst);
-                (id.device_id().to_string(), instance, outcome == "accepted")
+                let accepted = outcome == "accepted";
+                assert!(
+                    !accepted || issued.is_some(),
+                    "accepted without a device token"
+                );
+                (
+                    id.device_id().to_string(),
+                    instance,
+                    issued.filter(|_| accepted),
+                )
             });
         }
         let url = gw.url();
@@ -916,14 +952,17 @@ async fn a_sigkill_during_registry_writes_never_corrupts_it_or_loses_an_acknowle
         // What was acknowledged, and what may have been stored.
         let mut maybe: HashMap<String, Option<Fact>> = HashMap::new();
         let (mut acked_this_round, mut cli_acked) = (0, 0);
+        // The device tokens this round's new devices were told about.
+        let mut issued = Vec::new();
         while let Some(joined) = burst.join_next().await {
-            let (device, instance, accepted) = joined.unwrap();
+            let (device, instance, token) = joined.unwrap();
             let fact = Some(Fact {
                 state: "approved".into(),
                 label: None,
                 pins: vec![instance],
             });
-            if accepted {
+            if let Some(token) = token {
+                issued.push((device.clone(), token));
                 known.insert(device, fact);
                 acked_this_round += 1;
             } else {
@@ -954,6 +993,14 @@ async fn a_sigkill_during_registry_writes_never_corrupts_it_or_loses_an_acknowle
 
         // The database after the kill, before anything opens it again.
         let stored = registry_facts(state.path());
+        let tokens = stored_node_tokens(state.path());
+        for (device, token) in &issued {
+            assert_eq!(
+                tokens.get(device),
+                Some(&sha256_hex(token)),
+                "round {round} (killed {delay:?} in): the device token {device} was told about"
+            );
+        }
         for (device, expected) in known.iter_mut() {
             let found = stored.get(device).cloned();
             match maybe.remove(device) {

@@ -33,9 +33,9 @@ use super::metrics::HandshakeResult;
 use super::outgoing::Outgoing;
 use super::pairing;
 use super::preauth;
-use super::registry::{ClaimCheck, Device, DeviceState};
+use super::registry::{token_digest, ClaimCheck, ClaimToken, Device, DeviceState};
 use super::state::Admit;
-use super::state::{Registration, Shared};
+use super::state::{new_device_token, Registration, Shared};
 use super::SERVER_VERSION;
 use crate::clock::now_ms;
 use crate::presence::{ConnectionInfo, ListJson, PresenceKey};
@@ -327,8 +327,11 @@ async fn handshake(
         conn_id,
     );
     let revocations = shared.revocations();
-    claim(shared, &req, &admitted, &own_key, remote_ip).await?;
-    let device_token = device_token(shared, &req, &admitted).await;
+    let issued = claim(shared, &req, &admitted, &own_key, remote_ip).await?;
+    let device_token = match issued {
+        Some(issued) => Some(issued),
+        None => device_token(shared, &req, &admitted).await,
+    };
 
     let registered = shared.register(Registration {
         conn: ConnectionInfo {
@@ -419,26 +422,17 @@ fn device_token_still_valid(
 /// it is still valid (kept), else — let in by the join or the operator
 /// token — a new one for its role, stored (as a SHA-256) before the answer,
 /// which replaces any earlier one. A client without a device, or without
-/// auth, gets none. A registry that cannot store it costs the client its
-/// token, not its connection (logged).
+/// auth, gets none. A new device's is issued with its claim ([`claim`]);
+/// this issues a known device's. A registry that cannot store it costs a
+/// known device its token, not its connection (logged).
 async fn device_token(
     shared: &Shared,
     req: &ConnectRequest,
     admitted: &auth::Admitted,
 ) -> Option<(String, u64)> {
     let device_id = admitted.device_id.as_deref()?;
-    if let Some(issued) = admitted.device_token_issued_at_ms {
-        // Let in by it (from `auth.deviceToken`, else `auth.token`), or
-        // by a shared token with it in `auth.deviceToken`.
-        let presented = match admitted.credential {
-            auth::Credential::DeviceToken => {
-                auth::device_token_candidate(&req.params).map(|(t, _)| t)
-            }
-            _ => req.params.device_token(),
-        };
-        if let Some(presented) = presented {
-            return Some((presented.to_string(), issued));
-        }
+    if let Some(kept) = kept_device_token(req, admitted) {
+        return Some(kept);
     }
     if !admitted.credential.issues_device_token() {
         return None;
@@ -463,18 +457,35 @@ async fn device_token(
     }
 }
 
+/// The device token the device presented and was let in with (or beside
+/// a shared token), still valid: `hello-ok` carries it again.
+fn kept_device_token(req: &ConnectRequest, admitted: &auth::Admitted) -> Option<(String, u64)> {
+    let issued = admitted.device_token_issued_at_ms?;
+    // Let in by it (from `auth.deviceToken`, else `auth.token`), or by a
+    // shared token with it in `auth.deviceToken`.
+    let presented = match admitted.credential {
+        auth::Credential::DeviceToken => auth::device_token_candidate(&req.params).map(|(t, _)| t),
+        _ => req.params.device_token(),
+    };
+    presented.map(|t| (t.to_string(), issued))
+}
+
 /// The connection's presence key is pinned to the first device that
 /// claimed it (a device's own id is its own); a client without a device
 /// claims nothing (its row is unclaimed: `PresenceKey::for_connection`).
+/// A new device let in by a credential that issues device tokens is issued
+/// its first one with the claim: its record, pin and token are stored in
+/// one commit before `hello-ok`, and a refused claim stores no token. That
+/// token and its issue time, when issued.
 async fn claim(
     shared: &Shared,
     req: &ConnectRequest,
     admitted: &auth::Admitted,
     own_key: &PresenceKey,
     remote_ip: IpAddr,
-) -> Result<(), Rejection> {
+) -> Result<Option<(String, u64)>, Rejection> {
     let (Some(device_id), Some(proof)) = (&admitted.device_id, &req.params.device) else {
-        return Ok(());
+        return Ok(None);
     };
     let device = Device {
         id: device_id.clone(),
@@ -485,10 +496,21 @@ async fn claim(
         join_token: admitted.credential.join_token_id().map(str::to_string),
     };
     let first_use = admit(shared, req, &device)?;
+    let issued = (first_use.is_some()
+        && own_key.is_claimable()
+        && admitted.credential.issues_device_token()
+        && kept_device_token(req, admitted).is_none())
+    .then(new_device_token);
+    let claim_token = issued.as_deref().map(|t| ClaimToken {
+        role: admitted.role,
+        sha256: token_digest(t),
+        scopes: admitted.scopes.clone(),
+    });
     let role = admitted.role.as_str();
     let join_token = device.join_token.clone();
     let join_token_id = join_token.as_deref().unwrap_or("-");
-    match shared.claim(own_key, device).await {
+    let now = now_ms();
+    match shared.claim(own_key, device, claim_token, now).await {
         Ok(ClaimCheck::Conflict(pin)) => Err(auth::pinned_elsewhere(req, own_key, &pin)),
         Ok(ClaimCheck::JoinTokenRefused(token)) => Err(match token {
             Some(token) => auth::join_token_refused(&req.id, &token, now_ms()),
@@ -526,7 +548,10 @@ async fn claim(
                     );
                 }
             }
-            Ok(())
+            if issued.is_some() {
+                debug!(device_id = device_id.as_str(), role, "device token issued");
+            }
+            Ok(issued.map(|t| (t, now)))
         }
         Err(e) => {
             warn!(error = %format!("{e:#}"), "device registry unavailable; refusing the connection");

@@ -170,7 +170,11 @@ impl Gateway {
             display_name: None,
             join_token: None,
         };
-        if let registry::ClaimCheck::Conflict(pin) = self.state.claim(&key, device).await? {
+        if let registry::ClaimCheck::Conflict(pin) = self
+            .state
+            .claim(&key, device, None, crate::clock::now_ms())
+            .await?
+        {
             tracing::warn!(
                 instance_id = identity.instance_id(),
                 pinned_to = %pin.device_id,

@@ -29,8 +29,8 @@ use super::metrics::{Metrics, Snapshot as MetricsSnapshot};
 use super::outgoing::Outgoing;
 use super::pairing::{PendingRequests, PendingView, Requested};
 use super::registry::{
-    Change, Claim, ClaimCheck, Device, DeviceRecord, DeviceRegistry, DeviceState, JoinToken,
-    JoinTokenCreated, NewJoinToken, Pin, TokenChange, TokenRecord,
+    Change, Claim, ClaimCheck, ClaimToken, Device, DeviceRecord, DeviceRegistry, DeviceState,
+    JoinToken, JoinTokenCreated, NewJoinToken, Pin, TokenChange, TokenRecord,
 };
 use super::GatewayConfig;
 use crate::clock::now_ms;
@@ -356,17 +356,22 @@ impl Shared {
     /// Whether `device` may hold the presence key `key`: the first device
     /// that claims a key is pinned to it; a device's own id is its own.
     /// Keys of clients without a device are claimed by nobody: `Known`.
-    /// The device is recorded as seen.
+    /// The device is recorded as seen at `now_ms`, and issued `token` (a
+    /// claimable key only) when admitted, in the same commit
+    /// ([`Claim::token`]).
     pub fn claim(
         &self,
         key: &PresenceKey,
         device: Device,
+        token: Option<ClaimToken>,
+        now_ms: u64,
     ) -> impl Future<Output = anyhow::Result<ClaimCheck>> + Send + 'static {
         let claimed = key.is_claimable().then(|| {
             self.registry.claim(Claim {
                 key: key.as_str().to_string(),
                 device,
-                now_ms: now_ms(),
+                now_ms,
+                token,
             })
         });
         async move {

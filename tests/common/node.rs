@@ -77,17 +77,31 @@ pub async fn attempt_from(
     token: &clawnode::config::Secret,
     instance_id: Option<&str>,
 ) -> String {
+    attempt_issued(addr, source, identity, token, instance_id)
+        .await
+        .0
+}
+
+/// [`attempt_from`], with the device token its `hello-ok` carried (an
+/// accepted device's `auth.deviceToken`).
+pub async fn attempt_issued(
+    addr: std::net::SocketAddr,
+    source: &str,
+    identity: &clawnode::identity::DeviceIdentity,
+    token: &clawnode::config::Secret,
+    instance_id: Option<&str>,
+) -> (String, Option<String>) {
     use clawnode::protocol::{ConnectChallenge, Frame};
     use futures_util::{SinkExt as _, StreamExt as _};
     use tokio_tungstenite::tungstenite::Message;
     let url = format!("ws://{addr}");
     let attempt = async {
         let Ok(stream) = super::connect_from(source, addr).await else {
-            return "connect failed".to_string();
+            return ("connect failed".to_string(), None);
         };
         let (mut ws, _) = match tokio_tungstenite::client_async(url.as_str(), stream).await {
             Ok(ok) => ok,
-            Err(e) => return format!("upgrade failed: {e}"),
+            Err(e) => return (format!("upgrade failed: {e}"), None),
         };
         let mut challenge = None;
         while let Some(Ok(msg)) = ws.next().await {
@@ -101,7 +115,7 @@ pub async fn attempt_from(
             }
         }
         let Some(challenge) = challenge else {
-            return "no challenge".into();
+            return ("no challenge".into(), None);
         };
         let credentials = clawnode::agent::session::Credentials {
             shared: Some(token.clone()),
@@ -122,14 +136,20 @@ pub async fn attempt_from(
                 continue;
             };
             return match res.error {
-                None => "accepted".into(),
+                None => {
+                    let issued = res
+                        .payload
+                        .as_ref()
+                        .and_then(|p| p["auth"]["deviceToken"].as_str());
+                    ("accepted".into(), issued.map(str::to_string))
+                }
                 Some(e) => match e.details.as_ref().and_then(|d| d["code"].as_str()) {
-                    Some(code) => code.to_string(),
-                    None => e.code.as_str().to_string(),
+                    Some(code) => (code.to_string(), None),
+                    None => (e.code.as_str().to_string(), None),
                 },
             };
         }
-        "closed without an answer".into()
+        ("closed without an answer".into(), None)
     };
     super::wait_within("the answer to a device's connect", super::RAW_WAIT, attempt).await
 }

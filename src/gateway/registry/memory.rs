@@ -69,6 +69,34 @@ impl State {
         }
     }
 
+    /// Stores a new device token for a known device and role, replacing
+    /// any ([`TokenChange::Issue`]); `None`: no such device.
+    fn issue_token(
+        &mut self,
+        device_id: &str,
+        role: Role,
+        sha256: [u8; 32],
+        scopes: &[String],
+        now_ms: u64,
+    ) -> Option<TokenRecord> {
+        if !self.devices.contains_key(device_id) {
+            return None;
+        }
+        let key = (device_id.to_string(), role);
+        let rotated_at_ms = self.tokens.get(&key).and_then(|t| t.rotated_at_ms);
+        let record = TokenRecord {
+            device_id: device_id.to_string(),
+            role,
+            sha256: Some(sha256),
+            scopes: scopes.to_vec(),
+            issued_at_ms: now_ms,
+            rotated_at_ms,
+            revoked_at_ms: None,
+        };
+        self.tokens.insert(key, record.clone());
+        Some(record)
+    }
+
     fn record(&self, device_id: &str) -> Option<DeviceRecord> {
         let mut record = self.devices.get(device_id)?.clone();
         record.instance_ids = self
@@ -125,7 +153,13 @@ impl MemoryRegistry {
             }
         }
         let check = match decision {
-            Decision::Keep(check) => return check,
+            Decision::Keep(check) => {
+                // A known key: nothing to store but a token issued with it.
+                if let Some(t) = &claim.token {
+                    state.issue_token(&device.id, t.role, t.sha256, &t.scopes, claim.now_ms);
+                }
+                return check;
+            }
             Decision::OwnId if known => ClaimCheck::Known,
             Decision::OwnId => ClaimCheck::New,
             Decision::PinToClaimant => {
@@ -141,6 +175,9 @@ impl MemoryRegistry {
             }
         };
         state.seen(device, claim.now_ms);
+        if let Some(t) = &claim.token {
+            state.issue_token(&device.id, t.role, t.sha256, &t.scopes, claim.now_ms);
+        }
         check
     }
 }
@@ -318,24 +355,7 @@ impl MemoryRegistry {
                 sha256,
                 scopes,
                 now_ms,
-            } => {
-                if !state.devices.contains_key(&device_id) {
-                    return None;
-                }
-                let key = (device_id.clone(), role);
-                let rotated_at_ms = state.tokens.get(&key).and_then(|t| t.rotated_at_ms);
-                let record = TokenRecord {
-                    device_id,
-                    role,
-                    sha256: Some(sha256),
-                    scopes,
-                    issued_at_ms: now_ms,
-                    rotated_at_ms,
-                    revoked_at_ms: None,
-                };
-                state.tokens.insert(key, record.clone());
-                Some(record)
-            }
+            } => state.issue_token(&device_id, role, sha256, &scopes, now_ms),
             TokenChange::Rotate {
                 device_id,
                 role,

@@ -81,6 +81,21 @@ pub struct Claim {
     pub key: String,
     pub device: Device,
     pub now_ms: u64,
+    /// A device token to issue the device with the claim (a new device's
+    /// first connect): stored, issued at `now_ms`, in the same commit as
+    /// the device's record and pin when the claim is admitted; never when
+    /// it is refused.
+    pub token: Option<ClaimToken>,
+}
+
+/// A device token issued with a claim ([`Claim::token`]): what
+/// [`TokenChange::Issue`] stores, for the claiming device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimToken {
+    pub role: Role,
+    /// SHA-256 of the token (the token itself is never stored).
+    pub sha256: [u8; 32],
+    pub scopes: Vec<String>,
 }
 
 /// What a claim decided.
@@ -104,7 +119,10 @@ pub enum ClaimCheck {
 /// [`DeviceRegistry::forget`], a rare operator action.
 pub trait DeviceRegistry: Send + Sync {
     /// Decides `claim` (first claim wins, [`decide`]) and records the
-    /// device as seen. A new pin is stored before the future resolves.
+    /// device as seen. A new pin is stored before the future resolves; so
+    /// is `claim.token` when the claim is admitted ([`ClaimCheck::Known`]
+    /// or [`ClaimCheck::New`]), in the same commit as the device's record
+    /// and pin (a refused claim stores no token).
     fn claim(&self, claim: Claim) -> BoxFuture<'static, Result<ClaimCheck>>;
 
     /// Drops a key's pin; stored before it returns. Blocks briefly.

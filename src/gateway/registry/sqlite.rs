@@ -11,7 +11,9 @@
 //! whatever queued up meanwhile as one transaction (a burst of first
 //! connections is one commit). A new pin is decided again inside that
 //! transaction (first claim wins) and answered after its commit, so a
-//! handshake's `hello-ok` never announces a pin that is not stored.
+//! handshake's `hello-ok` never announces a pin that is not stored; a new
+//! device's first device token is stored in that same transaction (one
+//! commit, one wait, for its record, pin and token).
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
@@ -120,11 +122,13 @@ impl SqliteRegistry {
 
     /// The claim decided from the last commit, when that needs no write:
     /// a known key (its own device's, or another's: refused). `None`: ask
-    /// the writer. One indexed query.
+    /// the writer (also for an admitted claim with a device token to
+    /// store). One indexed query.
     fn decide_from_reader(&self, claim: &Claim) -> Result<Option<ClaimCheck>> {
         let (found, freshness) = reader_view(&self.read(), claim)?;
         let check = match decide(claim, &found) {
             Decision::Keep(conflict @ ClaimCheck::Conflict(_)) => return Ok(Some(conflict)),
+            _ if claim.token.is_some() => return Ok(None),
             Decision::Keep(check) => check,
             Decision::OwnId => ClaimCheck::Known,
             Decision::PinToClaimant => return Ok(None),

@@ -20,6 +20,7 @@ fn claim(key: &str, device_id: &str, now_ms: u64) -> Claim {
         key: key.to_string(),
         device: device(device_id, Role::Node),
         now_ms,
+        token: None,
     }
 }
 
@@ -963,4 +964,118 @@ fn a_schema_1_registry_is_migrated_to_device_tokens() {
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .expect("version");
     assert_eq!(version, schema::SCHEMA_VERSION);
+}
+
+fn with_device_token(mut claim: Claim, token: &str, scopes: &[&str]) -> Claim {
+    claim.token = Some(ClaimToken {
+        role: claim.device.role.unwrap_or(Role::Node),
+        sha256: token_digest(token),
+        scopes: scopes.iter().map(|s| s.to_string()).collect(),
+    });
+    claim
+}
+
+/// A device token issued with a claim (a new device's first connect), the
+/// same in every implementation: stored with the admitted claim — the
+/// device's record, its pin and its token, read back as soon as the claim
+/// resolves (no flush) — and never with a refused one (a pinned key, a
+/// used-up join token).
+fn issues_device_tokens_with_claims(registry: &dyn DeviceRegistry) {
+    let new = block(registry.claim(with_device_token(claim("i-1", "a", 10), "devtok-a", &[])));
+    assert_eq!(new.expect("claim"), ClaimCheck::New);
+    assert!(registry.is_known_device("a"));
+    assert_eq!(
+        registry
+            .pin("i-1")
+            .expect("pin")
+            .expect("a's pin")
+            .device_id,
+        "a"
+    );
+    let a = registry
+        .device_token("a", Role::Node)
+        .expect("read")
+        .expect("a's token stored with its claim");
+    assert!(a.matches("devtok-a") && !a.matches("devtok-b"));
+    assert_eq!(a.sha256, Some(token_digest("devtok-a")));
+    assert_eq!((a.issued_at_ms, a.revoked_at_ms), (10, None));
+    let record = registry.devices().expect("list");
+    assert_eq!(record[0].tokens.len(), 1);
+    assert!(record[0].tokens[0].active);
+
+    // Refused: another key's pin. Neither a record nor a token.
+    let taken = block(registry.claim(with_device_token(claim("i-1", "b", 20), "devtok-b", &[])));
+    assert!(matches!(taken.expect("claim"), ClaimCheck::Conflict(_)));
+    assert!(!registry.is_known_device("b"));
+    assert_eq!(registry.device_token("b", Role::Node).expect("read"), None);
+
+    // Refused: its join token has no use left. Neither, and the use stays.
+    let created = registry
+        .create_join_token(new_join_token("jjjjjjjjjjjj", "cnjoin_j", 0, 1000, 1))
+        .expect("create");
+    assert!(matches!(created, JoinTokenCreated::Created(_)));
+    let c = with_token(claim("i-3", "c", 30), "jjjjjjjjjjjj");
+    let c = block(registry.claim(with_device_token(c, "devtok-c", &[])));
+    assert_eq!(c.expect("claim"), ClaimCheck::New);
+    let d = with_token(claim("i-4", "d", 31), "jjjjjjjjjjjj");
+    let d = block(registry.claim(with_device_token(d, "devtok-d", &[])));
+    assert!(matches!(
+        d.expect("claim"),
+        ClaimCheck::JoinTokenRefused(Some(_))
+    ));
+    assert!(!registry.is_known_device("d"));
+    assert_eq!(registry.device_token("d", Role::Node).expect("read"), None);
+    let c = registry.device_token("c", Role::Node).expect("read");
+    assert!(c.expect("c's token").matches("devtok-c"));
+
+    // A known device's claim with a token (its key pinned to it already):
+    // admitted, and the token replaces the one it had.
+    let again = block(registry.claim(with_device_token(claim("i-1", "a", 40), "devtok-a2", &[])));
+    assert_eq!(again.expect("claim"), ClaimCheck::Known);
+    let a = registry
+        .device_token("a", Role::Node)
+        .expect("read")
+        .expect("a");
+    assert!(a.matches("devtok-a2") && !a.matches("devtok-a"));
+    assert_eq!(a.issued_at_ms, 40);
+    // An operator device's, with its scopes, for its role.
+    let mut op = claim("e", "e", 50);
+    op.device.role = Some(Role::Operator);
+    let op = with_device_token(op, "devtok-e", &["operator.read"]);
+    assert_eq!(block(registry.claim(op)).expect("claim"), ClaimCheck::New);
+    let e = registry.device_token("e", Role::Operator).expect("read");
+    let e = e.expect("e's operator token");
+    assert!(e.matches("devtok-e"));
+    assert_eq!(e.scopes, vec!["operator.read".to_string()]);
+    assert_eq!(registry.device_token("e", Role::Node).expect("read"), None);
+    // A claim without one leaves the token as it is.
+    let plain = block(registry.claim(claim("i-1", "a", 60)));
+    assert_eq!(plain.expect("claim"), ClaimCheck::Known);
+    let a = registry
+        .device_token("a", Role::Node)
+        .expect("read")
+        .expect("a");
+    assert!(a.matches("devtok-a2"));
+}
+
+#[test]
+fn memory_registry_issues_device_tokens_with_claims() {
+    issues_device_tokens_with_claims(&MemoryRegistry::new());
+}
+
+#[test]
+fn sqlite_registry_issues_device_tokens_with_claims_kept_hashed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let registry = SqliteRegistry::open(dir.path()).expect("open");
+    issues_device_tokens_with_claims(&registry);
+    // Stored: a restart keeps them; the file holds the digest only.
+    drop(registry);
+    let reopened = SqliteRegistry::open(dir.path()).expect("reopen");
+    let a = reopened.device_token("a", Role::Node).expect("read");
+    assert!(a.expect("a's token").matches("devtok-a2"));
+    assert_eq!(reopened.device_token("d", Role::Node).expect("read"), None);
+    drop(reopened);
+    let bytes = std::fs::read(dir.path().join(REGISTRY_FILE)).expect("read");
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(!text.contains("devtok-a2") && !text.contains("devtok-e"));
 }

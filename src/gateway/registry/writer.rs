@@ -203,7 +203,9 @@ fn apply_all(conn: &mut Connection, batch: &[Job]) -> Result<Vec<Outcome>> {
     Ok(outcomes)
 }
 
-/// Decides a claim against the transaction's view and stores the outcome.
+/// Decides a claim against the transaction's view and stores the outcome:
+/// an admitted device's record, its pin, and the device token issued with
+/// the claim ([`Claim::token`]).
 fn apply_claim(tx: &Transaction<'_>, claim: &Claim) -> Result<ClaimCheck> {
     let device = &claim.device;
     let pin = select_pin(tx, &claim.key)?;
@@ -233,16 +235,20 @@ fn apply_claim(tx: &Transaction<'_>, claim: &Claim) -> Result<ClaimCheck> {
     }
     upsert_device(tx, device, claim.now_ms)?;
     if decision == Decision::PinToClaimant {
-        tx.execute(
+        tx.prepare_cached(
             "INSERT OR REPLACE INTO instances (instance_id, device_id, display_name, claimed_at_ms)
              VALUES (?1, ?2, ?3, ?4)",
-            params![
-                claim.key,
-                device.id,
-                device.display_name,
-                claim.now_ms as i64
-            ],
-        )?;
+        )?
+        .execute(params![
+            claim.key,
+            device.id,
+            device.display_name,
+            claim.now_ms as i64
+        ])?;
+    }
+    // Its device token, issued with the claim: in this same commit.
+    if let Some(t) = &claim.token {
+        issue_token(tx, &device.id, t.role, &t.sha256, &t.scopes, claim.now_ms)?;
     }
     Ok(check)
 }
@@ -394,6 +400,35 @@ fn apply_change(tx: &Transaction<'_>, change: &Change) -> Result<Option<DeviceRe
     }
 }
 
+/// Stores a new device token (its SHA-256) for a known device and role,
+/// replacing any ([`TokenChange::Issue`]).
+fn issue_token(
+    tx: &Transaction<'_>,
+    device_id: &str,
+    role: Role,
+    sha256: &[u8; 32],
+    scopes: &[String],
+    now_ms: u64,
+) -> Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO device_tokens (device_id, role, token_sha256, scopes, issued_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (device_id, role) DO UPDATE SET
+            token_sha256 = excluded.token_sha256,
+            scopes = excluded.scopes,
+            issued_at_ms = excluded.issued_at_ms,
+            revoked_at_ms = NULL",
+    )?
+    .execute(params![
+        device_id,
+        role.as_str(),
+        to_hex(sha256),
+        serde_json::to_string(scopes)?,
+        now_ms as i64,
+    ])?;
+    Ok(())
+}
+
 /// Applies a device token change (see [`TokenChange`]).
 fn apply_token(tx: &Transaction<'_>, change: &TokenChange) -> Result<Option<TokenRecord>> {
     let (device_id, role) = match change {
@@ -407,22 +442,7 @@ fn apply_token(tx: &Transaction<'_>, change: &TokenChange) -> Result<Option<Toke
             if select_first_seen(tx, device_id)?.is_none() {
                 return Ok(None);
             }
-            tx.prepare_cached(
-                "INSERT INTO device_tokens (device_id, role, token_sha256, scopes, issued_at_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (device_id, role) DO UPDATE SET
-                    token_sha256 = excluded.token_sha256,
-                    scopes = excluded.scopes,
-                    issued_at_ms = excluded.issued_at_ms,
-                    revoked_at_ms = NULL",
-            )?
-            .execute(params![
-                device_id,
-                role.as_str(),
-                to_hex(sha256),
-                serde_json::to_string(scopes)?,
-                *now_ms as i64,
-            ])?;
+            issue_token(tx, device_id, *role, sha256, scopes, *now_ms)?;
             (device_id, *role)
         }
         TokenChange::Rotate {
