@@ -314,27 +314,7 @@ pub fn table(payload: &Value, now: u64) -> String {
             tokens(&d),
         ]);
     }
-    let rows: Vec<Vec<String>> = rows
-        .into_iter()
-        .map(|r| r.iter().map(|c| escape(c).into_owned()).collect())
-        .collect();
-    let widths: Vec<usize> = (0..rows[0].len())
-        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
-        .collect();
-    let mut out = String::new();
-    for r in &rows {
-        let line: Vec<String> = r
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
-    if rows.len() == 1 {
-        out.push_str("(no devices)\n");
-    }
-    out
+    super::text_table(&rows, "(no devices)")
 }
 
 /// A device's tokens by role: `node` when valid, `node:revoked` or

@@ -197,27 +197,7 @@ pub fn table(tokens: &[JoinTokenView], now: u64) -> String {
             t.description.clone().unwrap_or_else(|| "-".into()),
         ]);
     }
-    let rows: Vec<Vec<String>> = rows
-        .into_iter()
-        .map(|r| r.iter().map(|c| escape(c).into_owned()).collect())
-        .collect();
-    let widths: Vec<usize> = (0..7)
-        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
-        .collect();
-    let mut out = String::new();
-    for r in &rows {
-        let line: Vec<String> = r
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
-    if rows.len() == 1 {
-        out.push_str("(no join tokens: `clawnode join-token create`)\n");
-    }
-    out
+    super::text_table(&rows, "(no join tokens: `clawnode join-token create`)")
 }
 
 #[cfg(test)]

@@ -331,3 +331,38 @@ pub async fn main(cli: Cli) -> ExitCode {
         }
     }
 }
+
+/// A table of text columns, each cell escaped (`safe_text::escape`: values
+/// come from a gateway), padded to its column's width, two spaces apart,
+/// the header row first; `empty` on a line of its own when there is no row
+/// but the header. What `clawnode devices list` and `join-token list` print.
+pub(crate) fn text_table<R: AsRef<[String]>>(rows: &[R], empty: &str) -> String {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            r.as_ref()
+                .iter()
+                .map(|c| crate::safe_text::escape(c).into_owned())
+                .collect()
+        })
+        .collect();
+    let columns = rows.first().map_or(0, Vec::len);
+    let widths: Vec<usize> = (0..columns)
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for r in &rows {
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    if rows.len() == 1 {
+        out.push_str(empty);
+        out.push('\n');
+    }
+    out
+}
